@@ -1,0 +1,100 @@
+"""Counter-based Gaussian noise keyed by (seed, condition id, sample index, step).
+
+Dimensions: B conditions, S samples, M rows, E event shape (P = prod(E) elements per row).
+
+Why not ``torch.randn`` with a generator: a generator's stream is consumed in call order, so
+the noise a row receives depends on which rows share its call (chunk position, batch size,
+test-batch composition). Here every element is a pure function of
+
+    (seed, condition id, sample index, step, element index)
+
+computed with integer hashing in ordinary tensor ops, on any device, so ``sample_many`` gives
+the same x_T bit for bit whatever the chunking, and a window keeps its noise whatever test
+batch it is scored in.
+
+Construction. ``mix`` is Wellons' lowbias32 integer hash, a bijection on 32-bit words,
+evaluated in int64 so nothing overflows (both multipliers are < 2**31, operands < 2**32):
+
+    cond_key  = mix(mix(mix(mix(seed_lo ^ C) ^ seed_hi) ^ id_lo) ^ id_hi)
+    row_key   = mix(cond_key ^ mix(sample + C'))
+    step_key  = mix(row_key ^ mix(step + 1 + C''))
+    bits[e]   = mix(step_key ^ mix(e + C'''))
+    noise[e]  = sqrt(2) * erfinv(2 u - 1),   u = (bits >> 9 + 1/2) / 2**23  in (0, 1)
+
+For a fixed condition each stage is a bijection of the one before, so two samples of one
+condition never share a key at any step (no birthday collisions where they would matter).
+The 23-bit uniform keeps float32 exact and bounds |noise| by 5.3; the cost is one hash per
+element (measured in ``benchmarks/bench_sampling.py``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence, Union
+
+import torch
+
+__all__ = ["keyed_normal", "row_keys", "NoiseSampler"]
+
+NoiseSampler = Callable[[int], torch.Tensor]  # step index -> standard normal noise shaped like x
+
+_MASK32 = 0xFFFFFFFF
+_C_SEED, _C_SAMPLE, _C_STEP, _C_ELEMENT = 0x9E3779B9, 0x85EBCA6B, 0xC2B2AE35, 0x27D4EB2F
+
+
+def mix(x: torch.Tensor) -> torch.Tensor:
+    """lowbias32 on int64 tensors holding values in [0, 2**32): a bijection of 32-bit words."""
+    x = x ^ (x >> 16)
+    x = (x * 0x21F0AAAD) & _MASK32
+    x = x ^ (x >> 15)
+    x = (x * 0x735A2D97) & _MASK32
+    return x ^ (x >> 15)
+
+
+def _mix_(x: torch.Tensor) -> torch.Tensor:
+    """``mix`` in place (the per-element stage, where temporaries cost memory bandwidth)."""
+    x.bitwise_xor_(x >> 16)
+    x.mul_(0x21F0AAAD).bitwise_and_(_MASK32)
+    x.bitwise_xor_(x >> 15)
+    x.mul_(0x735A2D97).bitwise_and_(_MASK32)
+    return x.bitwise_xor_(x >> 15)
+
+
+def _words(v: torch.Tensor) -> "tuple[torch.Tensor, torch.Tensor]":
+    """Low and high 32-bit words of an int64 tensor (two's complement for negatives)."""
+    v = v.long()
+    return v & _MASK32, (v >> 32) & _MASK32
+
+
+def row_keys(seed: int, cond_ids: torch.Tensor, sample_ids: torch.Tensor) -> torch.Tensor:
+    """Keys ``[M]`` for rows given by their condition ids ``[M]`` and sample indices ``[M]``.
+
+    Args:
+        seed: any Python int (taken modulo 2**64).
+        cond_ids: ``[M]`` integer condition id of each row (e.g. a global window index).
+        sample_ids: ``[M]`` integer sample index of each row, 0 <= s < 2**32.
+    """
+    seed = int(seed) % (1 << 64)
+    seed_lo, seed_hi = seed & _MASK32, seed >> 32
+    id_lo, id_hi = _words(cond_ids)
+    key = mix(mix(torch.full_like(id_lo, seed_lo ^ _C_SEED)) ^ seed_hi)
+    key = mix(mix(key ^ id_lo) ^ id_hi)  # [M] cond_key
+    return mix(key ^ mix((sample_ids.long() + _C_SAMPLE) & _MASK32))  # [M] row_key
+
+
+def keyed_normal(
+    keys: torch.Tensor, step: int, event_shape: Union[Sequence[int], torch.Size], *, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """Standard normal noise ``[M, *E]`` for rows ``keys [M]`` at sampler step ``step`` (-1: x_T).
+
+    Pure function of its arguments: the same key, step and element index give the same value
+    on any call, in any batch.
+    """
+    P = math.prod(event_shape)
+    step_word = mix(torch.tensor((step + 1 + _C_STEP) & _MASK32, device=keys.device, dtype=torch.long))
+    step_keys = mix(keys ^ step_word)  # [M]
+    elem_keys = mix((torch.arange(P, device=keys.device, dtype=torch.long) + _C_ELEMENT) & _MASK32)  # [P]
+    bits = _mix_(step_keys[:, None] ^ elem_keys[None, :])  # [M, P]
+    u = ((bits >> 9).to(torch.float32) + 0.5) * (2.0**-23)  # [M, P] in (0, 1), exact in float32
+    z = torch.erfinv(u.mul_(2).sub_(1)).mul_(math.sqrt(2.0))
+    return z.reshape(keys.shape[0], *event_shape).to(dtype)

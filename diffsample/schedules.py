@@ -1,0 +1,195 @@
+"""Noise schedules: frozen float64 data describing the forward process q(x_t | x_0).
+
+Dimensions: T train steps, K sampling steps, M rows (samples x conditions), E event shape.
+
+x_t = sqrt(alpha_bar[t]) * x_0 + sqrt(1 - alpha_bar[t]) * noise,   t in 0..T-1.
+
+t = -1 is the clean data (alpha_bar = 1). Samplers walk a descending grid from
+``NoiseSchedule.timesteps`` and take one explicit final step from its last entry to t = -1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Literal, Union
+
+import torch
+
+from ._utils import describe
+
+__all__ = ["NoiseSchedule", "Spacing"]
+
+Spacing = Literal["trailing", "leading", "linspace"]
+_SPACINGS = ("trailing", "leading", "linspace")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class NoiseSchedule:
+    """A discrete-time variance-preserving noise schedule.
+
+    Build one with a constructor (``linear``, ``scaled_linear``, ``cosine``, ``sigmoid``,
+    ``from_betas``); the constructors work in float64 and the tensors stay float64: per-step
+    coefficients are cast to the sample dtype only where they are used (in fp16/bf16,
+    ``sqrt(1 - alpha_bar)`` of the first steps would round to 0).
+
+    Attributes:
+        betas: ``[T]`` float64, each in (0, 1).
+        alphas_cumprod: ``[T]`` float64, alpha_bar, strictly decreasing.
+        name: how the schedule was built, for reprs and checkpoints.
+    """
+
+    betas: torch.Tensor
+    alphas_cumprod: torch.Tensor
+    name: str = "custom"
+
+    def __post_init__(self) -> None:
+        betas, abar = self.betas, self.alphas_cumprod
+        if not isinstance(betas, torch.Tensor) or betas.ndim != 1 or betas.numel() < 1:
+            raise ValueError(f"betas: expected a 1-D tensor with at least one entry, got {describe(betas)}")
+        if abar.shape != betas.shape:
+            raise ValueError(
+                f"alphas_cumprod: expected shape {tuple(betas.shape)} (as betas), got {tuple(abar.shape)}"
+            )
+        b = betas.detach().cpu().double()
+        bad = ~((b > 0) & (b < 1))
+        if bool(bad.any()):
+            i = int(bad.nonzero()[0])
+            raise ValueError(f"betas: every beta must lie in (0, 1); betas[{i}] = {float(b[i])!r}")
+        a = abar.detach().cpu().double()
+        if not bool(torch.isfinite(a).all()) or bool(((a <= 0) | (a >= 1)).any()):
+            raise ValueError("alphas_cumprod: every alpha_bar must lie in (0, 1)")
+        if a.numel() > 1 and not bool((a[1:] < a[:-1]).all()):
+            i = int((a[1:] >= a[:-1]).nonzero()[0])
+            raise ValueError(
+                "alphas_cumprod: alpha_bar must be strictly decreasing; "
+                f"alpha_bar[{i}] = {float(a[i])!r} <= alpha_bar[{i + 1}] = {float(a[i + 1])!r}"
+            )
+        object.__setattr__(self, "betas", betas.double())
+        object.__setattr__(self, "alphas_cumprod", abar.double())
+
+    # ----------------------------------------------------------------- constructors
+    @classmethod
+    def from_betas(cls, betas: Union[torch.Tensor, "list[float]"], *, name: str = "custom") -> "NoiseSchedule":
+        """Schedule from explicit betas ``[T]``; alpha_bar is their cumulative product of 1 - beta."""
+        betas = torch.as_tensor(betas, dtype=torch.float64)
+        if betas.ndim != 1 or betas.numel() < 1:
+            raise ValueError(f"betas: expected a 1-D sequence with at least one entry, got {describe(betas)}")
+        return cls(betas, torch.cumprod(1.0 - betas, dim=0), name)
+
+    @classmethod
+    def linear(cls, num_train_steps: int = 1000, *, beta_start: float = 1e-4, beta_end: float = 0.02) -> "NoiseSchedule":
+        """Ho et al. (2020): betas linear from ``beta_start`` to ``beta_end``."""
+        T = _check_steps(num_train_steps)
+        return cls.from_betas(torch.linspace(beta_start, beta_end, T, dtype=torch.float64), name="linear")
+
+    @classmethod
+    def scaled_linear(
+        cls, num_train_steps: int = 1000, *, beta_start: float = 0.00085, beta_end: float = 0.012
+    ) -> "NoiseSchedule":
+        """Latent-diffusion schedule: sqrt(beta) linear, then squared."""
+        T = _check_steps(num_train_steps)
+        root = torch.linspace(math.sqrt(beta_start), math.sqrt(beta_end), T, dtype=torch.float64)
+        return cls.from_betas(root**2, name="scaled_linear")
+
+    @classmethod
+    def cosine(cls, num_train_steps: int = 1000, *, s: float = 0.008, max_beta: float = 0.999) -> "NoiseSchedule":
+        """Nichol & Dhariwal (2021): alpha_bar(t) = cos^2(((t / T) + s) / (1 + s) * pi / 2) / f(0),
+        betas clipped at ``max_beta`` so the last step stays finite."""
+        T = _check_steps(num_train_steps)
+        grid = torch.arange(T + 1, dtype=torch.float64) / T
+        f = torch.cos((grid + s) / (1 + s) * math.pi / 2) ** 2
+        betas = torch.clamp(1 - f[1:] / f[:-1], max=max_beta)
+        return cls.from_betas(betas, name="cosine")
+
+    @classmethod
+    def sigmoid(
+        cls, num_train_steps: int = 1000, *, beta_start: float = 1e-4, beta_end: float = 0.02
+    ) -> "NoiseSchedule":
+        """GeoDiff (Xu et al., 2022): betas = sigmoid(linspace(-6, 6, T)) scaled to [beta_start, beta_end]."""
+        T = _check_steps(num_train_steps)
+        betas = torch.sigmoid(torch.linspace(-6, 6, T, dtype=torch.float64)) * (beta_end - beta_start) + beta_start
+        return cls.from_betas(betas, name="sigmoid")
+
+    @classmethod
+    def by_name(cls, name: str, num_train_steps: int = 1000) -> "NoiseSchedule":
+        """``NoiseSchedule.by_name("cosine", 1000)``: the named constructor with its defaults."""
+        builders = {"linear": cls.linear, "scaled_linear": cls.scaled_linear, "cosine": cls.cosine, "sigmoid": cls.sigmoid}
+        if name not in builders:
+            raise ValueError(f"name: unknown schedule {name!r}; expected one of {sorted(builders)}")
+        return builders[name](num_train_steps)
+
+    # ----------------------------------------------------------------- queries
+    @property
+    def num_train_steps(self) -> int:
+        """T, the number of training timesteps."""
+        return self.betas.numel()
+
+    @property
+    def device(self) -> torch.device:
+        return self.betas.device
+
+    def alpha_bar(self, t: torch.Tensor) -> torch.Tensor:
+        """alpha_bar at integer timesteps ``t`` (any shape, values in -1..T-1; -1 gives 1.0), float64."""
+        t = torch.as_tensor(t, device=self.device)
+        if t.dtype.is_floating_point or t.dtype == torch.bool:
+            raise TypeError(f"t: expected an integer tensor of timesteps, got dtype {t.dtype}")
+        padded = torch.cat([self.alphas_cumprod.new_ones(1), self.alphas_cumprod])  # [T + 1], index 0 is t = -1
+        return padded[t.long() + 1]
+
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Forward process: ``sqrt(ab[t]) * x0 + sqrt(1 - ab[t]) * noise``.
+
+        Args:
+            x0: clean data ``[M, *E]``.
+            noise: standard normal noise, same shape as ``x0``.
+            t: ``[M]`` integer timesteps (one per row).
+        """
+        if noise.shape != x0.shape:
+            raise ValueError(f"noise: expected shape {tuple(x0.shape)} (as x0), got {tuple(noise.shape)}")
+        if t.ndim != 1 or t.shape[0] != x0.shape[0]:
+            raise ValueError(f"t: expected shape [{x0.shape[0]}] (one timestep per row of x0), got {tuple(t.shape)}")
+        ab = self.alpha_bar(t.to(self.device)).to(x0.device)
+        ab = ab.reshape(-1, *([1] * (x0.ndim - 1)))  # [M, 1, ...]
+        return (ab.sqrt() * x0 + (1 - ab).sqrt() * noise).to(x0.dtype)
+
+    def timesteps(self, num_steps: int, spacing: Spacing = "trailing") -> torch.Tensor:
+        """A strictly descending grid of ``num_steps`` training timesteps (long, ``[K]``).
+
+        Definitions of Lin et al. (2023, "Common diffusion noise schedules and sample steps are
+        flawed", Table 2), with N = num_steps and T = num_train_steps:
+
+        - ``leading``:  ``arange(N) * (T // N)``, reversed (never reaches T - 1);
+        - ``trailing``: ``round(arange(T, 0, -T / N)) - 1`` (starts at T - 1; the default);
+        - ``linspace``: ``round(linspace(0, T - 1, N))``, reversed.
+        """
+        T = self.num_train_steps
+        if isinstance(num_steps, bool) or not isinstance(num_steps, int) or not 1 <= num_steps <= T:
+            raise ValueError(f"num_steps: expected an integer in 1..{T} (the schedule's T), got {num_steps!r}")
+        N = num_steps
+        if spacing == "leading":
+            grid = (torch.arange(N, dtype=torch.float64) * (T // N)).flip(0)
+        elif spacing == "trailing":
+            # T - k * T / N for k = 0..N-1 is arange(T, 0, -T / N) without its float-length pitfall
+            grid = torch.round(T - torch.arange(N, dtype=torch.float64) * (T / N)) - 1
+        elif spacing == "linspace":
+            grid = torch.round(torch.linspace(0, T - 1, N, dtype=torch.float64)).flip(0)
+        else:
+            raise ValueError(f"spacing: unknown spacing {spacing!r}; expected one of {list(_SPACINGS)}")
+        grid = grid.long()
+        if N > 1 and not bool((grid[1:] < grid[:-1]).all()):  # unreachable for N <= T; kept as a guard
+            raise ValueError(f"spacing {spacing!r} gave a grid that is not strictly descending: {grid.tolist()}")
+        return grid.to(self.device)
+
+    def to(self, device: Union[str, torch.device]) -> "NoiseSchedule":
+        """The same schedule with its tensors on ``device`` (still float64)."""
+        return dataclasses.replace(self, betas=self.betas.to(device), alphas_cumprod=self.alphas_cumprod.to(device))
+
+    def __repr__(self) -> str:
+        return f"NoiseSchedule(name={self.name!r}, num_train_steps={self.num_train_steps}, device={self.device})"
+
+
+def _check_steps(num_train_steps: int) -> int:
+    if isinstance(num_train_steps, bool) or not isinstance(num_train_steps, int) or num_train_steps < 1:
+        raise ValueError(f"num_train_steps: expected a positive integer, got {num_train_steps!r}")
+    return num_train_steps
