@@ -62,6 +62,17 @@ def training_target(
     raise ValueError(f"prediction: unknown prediction type {prediction!r}; expected one of {list(_PREDICTIONS)}")
 
 
+def check_output(out: Any, x: torch.Tensor) -> torch.Tensor:
+    """The denoiser's answer for input ``x [M, *E]``, which must be a tensor of the same shape."""
+    if not isinstance(out, torch.Tensor) or out.shape != x.shape:
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(
+            f"denoiser: expected an output of shape {tuple(x.shape)} (the input x_t [M, *event_shape]), got {got}; "
+            "check event_shape against what the denoiser returns"
+        )
+    return out
+
+
 def predict_x0_eps(
     denoiser: Denoiser,
     x: torch.Tensor,
@@ -75,14 +86,7 @@ def predict_x0_eps(
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """One denoiser call, checked and converted to (x0, eps); optionally clamps x0 to [-clip_x0, clip_x0]
     and re-derives eps from the clamped x0 so the two stay consistent."""
-    out = denoiser(x, t, **(cond or {}))
-    if not isinstance(out, torch.Tensor) or out.shape != x.shape:
-        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ValueError(
-            f"denoiser: expected an output of shape {tuple(x.shape)} (the input x_t [M, *event_shape]), got {got}; "
-            "check event_shape against what the denoiser returns"
-        )
-    out = out.to(x.dtype)  # a denoiser under autocast may answer in bf16/fp16
+    out = check_output(denoiser(x, t, **(cond or {})), x).to(x.dtype)  # a denoiser under autocast may answer in bf16/fp16
     x0, eps = to_x0_eps(out, x, alpha, sigma, prediction)
     if clip_x0 is not None:
         x0 = x0.clamp(-clip_x0, clip_x0)

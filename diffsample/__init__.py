@@ -1,0 +1,29 @@
+"""diffsample: fast, reproducible sampling from diffusion models, and exact forecast scoring.
+
+Core API (the forecasting layer lives in ``diffsample.forecast`` and is imported on demand)::
+
+    from diffsample import NoiseSchedule, sample_many, sample_ddim
+"""
+
+from .batching import plan_chunk, sample_many
+from .noise import keyed_normal
+from .prediction import Denoiser, Prediction, to_x0_eps, training_target
+from .samplers import SAMPLERS, sample_ddim, sample_ddpm, sample_dpmpp_2m
+from .schedules import NoiseSchedule
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "NoiseSchedule",
+    "Denoiser",
+    "Prediction",
+    "to_x0_eps",
+    "training_target",
+    "sample_ddpm",
+    "sample_ddim",
+    "sample_dpmpp_2m",
+    "SAMPLERS",
+    "sample_many",
+    "plan_chunk",
+    "keyed_normal",
+]

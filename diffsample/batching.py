@@ -1,0 +1,292 @@
+"""``sample_many``: fold n_samples into the batch, chunk rows to fit memory, keep results
+independent of the chunking.
+
+Dimensions: S samples per condition, B conditions, M = S * B rows, E event shape,
+K sampling steps.
+
+Row r holds sample ``r // B`` of condition ``r % B``, so the rows reshape to ``[S, B, *E]``
+without a copy. The noise of a row is keyed by (seed, condition id, sample index, step)
+(see :mod:`diffsample.noise`), never by its chunk or batch position.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Callable, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+from tqdm.auto import tqdm
+
+from ._utils import describe, progress_disabled
+from .memory import fit_row_cost, free_bytes, is_oom
+from .noise import keyed_normal, row_keys
+from .prediction import Denoiser, check_output
+from .samplers import SAMPLERS, Sampler
+
+__all__ = ["sample_many", "plan_chunk"]
+
+log = logging.getLogger(__name__)
+
+# On CPU the chunk is chosen for speed as well as memory: time per row is flat from ~64 to
+# ~2048 rows per call and 16 rows per call was 1.5x slower (ARCHITECTURE.md, 2-core CPU), while
+# very large calls leave the cache and pay for fresh pages. See benchmarks/bench_sampling.py.
+CPU_CHUNK_ROWS = 512
+# The probe: two small calls whose peak memory gives the per-row cost.
+PROBE_ROWS = (16, 64)
+# Sampler state beside the denoiser call (x, x0, eps, noise, the previous x0, the update),
+# in units of one row's event, added to the probed per-row cost.
+SAMPLER_STATE_ROWS = 6
+# Share of free memory used when no budget is given (CUDA) or derived (CPU).
+DEFAULT_FRACTION = {"cuda": 0.8, "cpu": 0.5}
+
+_RESERVED = ("cond", "noise_sampler", "generator", "progress")
+
+
+def sample_many(
+    sampler: Union[str, Sampler],
+    denoiser: Denoiser,
+    event_shape: Sequence[int],
+    n_samples: int,
+    *,
+    cond: Optional[Mapping[str, Any]] = None,
+    cond_ids: Optional[Union[torch.Tensor, Sequence[int]]] = None,
+    max_batch: Optional[int] = None,
+    memory_budget: Optional[Union[int, float]] = None,
+    seed: int = 0,
+    device: Optional[Union[str, torch.device]] = None,
+    dtype: torch.dtype = torch.float32,
+    progress: Optional[bool] = None,
+    **sampler_kwargs: Any,
+) -> torch.Tensor:
+    """Draw ``n_samples`` samples for each of B conditions in as few denoiser calls as fit.
+
+    Example::
+
+        schedule = NoiseSchedule.cosine(1000)
+        y = sample_many("ddim", model, (96, 7), 100, cond={"z": z},   # z: [B, 7, 64]
+                        schedule=schedule, timesteps=schedule.timesteps(50))
+        y.shape                                                       # [100, B, 96, 7]
+
+    Args:
+        sampler: a sampler function (``sample_ddpm``, ``sample_ddim``, ``sample_dpmpp_2m`` or one
+            with the same signature) or its name ("ddpm", "ddim", "dpmpp_2m").
+        denoiser: ``denoiser(x_t [M, *E], t [M] long, **cond) -> [M, *E]``.
+        event_shape: E, the shape of one sample.
+        n_samples: S >= 1 samples per condition.
+        cond: keyword tensors for the denoiser, each ``[B, ...]`` (one row per condition); they
+            are expanded (B = 1) or gathered per chunk, never repeated S times up front. Non-tensor
+            values are passed through.
+        cond_ids: ``[B]`` integer ids keying each condition's noise (default ``0..B-1``). Pass
+            global window indices to get the same samples for a window in any test batch.
+        max_batch: rows per denoiser call (an upper bound when ``memory_budget`` is also given).
+        memory_budget: bytes (int) or a fraction in (0, 1] of free device memory. Default: a
+            share of free memory; on CPU also at most ``CPU_CHUNK_ROWS`` rows per call (speed).
+        seed: keys the noise together with cond_ids, sample index and step.
+        device: where to sample; default the device of ``cond``'s tensors, else of the
+            denoiser's parameters, else CPU.
+        dtype: dtype of the samples (the noise is drawn in float32 and cast).
+        progress: None or True: a progress bar when stderr is a terminal; False: none.
+        **sampler_kwargs: passed to the sampler: ``schedule``, ``timesteps`` (required),
+            ``prediction``, ``eta``, ``clip_x0``, ``callback``, ...
+
+    Returns:
+        Samples ``[S, B, *E]``. For a given seed x_T is bitwise identical whatever the chunking,
+        and the outputs agree to the float round-off of the denoiser's kernels.
+
+    Raises:
+        ValueError: bad sizes, a cond tensor whose first dimension is not B, cond_ids of the
+            wrong length, a denoiser output whose shape is not ``[M, *event_shape]``.
+        torch.OutOfMemoryError: if even one row does not fit. Smaller OOMs shrink the chunk and
+            redo only the chunk that failed.
+    """
+    sample_fn = _resolve_sampler(sampler)
+    E = _check_event_shape(event_shape)
+    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
+        raise ValueError(f"n_samples: expected an integer >= 1, got {n_samples!r}")
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise TypeError(f"dtype: expected a floating-point torch.dtype, got {dtype!r}")
+    bad = [k for k in _RESERVED if k in sampler_kwargs]
+    if bad:
+        raise TypeError(f"sample_many: {bad} are set by sample_many itself; pass cond= and progress= directly")
+    for k in ("schedule", "timesteps"):
+        if k not in sampler_kwargs:
+            raise TypeError(f"sample_many: missing sampler argument {k}=... (e.g. schedule.timesteps(50))")
+    cond = dict(cond or {})
+    B = _num_conditions(cond, cond_ids)
+    device = _resolve_device(device, cond, denoiser)
+    ids = _check_cond_ids(cond_ids, B, device)
+    S, M = n_samples, n_samples * B
+    cond = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in cond.items()}
+
+    def rows_of(r0: int, r1: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        r = torch.arange(r0, r1, device=device)
+        return r // B, r % B  # sample index, condition index
+
+    def cond_rows(b_idx: torch.Tensor) -> dict:
+        if B == 1:  # one condition: a stride-0 view, no copy
+            return {k: v.expand(len(b_idx), *v.shape[1:]) if isinstance(v, torch.Tensor) else v for k, v in cond.items()}
+        return {k: v.index_select(0, b_idx) if isinstance(v, torch.Tensor) else v for k, v in cond.items()}
+
+    user_callback = sampler_kwargs.pop("callback", None)
+    with torch.no_grad():
+        chunk = plan_chunk(
+            denoiser, E, M, max_batch=max_batch, memory_budget=memory_budget, device=device, dtype=dtype,
+            cond_rows=lambda n: cond_rows(rows_of(0, n)[1]),  # fmt: skip
+            t_probe=int(sampler_kwargs["timesteps"][0]),
+        )
+        n_steps = len(sampler_kwargs["timesteps"])
+        out = torch.empty((M, *E), dtype=dtype, device=device)  # [S * B, *E]
+        bar = tqdm(total=math.ceil(M / chunk) * n_steps, desc="sample_many", unit="step", disable=progress_disabled(progress))
+        bar.set_postfix(rows=M, chunk=chunk)
+
+        def on_step(info: dict) -> None:
+            bar.update(1)
+            if user_callback is not None:
+                user_callback(info)
+
+        r0 = 0
+        while r0 < M:
+            r1 = min(r0 + chunk, M)
+            s_idx, b_idx = rows_of(r0, r1)
+            keys = row_keys(seed, ids[b_idx], s_idx)  # [rows]
+            try:
+                out[r0:r1] = sample_fn(
+                    denoiser, keyed_normal(keys, -1, E, dtype=dtype),
+                    cond=cond_rows(b_idx), noise_sampler=lambda i, keys=keys: keyed_normal(keys, i, E, dtype=dtype),
+                    progress=False, callback=on_step, **sampler_kwargs,  # fmt: skip
+                )
+            except Exception as exc:  # noqa: BLE001 - only OOM is handled, the rest re-raised
+                if not is_oom(exc) or r1 - r0 == 1:
+                    bar.close()
+                    raise
+                failed = True
+            else:
+                failed = False
+            if failed:  # outside the except block, so the failed chunk's tensors are released
+                chunk = max((r1 - r0) // 2, 1)
+                log.info("sample_many: out of memory at %d rows per call; retrying with %d", r1 - r0, chunk)
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                bar.total = bar.n + math.ceil((M - r0) / chunk) * n_steps
+                bar.set_postfix(rows=M, chunk=chunk)
+                continue
+            r0 = r1
+        bar.close()
+    return out.view(S, B, *E)
+
+
+def plan_chunk(
+    denoiser: Denoiser,
+    event_shape: Tuple[int, ...],
+    rows: int,
+    *,
+    max_batch: Optional[int] = None,
+    memory_budget: Optional[Union[int, float]] = None,
+    device: Union[str, torch.device] = "cpu",
+    dtype: torch.dtype = torch.float32,
+    cond_rows: Callable[[int], Mapping[str, Any]] = lambda n: {},
+    t_probe: int = 0,
+) -> int:
+    """Rows per denoiser call that ``sample_many`` uses for ``rows`` rows in all.
+
+    ``max_batch`` alone is taken as is. Otherwise two probe calls measure the per-row memory
+    (see :mod:`diffsample.memory`) and the chunk is the largest that fits the budget, also at
+    most ``max_batch``; on CPU without an explicit budget, also at most ``CPU_CHUNK_ROWS``.
+    """
+    device = torch.device(device)
+    if max_batch is not None and (isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1):
+        raise ValueError(f"max_batch: expected a positive integer or None, got {max_batch!r}")
+    if memory_budget is not None:
+        ok = isinstance(memory_budget, (int, float)) and not isinstance(memory_budget, bool)
+        ok = ok and (0 < memory_budget <= 1 if isinstance(memory_budget, float) else memory_budget > 0)
+        if not ok:
+            raise ValueError(
+                f"memory_budget: expected bytes (int > 0) or a fraction of free memory (float in (0, 1]), "
+                f"got {memory_budget!r}"
+            )
+    cap = rows if max_batch is None else min(max_batch, rows)
+    if max_batch is not None and memory_budget is None:
+        return cap
+    if memory_budget is None and device.type != "cuda":
+        cap = min(cap, CPU_CHUNK_ROWS)
+    if cap <= PROBE_ROWS[0] and memory_budget is None:
+        return cap  # nothing to gain from a probe; OOM back-off still guards the call
+    if isinstance(memory_budget, int):
+        budget = float(memory_budget)
+    else:
+        fraction = memory_budget if memory_budget is not None else DEFAULT_FRACTION.get(device.type, 0.5)
+        budget = fraction * free_bytes(device)
+
+    def call(n: int) -> None:
+        x = torch.zeros((n, *event_shape), dtype=dtype, device=device)
+        t = torch.full((n,), t_probe, dtype=torch.long, device=device)
+        check_output(denoiser(x, t, **cond_rows(n)), x)
+
+    fixed, per_row = fit_row_cost(call, device, PROBE_ROWS)
+    per_row += SAMPLER_STATE_ROWS * math.prod(event_shape) * torch.empty((), dtype=dtype).element_size()
+    fits = int((budget - fixed) // per_row)
+    if fits < 1:
+        raise ValueError(
+            f"memory_budget: {budget / 2**20:.1f} MiB does not fit one row: a row costs ~{per_row / 2**20:.2f} MiB "
+            f"plus ~{fixed / 2**20:.1f} MiB fixed on {device}"
+        )
+    log.debug("plan_chunk: fixed=%d B, per_row=%d B, budget=%d B -> %d rows", fixed, per_row, budget, fits)
+    return max(1, min(cap, fits))
+
+
+def _resolve_sampler(sampler: Union[str, Sampler]) -> Sampler:
+    if isinstance(sampler, str):
+        if sampler not in SAMPLERS:
+            raise ValueError(f"sampler: unknown sampler {sampler!r}; expected one of {sorted(SAMPLERS)} or a function")
+        return SAMPLERS[sampler]
+    if not callable(sampler):
+        raise TypeError(f"sampler: expected a sampler function or name, got {describe(sampler)}")
+    return sampler
+
+
+def _check_event_shape(event_shape: Sequence[int]) -> Tuple[int, ...]:
+    try:
+        E = tuple(int(d) for d in event_shape)
+        ok = all(d >= 1 for d in E) and all(float(d) == d for d in event_shape)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"event_shape: expected a sequence of positive integers, got {event_shape!r}")
+    return E
+
+
+def _num_conditions(cond: Mapping[str, Any], cond_ids: Any) -> int:
+    sizes = {k: v.shape[0] if v.ndim else None for k, v in cond.items() if isinstance(v, torch.Tensor)}
+    if any(n is None for n in sizes.values()):
+        raise ValueError(f"cond: every tensor needs a leading condition dimension B; got 0-d tensors for "
+                         f"{[k for k, n in sizes.items() if n is None]}")  # fmt: skip
+    if len(set(sizes.values())) > 1:
+        raise ValueError(f"cond: every tensor must have the same leading dimension B (one row per condition); "
+                         f"got {sizes}")  # fmt: skip
+    if sizes:
+        return next(iter(sizes.values()))
+    return 1 if cond_ids is None else len(cond_ids)
+
+
+def _check_cond_ids(cond_ids: Any, B: int, device: torch.device) -> torch.Tensor:
+    if cond_ids is None:
+        return torch.arange(B, device=device)
+    ids = torch.as_tensor(cond_ids, device=device)
+    if ids.dtype.is_floating_point or ids.dtype == torch.bool or ids.dtype.is_complex:
+        raise ValueError(f"cond_ids: expected integer ids, got dtype {ids.dtype}")
+    if ids.shape != (B,):
+        raise ValueError(f"cond_ids: expected shape [{B}] (one id per condition, B from cond), got {tuple(ids.shape)}")
+    return ids.long()
+
+
+def _resolve_device(device: Any, cond: Mapping[str, Any], denoiser: Any) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    for v in cond.values():
+        if isinstance(v, torch.Tensor):
+            return v.device
+    if isinstance(denoiser, torch.nn.Module):
+        for p in denoiser.parameters():
+            return p.device
+    return torch.device("cpu")

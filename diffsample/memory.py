@@ -1,0 +1,121 @@
+"""Memory probing for chunk sizing, and out-of-memory detection.
+
+Dimensions: M rows (samples x conditions).
+
+How much memory one denoiser call costs is measured, not guessed: ``peak_bytes`` runs a call
+and reports the extra memory it peaked at. On CUDA that is the caching allocator's own
+statistics (``reset_peak_memory_stats`` / ``max_memory_allocated``); on other devices a
+dispatch-level tracker counts the bytes of every tensor storage the call creates and frees.
+Two calls at two row counts give a linear fit (fixed + per_row * rows), which predicts the
+largest chunk that fits a budget: memory grows linearly in rows for a per-row denoiser.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Dict, Tuple, Union
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+try:  # C++-side weak reference to a storage: expires when the memory is released
+    from torch.multiprocessing.reductions import StorageWeakRef
+except ImportError:  # pragma: no cover - very old torch
+    StorageWeakRef = None  # type: ignore[assignment,misc]
+
+__all__ = ["free_bytes", "peak_bytes", "fit_row_cost", "is_oom"]
+
+_OOM_TYPES: Tuple[type, ...] = tuple(
+    t for t in (getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None)) if t
+)
+
+
+def is_oom(exc: BaseException) -> bool:
+    """True for torch's out-of-memory errors (CUDA and the generic one)."""
+    return isinstance(exc, _OOM_TYPES)
+
+
+def free_bytes(device: Union[str, torch.device]) -> int:
+    """Memory a new allocation on ``device`` can still use, in bytes.
+
+    CUDA: free device memory plus what the caching allocator holds but does not use.
+    CPU: ``MemAvailable`` from /proc/meminfo, else free physical pages.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+        return 8 << 30
+
+
+class _StorageTracker(TorchDispatchMode):
+    """Counts live bytes of the storages created under it; keeps the peak."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live: Dict[int, Tuple[Any, int]] = {}  # data_ptr -> (weak ref, nbytes)
+        self.now = self.peak = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        out = func(*args, **(kwargs or {}))
+        inputs = {_ptr(t) for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)}
+        for ptr in [p for p, (ref, _) in self.live.items() if ref.expired()]:  # released since last op
+            self.now -= self.live.pop(ptr)[1]
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor) and _ptr(t) not in inputs:  # views of inputs are not new memory
+                storage = t.untyped_storage()
+                ptr, nbytes = storage.data_ptr(), storage.nbytes()
+                if nbytes and ptr not in self.live:
+                    self.live[ptr] = (StorageWeakRef(storage), nbytes)
+                    self.now += nbytes
+        self.peak = max(self.peak, self.now)
+        return out
+
+
+def _ptr(t: torch.Tensor) -> int:
+    return t.untyped_storage().data_ptr()
+
+
+def peak_bytes(fn: Callable[[], Any], device: Union[str, torch.device]) -> int:
+    """Extra memory that ``fn()`` peaks at on ``device``, in bytes (its result is dropped)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return int(torch.cuda.max_memory_allocated(device) - base)
+    if StorageWeakRef is None:  # pragma: no cover
+        raise RuntimeError("peak_bytes: this torch build lacks StorageWeakRef; pass max_batch instead")
+    with _StorageTracker() as tracker:
+        fn()
+    return int(tracker.peak)
+
+
+def fit_row_cost(
+    call: Callable[[int], Any], device: Union[str, torch.device], rows: Tuple[int, int]
+) -> Tuple[float, float]:
+    """Fit peak memory of ``call(r)`` as ``fixed + per_row * r`` from two row counts.
+
+    Returns:
+        (fixed bytes, bytes per row); per_row is at least 1 byte, fixed at least 0.
+    """
+    r1, r2 = rows
+    if not 0 < r1 < r2:
+        raise ValueError(f"rows: expected two increasing positive row counts, got {rows!r}")
+    p1 = peak_bytes(lambda: call(r1), device)
+    p2 = peak_bytes(lambda: call(r2), device)
+    per_row = max((p2 - p1) / (r2 - r1), p2 / r2 / 2, 1.0)  # a flat fit would promise infinite rows
+    return max(p2 - per_row * r2, 0.0), per_row

@@ -1,0 +1,242 @@
+"""Samplers: one step against slow reference formulas, the Gaussian oracle, convergence order,
+and bad input. All float64 where a tolerance is tight."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from diffsample import NoiseSchedule, sample_ddim, sample_ddpm, sample_dpmpp_2m, sample_many, to_x0_eps, training_target
+
+SCH = NoiseSchedule.cosine(1000)
+# Spreads of 0.5..2 in units of the noise. (Much sharper data, SD = 0.1, loses variance in the
+# last jump from the smallest grid timestep to x0 = E[x0 | x_t] with any sampler on a coarse
+# grid: DPM-Solver++(2M)-20 gives -26% there. That is the grid's limit, not a sampler's.)
+MU = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+SD = torch.tensor([0.5, 1.0, 2.0], dtype=torch.float64)
+
+
+def gaussian_oracle(prediction: str = "eps", schedule: NoiseSchedule = SCH):
+    """Exact denoiser for x0 ~ N(MU, SD^2): E[eps | x_t] = sigma (x_t - a MU) / (a^2 SD^2 + sigma^2)."""
+
+    def denoiser(x, t):
+        ab = schedule.alpha_bar(t).to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
+        a, sg = ab.sqrt(), (1 - ab).sqrt()
+        eps = sg * (x - a * MU) / (a**2 * SD**2 + sg**2)
+        x0 = (x - sg * eps) / a
+        return training_target(x0, eps, a, sg, prediction)
+
+    return denoiser
+
+
+def affine_map(sampler, K, **kw):
+    """For the Gaussian oracle a deterministic sampler is x_out = h + g * x_T: run it at x_T = 0, 1."""
+    x = torch.stack([torch.zeros(3), torch.ones(3)]).double()
+    y = sampler(gaussian_oracle(), x, SCH, SCH.timesteps(K), progress=False, **kw)
+    return y[0], y[1] - y[0]
+
+
+# ---------------------------------------------------------------- Gaussian oracle
+# Tolerances. Statistical: with n draws the sample mean has standard error SD / sqrt(n) and the
+# sample std SD / sqrt(2n); we allow 5 of them (a false alarm below 1e-6). Discretisation: for
+# this Gaussian the deterministic samplers are affine maps of x_T, computed exactly by
+# ``affine_map`` (cosine schedule, trailing grid): DDIM-50 shrinks the std by 3.1% and
+# DPM-Solver++(2M)-20 by 2.3%; the means are off by < 1e-4 (the terminal SNR of the cosine
+# schedule). So we allow DELTA = 4% of SD (ddim), 3% (dpmpp_2m) and 1% (ddpm on all 1000 steps,
+# where the only approximation is the fixed posterior variance).
+N_DRAWS = 4000
+DELTA = {"ddpm": 0.01, "ddim": 0.04, "dpmpp_2m": 0.03}
+
+
+@pytest.mark.parametrize("name,K", [("ddpm", 1000), ("ddim", 50), ("dpmpp_2m", 20)])
+def test_gaussian_oracle_recovers_mean_and_std(name, K):
+    y = sample_many(name, gaussian_oracle(), (3,), N_DRAWS, schedule=SCH, timesteps=SCH.timesteps(K),
+                    dtype=torch.float64, seed=123, progress=False)[:, 0]  # fmt: skip
+    se_mean, se_std = SD / math.sqrt(N_DRAWS), SD / math.sqrt(2 * N_DRAWS)
+    tol_mean = 5 * se_mean + DELTA[name] * SD
+    tol_std = 5 * se_std + DELTA[name] * SD
+    assert bool(((y.mean(0) - MU).abs() <= tol_mean).all()), (y.mean(0), MU, tol_mean)
+    assert bool(((y.std(0) - SD).abs() <= tol_std).all()), (y.std(0), SD, tol_std)
+
+
+@pytest.mark.parametrize("sampler,K", [(sample_ddim, 50), (sample_dpmpp_2m, 20)])
+def test_deterministic_samples_follow_their_exact_affine_map(sampler, K):
+    """Sharper than the check above: the samples' moments equal the exact map's, up to sampling error only."""
+    h, g = affine_map(sampler, K)
+    assert bool(((g.abs() - SD).abs() <= DELTA["ddim"] * SD).all()) and bool(((h - MU).abs() < 1e-3).all())
+    y = sample_many(sampler, gaussian_oracle(), (3,), N_DRAWS, schedule=SCH, timesteps=SCH.timesteps(K),
+                    dtype=torch.float64, seed=7, progress=False)[:, 0]  # fmt: skip
+    x_T = (y - h) / g  # the initial noise each sample came from
+    torch.testing.assert_close(h + g * x_T.mean(0), y.mean(0), rtol=0, atol=1e-9)
+    assert bool(((x_T.mean(0)).abs() < 5 / math.sqrt(N_DRAWS)).all())
+    assert bool(((x_T.std(0) - 1).abs() < 5 / math.sqrt(2 * N_DRAWS)).all())
+
+
+def test_convergence_orders():
+    """DDIM is first order (error halves when K doubles); DPM-Solver++(2M) is second order."""
+    err = lambda s, K: float(((affine_map(s, K)[1].abs() - SD) / SD).abs().max())  # noqa: E731
+    ddim = [err(sample_ddim, K) for K in (50, 100, 200)]
+    dpm = [err(sample_dpmpp_2m, K) for K in (50, 100, 200)]
+    for a, b in zip(ddim, ddim[1:]):
+        assert 1.7 < a / b < 2.3, ddim
+    for a, b in zip(dpm, dpm[1:]):
+        assert a / b > 2.8, dpm  # second order: a ratio near 4 (first order would give 2)
+    assert dpm[0] < ddim[0] / 4
+
+
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+@pytest.mark.parametrize("sampler", [sample_ddim, sample_dpmpp_2m])
+def test_prediction_types_give_the_same_deterministic_samples(prediction, sampler):
+    x = torch.randn(64, 3, dtype=torch.float64)
+    ref = sampler(gaussian_oracle("eps"), x, SCH, SCH.timesteps(20), progress=False)
+    got = sampler(gaussian_oracle(prediction), x, SCH, SCH.timesteps(20), prediction=prediction, progress=False)
+    torch.testing.assert_close(got, ref, rtol=1e-9, atol=1e-9)
+
+
+def test_prediction_conversions_round_trip():
+    g = torch.Generator().manual_seed(0)
+    x0, eps = torch.randn(5, 3, generator=g).double(), torch.randn(5, 3, generator=g).double()
+    a, s = 0.6, 0.8
+    xt = a * x0 + s * eps
+    for p in ("eps", "x0", "v"):
+        x0_hat, eps_hat = to_x0_eps(training_target(x0, eps, a, s, p), xt, a, s, p)
+        torch.testing.assert_close(x0_hat, x0)
+        torch.testing.assert_close(eps_hat, eps)
+
+
+# ---------------------------------------------------------------- one step against references
+def _first_step(sampler, denoiser, x, grid, z, **kw):
+    """x after step 0 of ``sampler`` on ``grid``, with the step noise fixed to ``z``."""
+    seen = []
+    sampler(denoiser, x, SCH, grid, noise_sampler=lambda i: z, callback=lambda d: seen.append(d["x"]),
+            progress=False, **kw)  # fmt: skip
+    return seen
+
+
+def _toy_eps(x, t):
+    return torch.tanh(x) * (1 + t[:, None].double() / 1000)
+
+
+def test_ddpm_step_matches_ho_et_al():
+    g = torch.Generator().manual_seed(3)
+    x, z = torch.randn(6, 4, generator=g).double(), torch.randn(6, 4, generator=g).double()
+    t = 500
+    grid = torch.tensor([t, t - 1])
+    ab, ab_prev = float(SCH.alphas_cumprod[t]), float(SCH.alphas_cumprod[t - 1])
+    beta = float(SCH.betas[t])
+    eps = _toy_eps(x, torch.full((6,), t))
+    mean = (x - beta / math.sqrt(1 - ab) * eps) / math.sqrt(1 - beta)  # Ho et al. (2020), Alg. 2
+    for variance, var in [("small", beta * (1 - ab_prev) / (1 - ab)), ("large", beta)]:
+        got = _first_step(sample_ddpm, _toy_eps, x, grid, z, variance=variance)[0]
+        torch.testing.assert_close(got, mean + math.sqrt(var) * z, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
+def test_ddim_step_matches_song_et_al(eta):
+    g = torch.Generator().manual_seed(4)
+    x, z = torch.randn(6, 4, generator=g).double(), torch.randn(6, 4, generator=g).double()
+    grid = SCH.timesteps(10, "leading")  # a non-unit stride: 900 -> 800
+    t, s = int(grid[0]), int(grid[1])
+    ab, ab_s = float(SCH.alphas_cumprod[t]), float(SCH.alphas_cumprod[s])
+    eps = _toy_eps(x, torch.full((6,), t))
+    x0 = (x - math.sqrt(1 - ab) * eps) / math.sqrt(ab)
+    sigma = eta * math.sqrt((1 - ab_s) / (1 - ab)) * math.sqrt(1 - ab / ab_s)  # Song et al. (2021), eq. 16
+    ref = math.sqrt(ab_s) * x0 + math.sqrt(1 - ab_s - sigma**2) * eps + sigma * z  # eq. 12
+    got = _first_step(sample_ddim, _toy_eps, x, grid, z, eta=eta)[0]
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
+
+
+def test_ddim_eta_one_on_the_full_grid_is_ddpm_small():
+    g = torch.Generator().manual_seed(5)
+    x, z = torch.randn(6, 4, generator=g).double(), torch.randn(6, 4, generator=g).double()
+    grid = torch.tensor([300, 299, 298])
+    a = _first_step(sample_ddim, _toy_eps, x, grid, z, eta=1.0)
+    b = _first_step(sample_ddpm, _toy_eps, x, grid, z, variance="small")
+    for u, v in zip(a, b):
+        torch.testing.assert_close(u, v, rtol=1e-10, atol=1e-10)
+
+
+def test_dpmpp_2m_matches_k_diffusion_form():
+    """Reference written in k-diffusion's variance-exploding form: sigma_ve = sigma / alpha,
+    x_ve = x / alpha, t = -log sigma_ve, denoised = x0; a different algebra for the same solver."""
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(6, 4, generator=g).double()
+    grid = SCH.timesteps(5, "trailing")
+    got = _first_step(sample_dpmpp_2m, _toy_eps, x, grid, None)
+    ab = [float(SCH.alphas_cumprod[t]) for t in grid] + [1.0]
+    alpha = [math.sqrt(a) for a in ab]
+    sig = [math.sqrt((1 - a) / a) for a in ab]  # VE sigmas; the last is 0
+    x_ve, old = x / alpha[0], None
+    for i in range(len(grid)):
+        t_i = int(grid[i])
+        eps = _toy_eps(x_ve * alpha[i], torch.full((6,), t_i))
+        den = to_x0_eps(eps, x_ve * alpha[i], alpha[i], math.sqrt(1 - ab[i]), "eps")[0]
+        if sig[i + 1] == 0:
+            x_ve = den
+        else:
+            tt, tn = -math.log(sig[i]), -math.log(sig[i + 1])
+            h = tn - tt
+            if old is None:
+                x_ve = (sig[i + 1] / sig[i]) * x_ve - math.expm1(-h) * den
+            else:
+                h_last = tt - (-math.log(sig[i - 1]))
+                r = h_last / h
+                d = (1 + 1 / (2 * r)) * den - (1 / (2 * r)) * old
+                x_ve = (sig[i + 1] / sig[i]) * x_ve - math.expm1(-h) * d
+        old = den
+        torch.testing.assert_close(got[i], x_ve * alpha[i + 1], rtol=1e-11, atol=1e-11)
+
+
+def test_final_step_returns_x0_estimate_and_callback_sees_every_step():
+    x = torch.randn(3, 4, dtype=torch.float64)
+    seen = []
+    out = sample_ddpm(_toy_eps, x, SCH, SCH.timesteps(7), callback=seen.append, progress=False,
+                      generator=torch.Generator().manual_seed(0))  # fmt: skip
+    assert [d["i"] for d in seen] == list(range(7))
+    assert [d["t_next"] for d in seen][-1] == -1
+    assert torch.equal(out, seen[-1]["x0"])
+
+
+def test_clip_x0_clamps_and_is_off_by_default():
+    big = lambda x, t: -10 * torch.ones_like(x)  # noqa: E731 - eps pushing x0 far out
+    x = torch.zeros(2, 3, dtype=torch.float64)
+    free = sample_ddim(big, x, SCH, SCH.timesteps(5), progress=False)
+    clipped = sample_ddim(big, x, SCH, SCH.timesteps(5), clip_x0=1.0, progress=False)
+    assert float(free.abs().max()) > 1.0
+    assert float(clipped.abs().max()) <= 1.0
+
+
+def test_stochastic_samplers_reproducible_with_generator():
+    x = torch.randn(8, 4, dtype=torch.float64)
+    run = lambda seed: sample_ddpm(_toy_eps, x, SCH, SCH.timesteps(20), progress=False,  # noqa: E731
+                                   generator=torch.Generator().manual_seed(seed))  # fmt: skip
+    assert torch.equal(run(1), run(1))
+    assert not torch.equal(run(1), run(2))
+
+
+# ---------------------------------------------------------------- bad input
+def test_bad_input_messages():
+    x = torch.randn(4, 3)
+    grid = SCH.timesteps(5)
+    with pytest.raises(ValueError, match="x: the initial noise .* NaN or infinite"):
+        sample_ddim(_toy_eps, x.clone().fill_(float("nan")), SCH, grid)
+    with pytest.raises(TypeError, match="x: expected a floating-point tensor"):
+        sample_ddim(_toy_eps, torch.zeros(4, 3, dtype=torch.long), SCH, grid)
+    with pytest.raises(ValueError, match="eta: expected a finite number >= 0, got -0.1"):
+        sample_ddim(_toy_eps, x, SCH, grid, eta=-0.1)
+    with pytest.raises(ValueError, match="prediction: unknown prediction type 'score'"):
+        sample_ddim(_toy_eps, x, SCH, grid, prediction="score")
+    with pytest.raises(ValueError, match="variance: expected 'small' or 'large'"):
+        sample_ddpm(_toy_eps, x, SCH, grid, variance="learned")
+    with pytest.raises(ValueError, match="timesteps: expected a strictly descending grid"):
+        sample_ddim(_toy_eps, x, SCH, grid.flip(0))
+    with pytest.raises(ValueError, match=r"timesteps: values must lie in 0..999"):
+        sample_ddim(_toy_eps, x, SCH, torch.tensor([1000, 5]))
+    with pytest.raises(ValueError, match="timesteps: expected integer"):
+        sample_ddim(_toy_eps, x, SCH, grid.double())
+    with pytest.raises(ValueError, match=r"denoiser: expected an output of shape \(4, 3\).*got \(4, 2\)"):
+        sample_ddim(lambda x, t: x[:, :2], x, SCH, grid)
+    with pytest.raises(ValueError, match="clip_x0"):
+        sample_ddim(_toy_eps, x, SCH, grid, clip_x0=0.0)

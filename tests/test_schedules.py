@@ -1,0 +1,116 @@
+"""NoiseSchedule: constructors against their formulas, grids against Lin et al. (2023) Table 2."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from diffsample import NoiseSchedule
+
+
+def test_linear_matches_formula():
+    sch = NoiseSchedule.linear(1000)
+    betas = np.linspace(1e-4, 0.02, 1000)
+    np.testing.assert_allclose(sch.betas.numpy(), betas, rtol=0, atol=1e-15)
+    np.testing.assert_allclose(sch.alphas_cumprod.numpy(), np.cumprod(1 - betas), rtol=1e-12)
+    assert sch.betas.dtype == torch.float64 and sch.alphas_cumprod.dtype == torch.float64
+
+
+def test_scaled_linear_and_sigmoid_match_formulas():
+    sl = NoiseSchedule.scaled_linear(50)
+    np.testing.assert_allclose(sl.betas.numpy(), np.linspace(0.00085**0.5, 0.012**0.5, 50) ** 2, rtol=1e-12)
+    sg = NoiseSchedule.sigmoid(50)
+    ref = 1 / (1 + np.exp(-np.linspace(-6, 6, 50))) * (0.02 - 1e-4) + 1e-4
+    np.testing.assert_allclose(sg.betas.numpy(), ref, rtol=1e-12)
+
+
+def test_cosine_alpha_bar_follows_closed_form_until_clipping():
+    T, s = 1000, 0.008
+    sch = NoiseSchedule.cosine(T)
+    f = lambda t: math.cos((t / T + s) / (1 + s) * math.pi / 2) ** 2  # noqa: E731
+    ref = np.array([f(t + 1) / f(0) for t in range(T)])
+    # the last betas are clipped at 0.999, which changes alpha_bar only at the very end
+    np.testing.assert_allclose(sch.alphas_cumprod.numpy()[:-5], ref[:-5], rtol=1e-10)
+    assert float(sch.betas.max()) <= 0.999
+
+
+def test_alpha_bar_lookup_and_clean_step():
+    sch = NoiseSchedule.linear(100)
+    t = torch.tensor([-1, 0, 57, 99])
+    ab = sch.alpha_bar(t)
+    assert ab[0] == 1.0
+    assert torch.equal(ab[1:], sch.alphas_cumprod[t[1:]])
+    with pytest.raises(TypeError, match="t: expected an integer tensor"):
+        sch.alpha_bar(torch.tensor([0.5]))
+
+
+def test_add_noise_is_the_forward_process():
+    sch = NoiseSchedule.cosine(100)
+    g = torch.Generator().manual_seed(1)
+    x0, noise = torch.randn(4, 3, 2, generator=g), torch.randn(4, 3, 2, generator=g)
+    t = torch.tensor([0, 10, 50, 99])
+    xt = sch.add_noise(x0, noise, t)
+    for i in range(4):
+        ab = float(sch.alphas_cumprod[t[i]])
+        torch.testing.assert_close(xt[i], math.sqrt(ab) * x0[i] + math.sqrt(1 - ab) * noise[i])
+    with pytest.raises(ValueError, match=r"t: expected shape \[4\]"):
+        sch.add_noise(x0, noise, t[:3])
+    with pytest.raises(ValueError, match="noise: expected shape"):
+        sch.add_noise(x0, noise[:2], t)
+
+
+def _paper_grid(T: int, N: int, spacing: str) -> np.ndarray:
+    """Lin et al. 2023, Table 2, written as in the paper."""
+    if spacing == "leading":
+        return (np.arange(N) * (T // N))[::-1]
+    if spacing == "trailing":
+        return np.round(np.arange(T, 0, -T / N)) - 1
+    return np.round(np.linspace(0, T - 1, N))[::-1]
+
+
+@pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
+@pytest.mark.parametrize("T,N", [(1000, 50), (1000, 10), (1000, 3), (1000, 7), (1000, 999), (1000, 1000), (10, 3), (10, 1), (7, 7)])
+def test_grids_match_their_definitions(spacing, T, N):
+    grid = NoiseSchedule.linear(T).timesteps(N, spacing)
+    assert grid.dtype == torch.long and grid.shape == (N,)
+    ref = _paper_grid(T, N, spacing)
+    assert len(ref) == N  # the paper's arange form has the right length at these sizes
+    np.testing.assert_array_equal(grid.numpy(), ref.astype(np.int64))
+    assert bool((grid[1:] < grid[:-1]).all()), "grid must be strictly descending"
+    assert int(grid.min()) >= 0 and int(grid.max()) <= T - 1
+
+
+def test_trailing_starts_at_last_step_and_leading_does_not():
+    sch = NoiseSchedule.linear(1000)
+    assert int(sch.timesteps(50, "trailing")[0]) == 999
+    assert int(sch.timesteps(50, "leading")[0]) == 980
+
+
+@pytest.mark.parametrize("num_steps", [0, -3, 1001, 2.5, True])
+def test_bad_num_steps(num_steps):
+    with pytest.raises(ValueError, match="num_steps"):
+        NoiseSchedule.linear(1000).timesteps(num_steps)
+
+
+def test_bad_spacing_and_betas():
+    with pytest.raises(ValueError, match="spacing: unknown spacing 'uniform'"):
+        NoiseSchedule.linear(10).timesteps(5, "uniform")
+    with pytest.raises(ValueError, match=r"betas\[2\] = 1.0"):
+        NoiseSchedule.from_betas([0.1, 0.2, 1.0])
+    with pytest.raises(ValueError, match="betas"):
+        NoiseSchedule.from_betas([0.1, -0.2])
+    with pytest.raises(ValueError, match="betas"):
+        NoiseSchedule.from_betas([[0.1, 0.2]])
+    with pytest.raises(ValueError, match="strictly decreasing"):
+        NoiseSchedule(torch.tensor([0.1, 0.1]), torch.tensor([0.9, 0.95]))
+    with pytest.raises(ValueError, match="name: unknown schedule"):
+        NoiseSchedule.by_name("quadratic")
+
+
+def test_frozen_and_to():
+    sch = NoiseSchedule.linear(10)
+    with pytest.raises(Exception):
+        sch.betas = torch.zeros(10)  # frozen dataclass
+    moved = sch.to("cpu")
+    assert torch.equal(moved.alphas_cumprod, sch.alphas_cumprod) and moved.alphas_cumprod.dtype == torch.float64
