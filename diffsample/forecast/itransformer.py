@@ -1,0 +1,95 @@
+"""iTransformer backbone (Liu et al., ICLR 2024): variates as tokens.
+
+Dimensions: B windows, L lookback, H horizon, N variates, F time features, D model width.
+
+history [B, L, N] (+ time features [B, L, F]) -> point forecast y_det [B, H, N] and the
+variate tokens z [B, N, D] that condition the residual diffusion.
+
+1. Instance normalisation per window and variate (subtract the mean over L, divide by the std).
+2. Inverted embedding: each variate's whole lookback is one token, Linear(L -> D); each time
+   feature's lookback is one more token (Time-Series-Library's DataEmbedding_inverted).
+3. Post-norm encoder layers (attention across tokens, then a position-wise MLP), final LayerNorm.
+4. Projection D -> H on the N variate tokens, then the normalisation undone.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+__all__ = ["ITransformer"]
+
+
+class EncoderLayer(nn.Module):
+    """Post-norm: x = norm1(x + attn(x)); x = norm2(x + mlp(x))."""
+
+    def __init__(self, d_model: int, n_heads: int, d_ff: int, dropout: float) -> None:
+        super().__init__()
+        if d_model % n_heads:
+            raise ValueError(f"n_heads: d_model={d_model} must be divisible by n_heads={n_heads}")
+        self.n_heads = n_heads
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.proj = nn.Linear(d_model, d_model)
+        self.ff1, self.ff2 = nn.Linear(d_model, d_ff), nn.Linear(d_ff, d_model)
+        self.norm1, self.norm2 = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = rearrange(self.qkv(x), "b t (three h d) -> three b h t d", three=3, h=self.n_heads)
+        p = self.dropout.p if self.training else 0.0
+        attn = F.scaled_dot_product_attention(q, k, v, dropout_p=p)  # [B, heads, tokens, D/heads]
+        x = self.norm1(x + self.dropout(self.proj(rearrange(attn, "b h t d -> b t (h d)"))))
+        y = self.ff2(self.dropout(F.gelu(self.ff1(x))))
+        return self.norm2(x + self.dropout(y))
+
+
+class ITransformer(nn.Module):
+    """The backbone. ``forward(history, time_features=None) -> (y_det, z)``.
+
+    Args:
+        lookback: L. horizon: H. n_time_features: F (0 for none).
+        d_model, n_heads, n_layers, d_ff, dropout: encoder sizes.
+        norm_eps: added to the variance in the instance normalisation.
+    """
+
+    def __init__(
+        self,
+        lookback: int,
+        horizon: int,
+        *,
+        n_time_features: int = 0,
+        d_model: int = 128,
+        n_heads: int = 8,
+        n_layers: int = 2,
+        d_ff: int = 128,
+        dropout: float = 0.1,
+        norm_eps: float = 1e-5,
+    ) -> None:
+        super().__init__()
+        self.lookback, self.horizon, self.n_time_features, self.norm_eps = lookback, horizon, n_time_features, norm_eps
+        self.embed = nn.Linear(lookback, d_model)
+        self.embed_dropout = nn.Dropout(dropout)
+        self.layers = nn.ModuleList(EncoderLayer(d_model, n_heads, d_ff, dropout) for _ in range(n_layers))
+        self.norm = nn.LayerNorm(d_model)
+        self.head = nn.Linear(d_model, horizon)
+
+    def forward(
+        self, history: torch.Tensor, time_features: Optional[torch.Tensor] = None
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """history ``[B, L, N]``, time_features ``[B, L, F]`` or None -> (y_det ``[B, H, N]``, z ``[B, N, D]``)."""
+        B, L, N = history.shape
+        mean = history.mean(dim=1, keepdim=True)  # [B, 1, N]
+        std = torch.sqrt(history.var(dim=1, keepdim=True, unbiased=False) + self.norm_eps)  # [B, 1, N]
+        tokens = rearrange((history - mean) / std, "b l n -> b n l")  # [B, N, L]
+        if time_features is not None:
+            tokens = torch.cat([tokens, rearrange(time_features, "b l f -> b f l")], dim=1)  # [B, N + F, L]
+        h = self.embed_dropout(self.embed(tokens))  # [B, N + F, D]
+        for layer in self.layers:
+            h = layer(h)
+        z = self.norm(h)[:, :N]  # [B, N, D] variate tokens only
+        y = rearrange(self.head(z), "b n h -> b h n")  # [B, H, N]
+        return y * std + mean, z

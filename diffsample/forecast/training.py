@@ -1,0 +1,274 @@
+"""Two-stage mixed-precision trainer for ITransformerDiffusion.
+
+Stage 1 trains the iTransformer backbone on the point MSE (Time-Series-Library protocol: Adam,
+learning rate halved every epoch, early stopping on validation MSE). Stage 2 freezes it, fixes
+the per-variate residual statistics on the training windows, and trains the denoiser on the
+diffusion loss (AdamW, early stopping on a validation diffusion loss drawn with fixed noise).
+The best weights of each stage are kept, and written atomically when a path is given.
+
+Mixed precision: one code path, ``torch.amp.autocast(device_type, dtype, enabled)`` and a
+GradScaler enabled only for fp16. "auto" picks bf16 on GPUs that support it, fp16 on other
+GPUs, and full fp32 on CPU.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import math
+import os
+import time
+from typing import Callable, Dict, Iterator, List, Literal, Optional, Tuple, Union
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .._utils import progress_disabled
+from .data import ForecastDataset, ForecastSplit, WindowBatch
+from .model import ITransformerDiffusion
+
+__all__ = ["TrainConfig", "TrainResult", "train", "resolve_amp"]
+
+log = logging.getLogger(__name__)
+
+_GradScaler = getattr(torch.amp, "GradScaler", None) or getattr(torch.cuda, "amp").GradScaler  # torch < 2.3
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Trainer settings. Defaults follow the iTransformer ETT recipe for stage 1."""
+
+    batch_size: int = 32
+    point_epochs: int = 10
+    point_lr: float = 1e-4
+    point_lr_decay: float = 0.5  # multiply the learning rate by this after every epoch
+    diffusion_epochs: int = 20
+    diffusion_lr: float = 1e-3
+    weight_decay: float = 0.0
+    patience: int = 3
+    max_batches_per_epoch: Optional[int] = None  # cap for quick runs; None = every window once
+    grad_clip: Optional[float] = 1.0
+    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "patience"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name}: expected a positive integer, got {v!r}")
+        for name in ("point_epochs", "diffusion_epochs"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError(f"{name}: expected an integer >= 0, got {v!r}")
+        for name in ("point_lr", "diffusion_lr", "point_lr_decay"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name}: expected a positive number, got {getattr(self, name)!r}")
+        if self.max_batches_per_epoch is not None and self.max_batches_per_epoch < 1:
+            raise ValueError(f"max_batches_per_epoch: expected a positive integer or None, got {self.max_batches_per_epoch!r}")
+        if self.amp not in ("auto", "bf16", "fp16", "off"):
+            raise ValueError(f"amp: expected 'auto', 'bf16', 'fp16' or 'off', got {self.amp!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainResult:
+    """What training did: one record per epoch, and the best validation losses of each stage."""
+
+    history: Tuple[Dict[str, float], ...]
+    best_val_point: float
+    best_val_diffusion: float
+    amp_dtype: Optional[str]
+    seconds: float
+
+
+def resolve_amp(amp: str, device: torch.device) -> Optional[torch.dtype]:
+    """The autocast dtype for a setting on a device, or None for full precision."""
+    if amp == "off" or (amp == "auto" and device.type != "cuda"):
+        return None
+    if amp == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+
+def train(
+    model: ITransformerDiffusion,
+    data: ForecastDataset,
+    config: TrainConfig = TrainConfig(),
+    *,
+    device: Optional[Union[str, torch.device]] = None,
+    checkpoint: Optional[Union[str, os.PathLike]] = None,
+    progress: Optional[bool] = None,
+    on_epoch: Optional[Callable[[Dict[str, float]], None]] = None,
+) -> TrainResult:
+    """Train both stages in place and return what happened.
+
+    Args:
+        model: the forecaster; its config must match the data (lookback, horizon, variates, F).
+        data: a ForecastDataset (``load_dataset``); train for fitting, val for early stopping.
+        config: TrainConfig.
+        device: default CUDA when available, else CPU.
+        checkpoint: write the best model here (atomically) after each stage.
+        progress: None or True: progress bars on a terminal; False: none.
+        on_epoch: called with each epoch's record, e.g. ``print``.
+    """
+    _check_compatible(model, data)
+    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
+    train_split, val_split = data.train.to(device), data.val.to(device)
+    amp_dtype = resolve_amp(config.amp, device)
+    g = torch.Generator().manual_seed(config.seed)  # batch order
+    g_dev = torch.Generator(device=device).manual_seed(config.seed + 1)  # diffusion t and noise
+    history: List[Dict[str, float]] = []
+    t0 = time.perf_counter()
+
+    def record(rec: Dict[str, float]) -> None:
+        history.append(rec)
+        log.info("epoch %s", rec)
+        if on_epoch is not None:
+            on_epoch(rec)
+
+    # ---------------------------------------------------------------- stage 1: point forecast
+    backbone = model.backbone
+    opt = torch.optim.Adam(backbone.parameters(), lr=config.point_lr, weight_decay=config.weight_decay)
+    best_point, best_state, stale = math.inf, copy.deepcopy(backbone.state_dict()), 0
+    for epoch in range(config.point_epochs):
+        backbone.train()
+        loss = _epoch(lambda b: model.point_loss(b.x, b.y, b.x_mark), backbone, opt, train_split, config, g,
+                      amp_dtype, device, progress, f"point {epoch + 1}/{config.point_epochs}")  # fmt: skip
+        backbone.eval()
+        val = _evaluate(lambda b: model.point_loss(b.x, b.y, b.x_mark), val_split, config.batch_size, amp_dtype, device)
+        record({"stage": 1, "epoch": epoch + 1, "train_point_mse": loss, "val_point_mse": val,
+                "lr": opt.param_groups[0]["lr"]})  # fmt: skip
+        if val < best_point:
+            best_point, best_state, stale = val, copy.deepcopy(backbone.state_dict()), 0
+        else:
+            stale += 1
+            if stale >= config.patience:
+                break
+        for group in opt.param_groups:
+            group["lr"] *= config.point_lr_decay
+    backbone.load_state_dict(best_state)
+    backbone.requires_grad_(False)
+    backbone.eval()
+
+    # ---------------------------------------------------------------- stage 2: residual diffusion
+    mean, std = _residual_stats(model, train_split, config.batch_size, device)
+    model.set_residual_stats(mean, std)
+    if checkpoint is not None and config.point_epochs:
+        model.save(checkpoint)
+    den = model.denoiser
+    opt = torch.optim.AdamW(den.parameters(), lr=config.diffusion_lr, weight_decay=config.weight_decay)
+    best_diff, best_state, stale = math.inf, copy.deepcopy(den.state_dict()), 0
+    for epoch in range(config.diffusion_epochs):
+        den.train()
+        loss = _epoch(lambda b: model.diffusion_loss(b.x, b.y, b.x_mark, generator=g_dev), den, opt, train_split,
+                      config, g, amp_dtype, device, progress, f"diffusion {epoch + 1}/{config.diffusion_epochs}")  # fmt: skip
+        den.eval()
+        g_val = torch.Generator(device=device).manual_seed(config.seed + 2)  # the same noise every epoch
+        val = _evaluate(lambda b: model.diffusion_loss(b.x, b.y, b.x_mark, generator=g_val), val_split,
+                        config.batch_size, amp_dtype, device)  # fmt: skip
+        record({"stage": 2, "epoch": epoch + 1, "train_diffusion_loss": loss, "val_diffusion_loss": val})
+        if val < best_diff:
+            best_diff, best_state, stale = val, copy.deepcopy(den.state_dict()), 0
+        else:
+            stale += 1
+            if stale >= config.patience:
+                break
+    den.load_state_dict(best_state)
+    model.backbone.requires_grad_(True)
+    model.eval()
+    if checkpoint is not None:
+        model.save(checkpoint)
+    return TrainResult(tuple(history), best_point, best_diff, str(amp_dtype).replace("torch.", "") if amp_dtype else None,
+                       time.perf_counter() - t0)  # fmt: skip
+
+
+def _epoch(
+    loss_fn: Callable[[WindowBatch], torch.Tensor],
+    module: nn.Module,
+    opt: torch.optim.Optimizer,
+    split: ForecastSplit,
+    config: TrainConfig,
+    generator: torch.Generator,
+    amp_dtype: Optional[torch.dtype],
+    device: torch.device,
+    progress: Optional[bool],
+    desc: str,
+) -> float:
+    """One pass over (a capped number of) shuffled training batches; returns the mean loss."""
+    scaler = _GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    batches = _capped(split.batches(config.batch_size, shuffle=True, generator=generator), config.max_batches_per_epoch)
+    n_batches = math.ceil(len(split) / config.batch_size)
+    total = min(n_batches, config.max_batches_per_epoch or n_batches)
+    total_loss = torch.zeros((), device=device)
+    count = 0
+    bar = tqdm(batches, total=total, desc=desc, leave=False, disable=progress_disabled(progress))
+    for batch in bar:
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            loss = loss_fn(batch)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if config.grad_clip is not None:
+            scaler.unscale_(opt)
+            nn.utils.clip_grad_norm_(module.parameters(), config.grad_clip)
+        scaler.step(opt)
+        scaler.update()
+        total_loss += loss.detach()
+        count += 1
+    return float(total_loss) / max(count, 1)  # one sync per epoch
+
+
+@torch.no_grad()
+def _evaluate(
+    loss_fn: Callable[[WindowBatch], torch.Tensor],
+    split: ForecastSplit,
+    batch_size: int,
+    amp_dtype: Optional[torch.dtype],
+    device: torch.device,
+) -> float:
+    """Window-weighted mean of a loss over every window of a split."""
+    total, n = torch.zeros((), device=device, dtype=torch.float64), 0
+    for batch in split.batches(batch_size):
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            total += loss_fn(batch).double() * batch.x.shape[0]
+        n += batch.x.shape[0]
+    return float(total) / n
+
+
+@torch.no_grad()
+def _residual_stats(
+    model: ITransformerDiffusion, split: ForecastSplit, batch_size: int, device: torch.device
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per-variate mean and std ``[N]`` of y - y_det over every training window (float64 sums)."""
+    N = model.config.n_variates
+    s1 = torch.zeros(N, dtype=torch.float64, device=device)
+    s2 = torch.zeros(N, dtype=torch.float64, device=device)
+    n = 0
+    for batch in split.batches(batch_size):
+        y_det, _ = model(batch.x, batch.x_mark)
+        r = (batch.y - y_det).double().reshape(-1, N)  # [B * H, N]
+        s1 += r.sum(0)
+        s2 += (r * r).sum(0)
+        n += r.shape[0]
+    mean = s1 / n
+    std = (s2 / n - mean * mean).clamp_min(1e-12).sqrt()
+    return mean.float(), std.float()
+
+
+def _capped(it: Iterator[WindowBatch], cap: Optional[int]) -> Iterator[WindowBatch]:
+    for i, batch in enumerate(it):
+        if cap is not None and i >= cap:
+            return
+        yield batch
+
+
+def _check_compatible(model: ITransformerDiffusion, data: ForecastDataset) -> None:
+    c = model.config
+    want = {"lookback": data.lookback, "horizon": data.horizon, "n_variates": data.n_variates,
+            "n_time_features": data.n_marks}  # fmt: skip
+    have = {k: getattr(c, k) for k in want}
+    if c.n_time_features == 0:
+        want["n_time_features"] = 0  # a model may ignore the time features
+    if have != want:
+        raise ValueError(f"model, data: the model's config {have} does not match the data {want}")
