@@ -22,9 +22,9 @@ from ._utils import describe, progress_disabled
 from .memory import fit_row_cost, free_bytes, is_oom
 from .noise import keyed_normal, row_keys
 from .prediction import Denoiser, check_output
-from .samplers import SAMPLERS, Sampler
+from .samplers import SAMPLERS, Sampler, _check_grid
 
-__all__ = ["sample_many", "plan_chunk"]
+__all__ = ["sample_many", "plan_chunk", "row_cost"]
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +112,7 @@ def sample_many(
     for k in ("schedule", "timesteps"):
         if k not in sampler_kwargs:
             raise TypeError(f"sample_many: missing sampler argument {k}=... (e.g. schedule.timesteps(50))")
+    grid = _check_grid(sampler_kwargs["timesteps"], getattr(sampler_kwargs["schedule"], "num_train_steps", 1 << 62))
     cond = dict(cond or {})
     B = _num_conditions(cond, cond_ids)
     device = _resolve_device(device, cond, denoiser)
@@ -119,23 +120,10 @@ def sample_many(
     S, M = n_samples, n_samples * B
     cond = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in cond.items()}
 
-    def rows_of(r0: int, r1: int) -> Tuple[torch.Tensor, torch.Tensor]:
-        r = torch.arange(r0, r1, device=device)
-        return r // B, r % B  # sample index, condition index
-
-    def cond_rows(b_idx: torch.Tensor) -> dict:
-        if B == 1:  # one condition: a stride-0 view, no copy
-            return {k: v.expand(len(b_idx), *v.shape[1:]) if isinstance(v, torch.Tensor) else v for k, v in cond.items()}
-        return {k: v.index_select(0, b_idx) if isinstance(v, torch.Tensor) else v for k, v in cond.items()}
-
     user_callback = sampler_kwargs.pop("callback", None)
     with torch.no_grad():
-        chunk = plan_chunk(
-            denoiser, E, M, max_batch=max_batch, memory_budget=memory_budget, device=device, dtype=dtype,
-            cond_rows=lambda n: cond_rows(rows_of(0, n)[1]),  # fmt: skip
-            t_probe=int(sampler_kwargs["timesteps"][0]),
-        )
-        n_steps = len(sampler_kwargs["timesteps"])
+        chunk = _plan(denoiser, E, M, max_batch, memory_budget, device, dtype, cond, B, t_probe=grid[0])
+        n_steps = len(grid)
         out = torch.empty((M, *E), dtype=dtype, device=device)  # [S * B, *E]
         bar = tqdm(total=math.ceil(M / chunk) * n_steps, desc="sample_many", unit="step", disable=progress_disabled(progress))
         bar.set_postfix(rows=M, chunk=chunk)
@@ -148,12 +136,12 @@ def sample_many(
         r0 = 0
         while r0 < M:
             r1 = min(r0 + chunk, M)
-            s_idx, b_idx = rows_of(r0, r1)
+            s_idx, b_idx = _rows(r0, r1, B, device)
             keys = row_keys(seed, ids[b_idx], s_idx)  # [rows]
             try:
                 out[r0:r1] = sample_fn(
                     denoiser, keyed_normal(keys, -1, E, dtype=dtype),
-                    cond=cond_rows(b_idx), noise_sampler=lambda i, keys=keys: keyed_normal(keys, i, E, dtype=dtype),
+                    cond=_cond_rows(cond, B, b_idx), noise_sampler=lambda i, keys=keys: keyed_normal(keys, i, E, dtype=dtype),
                     progress=False, callback=on_step, **sampler_kwargs,  # fmt: skip
                 )
             except Exception as exc:  # noqa: BLE001 - only OOM is handled, the rest re-raised
@@ -178,23 +166,70 @@ def sample_many(
 
 def plan_chunk(
     denoiser: Denoiser,
-    event_shape: Tuple[int, ...],
-    rows: int,
+    event_shape: Sequence[int],
+    n_samples: int,
     *,
+    cond: Optional[Mapping[str, Any]] = None,
     max_batch: Optional[int] = None,
     memory_budget: Optional[Union[int, float]] = None,
-    device: Union[str, torch.device] = "cpu",
+    device: Optional[Union[str, torch.device]] = None,
     dtype: torch.dtype = torch.float32,
-    cond_rows: Callable[[int], Mapping[str, Any]] = lambda n: {},
     t_probe: int = 0,
 ) -> int:
-    """Rows per denoiser call that ``sample_many`` uses for ``rows`` rows in all.
+    """Rows per denoiser call that :func:`sample_many` would use for the same arguments.
 
     ``max_batch`` alone is taken as is. Otherwise two probe calls measure the per-row memory
-    (see :mod:`diffsample.memory`) and the chunk is the largest that fits the budget, also at
-    most ``max_batch``; on CPU without an explicit budget, also at most ``CPU_CHUNK_ROWS``.
+    (:func:`row_cost`) and the chunk is the largest that fits the budget, also at most
+    ``max_batch``; on CPU without an explicit budget, also at most ``CPU_CHUNK_ROWS`` (speed).
     """
-    device = torch.device(device)
+    cond = dict(cond or {})
+    B = _num_conditions(cond, None)
+    device = _resolve_device(device, cond, denoiser)
+    cond = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in cond.items()}
+    return _plan(denoiser, _check_event_shape(event_shape), n_samples * B, max_batch, memory_budget, device, dtype,
+                 cond, B, t_probe=t_probe)  # fmt: skip
+
+
+def row_cost(
+    denoiser: Denoiser,
+    event_shape: Sequence[int],
+    *,
+    cond: Optional[Mapping[str, Any]] = None,
+    device: Optional[Union[str, torch.device]] = None,
+    dtype: torch.dtype = torch.float32,
+    t_probe: int = 0,
+) -> Tuple[float, float]:
+    """Memory of sampling as ``(fixed, per_row)`` bytes: two probe calls of the denoiser at
+    ``PROBE_ROWS`` rows (cond rows gathered as sample_many gathers them) plus the sampler's own
+    state, ``SAMPLER_STATE_ROWS`` events per row."""
+    cond = dict(cond or {})
+    B = _num_conditions(cond, None)
+    device = _resolve_device(device, cond, denoiser)
+    E = _check_event_shape(event_shape)
+
+    def call(n: int) -> None:
+        x = torch.zeros((n, *E), dtype=dtype, device=device)
+        t = torch.full((n,), t_probe, dtype=torch.long, device=device)
+        check_output(denoiser(x, t, **_cond_rows(cond, B, _rows(0, n, B, device)[1])), x)
+
+    with torch.no_grad():
+        fixed, per_row = fit_row_cost(call, device, PROBE_ROWS)
+    return fixed, per_row + SAMPLER_STATE_ROWS * math.prod(E) * torch.empty((), dtype=dtype).element_size()
+
+
+def _plan(
+    denoiser: Denoiser,
+    E: Tuple[int, ...],
+    rows: int,
+    max_batch: Optional[int],
+    memory_budget: Optional[Union[int, float]],
+    device: torch.device,
+    dtype: torch.dtype,
+    cond: Mapping[str, Any],
+    B: int,
+    *,
+    t_probe: int,
+) -> int:
     if max_batch is not None and (isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1):
         raise ValueError(f"max_batch: expected a positive integer or None, got {max_batch!r}")
     if memory_budget is not None:
@@ -217,14 +252,7 @@ def plan_chunk(
     else:
         fraction = memory_budget if memory_budget is not None else DEFAULT_FRACTION.get(device.type, 0.5)
         budget = fraction * free_bytes(device)
-
-    def call(n: int) -> None:
-        x = torch.zeros((n, *event_shape), dtype=dtype, device=device)
-        t = torch.full((n,), t_probe, dtype=torch.long, device=device)
-        check_output(denoiser(x, t, **cond_rows(n)), x)
-
-    fixed, per_row = fit_row_cost(call, device, PROBE_ROWS)
-    per_row += SAMPLER_STATE_ROWS * math.prod(event_shape) * torch.empty((), dtype=dtype).element_size()
+    fixed, per_row = row_cost(denoiser, E, cond=cond, device=device, dtype=dtype, t_probe=t_probe)
     fits = int((budget - fixed) // per_row)
     if fits < 1:
         raise ValueError(
@@ -233,6 +261,19 @@ def plan_chunk(
         )
     log.debug("plan_chunk: fixed=%d B, per_row=%d B, budget=%d B -> %d rows", fixed, per_row, budget, fits)
     return max(1, min(cap, fits))
+
+
+def _rows(r0: int, r1: int, B: int, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Sample and condition index of rows r0..r1-1 (row r = sample r // B of condition r % B)."""
+    r = torch.arange(r0, r1, device=device)
+    return r // B, r % B
+
+
+def _cond_rows(cond: Mapping[str, Any], B: int, b_idx: torch.Tensor) -> dict:
+    """The cond tensors' rows for condition indices b_idx: a stride-0 view when B = 1, else a gather."""
+    if B == 1:
+        return {k: v.expand(len(b_idx), *v.shape[1:]) if isinstance(v, torch.Tensor) else v for k, v in cond.items()}
+    return {k: v.index_select(0, b_idx) if isinstance(v, torch.Tensor) else v for k, v in cond.items()}
 
 
 def _resolve_sampler(sampler: Union[str, Sampler]) -> Sampler:

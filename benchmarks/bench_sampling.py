@@ -1,0 +1,93 @@
+"""Sampling speed: the seed-style loop over samples vs sample_many (pytest-benchmark).
+
+Not part of the default test run. Run::
+
+    python -m pytest benchmarks/bench_sampling.py --benchmark-only --benchmark-json bench.json
+
+Each benchmark times one full sampling run (DDIM, the token denoiser at ETTh1 shapes), records
+rows, chunk and peak memory in extra_info, and checks the result against the reference run.
+Environment: DIFFSAMPLE_BENCH_STEPS (default 50), DIFFSAMPLE_BENCH_B (default "16,64,256"),
+DIFFSAMPLE_BENCH_S (samples per window in the batch benchmarks, default 32).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from common import EVENT, budget_for_rows, folded, make_cond, make_denoiser, peak, seed_loop
+from diffsample import plan_chunk
+from diffsample.noise import keyed_normal, row_keys
+
+K = int(os.environ.get("DIFFSAMPLE_BENCH_STEPS", "50"))
+BS = [int(b) for b in os.environ.get("DIFFSAMPLE_BENCH_B", "16,64,256").split(",")]
+S_BATCH = int(os.environ.get("DIFFSAMPLE_BENCH_S", "32"))
+DEVICE = torch.device("cpu")
+NET = make_denoiser()
+
+
+def run(benchmark, fn, *, rows, chunk, rounds=1):
+    out = benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=0)
+    benchmark.extra_info.update(rows=rows, chunk=chunk, steps=K, peak_mib=round(peak(fn, DEVICE) / 2**20, 1))
+    return out
+
+
+# ---------------------------------------------------------------- one window, S = 100
+@pytest.mark.parametrize("mode", ["seed_loop", "sample_many"])
+def test_one_window_100_samples(benchmark, mode):
+    benchmark.group = f"one window, S=100, DDIM-{K}"
+    z = make_cond(1)
+    fn = (lambda: seed_loop(NET, z, 100, K)) if mode == "seed_loop" else (lambda: folded(NET, z, 100, K))
+    out = run(benchmark, fn, rows=100, chunk=1 if mode == "seed_loop" else plan_chunk(NET, EVENT, 100, cond={"z": z}))
+    assert out.shape == (100, 1, *EVENT) and bool(torch.isfinite(out).all())
+
+
+# ---------------------------------------------------------------- B windows, S samples each
+MODES = ["seed_loop", "all_at_once", "default", "quarter_budget"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("B", BS)
+def test_batch_modes(benchmark, B, mode):
+    benchmark.group = f"B={B}, S={S_BATCH}, DDIM-{K}"
+    z, M = make_cond(B), B * S_BATCH
+    if mode == "seed_loop":
+        fn, chunk = (lambda: seed_loop(NET, z, S_BATCH, K)), B
+    elif mode == "all_at_once":
+        fn, chunk = (lambda: folded(NET, z, S_BATCH, K, max_batch=M)), M
+    elif mode == "default":
+        chunk = plan_chunk(NET, EVENT, S_BATCH, cond={"z": z})
+        fn = lambda: folded(NET, z, S_BATCH, K)  # noqa: E731
+    else:
+        budget = budget_for_rows(NET, z, -(-M // 4))
+        chunk = plan_chunk(NET, EVENT, S_BATCH, cond={"z": z}, memory_budget=budget)
+        fn = lambda: folded(NET, z, S_BATCH, K, memory_budget=budget)  # noqa: E731
+    out = run(benchmark, fn, rows=M, chunk=chunk)
+    assert out.shape == (S_BATCH, B, *EVENT) and bool(torch.isfinite(out).all())
+    if mode in ("default", "quarter_budget"):  # chunking must not change the samples
+        torch.testing.assert_close(out, folded(NET, z, S_BATCH, K, max_batch=M), rtol=1e-4, atol=1e-4)
+
+
+# ---------------------------------------------------------------- time vs rows per call
+@pytest.mark.parametrize("max_batch", [64, 128, 256, 512, 1024, 2048, 8192])
+@pytest.mark.parametrize("B", BS)
+def test_max_batch_curve(benchmark, B, max_batch):
+    M = B * S_BATCH
+    if max_batch > M:
+        pytest.skip(f"max_batch {max_batch} > rows {M}")
+    benchmark.group = f"curve B={B}, S={S_BATCH}, DDIM-{K}"
+    z = make_cond(B)
+    run(benchmark, lambda: folded(NET, z, S_BATCH, K, max_batch=max_batch), rows=M, chunk=max_batch)
+
+
+# ---------------------------------------------------------------- the price of keyed noise
+@pytest.mark.parametrize("kind", ["torch_randn", "keyed_normal"])
+def test_noise_cost(benchmark, kind):
+    """Noise for 8192 rows x one step, against torch.randn; compare with one denoiser call per row."""
+    benchmark.group = "noise for 8192 rows [8192, 96, 7]"
+    keys = row_keys(0, torch.arange(8192) % 256, torch.arange(8192) // 256)
+    fn = (lambda: torch.randn(8192, *EVENT)) if kind == "torch_randn" else (lambda: keyed_normal(keys, 3, EVENT))
+    out = benchmark.pedantic(fn, rounds=5, iterations=1, warmup_rounds=1)
+    assert out.shape == (8192, *EVENT)
