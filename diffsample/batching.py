@@ -28,10 +28,14 @@ __all__ = ["sample_many", "plan_chunk", "row_cost"]
 
 log = logging.getLogger(__name__)
 
-# On CPU the chunk is chosen for speed as well as memory: time per row is flat from ~64 to
-# ~2048 rows per call and 16 rows per call was 1.5x slower (ARCHITECTURE.md, 2-core CPU), while
-# very large calls leave the cache and pay for fresh pages. See benchmarks/bench_sampling.py.
-CPU_CHUNK_ROWS = 512
+# On CPU the chunk is chosen for speed as well as memory. Time per row is flat over a middle
+# range and rises on both sides: small calls pay per-call overhead, large ones leave the cache.
+# Measured on a 2-core Xeon (token denoiser, ~53 KB per row, DDIM, best of interleaved runs):
+# 32 rows per call 1.5-1.7x the best, 64 rows 1.1-1.2x, 256-512 rows the best, 2048+ rows
+# 1.15-1.6x. So the default aims for a working set of CPU_WORKING_SET bytes per call (256-512
+# rows for that denoiser) and never fewer than CPU_MIN_ROWS rows. See benchmarks/bench_sampling.py.
+CPU_WORKING_SET = 16 << 20
+CPU_MIN_ROWS = 64
 # The probe: two small calls whose peak memory gives the per-row cost.
 PROBE_ROWS = (16, 64)
 # Sampler state beside the denoiser call (x, x0, eps, noise, the previous x0, the update),
@@ -81,7 +85,7 @@ def sample_many(
             global window indices to get the same samples for a window in any test batch.
         max_batch: rows per denoiser call (an upper bound when ``memory_budget`` is also given).
         memory_budget: bytes (int) or a fraction in (0, 1] of free device memory. Default: a
-            share of free memory; on CPU also at most ``CPU_CHUNK_ROWS`` rows per call (speed).
+            share of free memory; on CPU also a cache-sized working set per call (speed).
         seed: keys the noise together with cond_ids, sample index and step.
         device: where to sample; default the device of ``cond``'s tensors, else of the
             denoiser's parameters, else CPU.
@@ -180,7 +184,8 @@ def plan_chunk(
 
     ``max_batch`` alone is taken as is. Otherwise two probe calls measure the per-row memory
     (:func:`row_cost`) and the chunk is the largest that fits the budget, also at most
-    ``max_batch``; on CPU without an explicit budget, also at most ``CPU_CHUNK_ROWS`` (speed).
+    ``max_batch``; on CPU without an explicit budget, also at most what keeps one call's working set
+    near ``CPU_WORKING_SET`` bytes (speed), and at least ``CPU_MIN_ROWS``.
     """
     cond = dict(cond or {})
     B = _num_conditions(cond, None)
@@ -243,9 +248,7 @@ def _plan(
     cap = rows if max_batch is None else min(max_batch, rows)
     if max_batch is not None and memory_budget is None:
         return cap
-    if memory_budget is None and device.type != "cuda":
-        cap = min(cap, CPU_CHUNK_ROWS)
-    if cap <= PROBE_ROWS[0] and memory_budget is None:
+    if cap <= CPU_MIN_ROWS and memory_budget is None and device.type != "cuda":
         return cap  # nothing to gain from a probe; OOM back-off still guards the call
     if isinstance(memory_budget, int):
         budget = float(memory_budget)
@@ -253,6 +256,8 @@ def _plan(
         fraction = memory_budget if memory_budget is not None else DEFAULT_FRACTION.get(device.type, 0.5)
         budget = fraction * free_bytes(device)
     fixed, per_row = row_cost(denoiser, E, cond=cond, device=device, dtype=dtype, t_probe=t_probe)
+    if memory_budget is None and device.type != "cuda":  # speed: a cache-sized working set per call
+        cap = min(cap, max(CPU_MIN_ROWS, int(CPU_WORKING_SET // per_row)))
     fits = int((budget - fixed) // per_row)
     if fits < 1:
         raise ValueError(

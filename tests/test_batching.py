@@ -137,7 +137,9 @@ def test_plan_chunk_follows_a_memory_budget():
     assert plan_chunk(hungry, E, 10_000, memory_budget=budget, max_batch=30) == 30
     assert plan_chunk(hungry, E, 10_000, max_batch=30) == 30
     assert plan_chunk(hungry, E, 50, memory_budget=budget) == 50
-    assert plan_chunk(hungry, E, 10_000) <= batching.CPU_CHUNK_ROWS  # CPU default: speed cap
+    # CPU default: a cache-sized working set per call, at least CPU_MIN_ROWS
+    assert abs(plan_chunk(hungry, E, 10_000) - batching.CPU_WORKING_SET / per_row) < 0.05 * batching.CPU_WORKING_SET / per_row
+    assert plan_chunk(hungry, E, 40) == 40  # below CPU_MIN_ROWS: one call, no probe
     with pytest.raises(ValueError, match="memory_budget: .* does not fit one row"):
         plan_chunk(hungry, E, 10_000, memory_budget=1000)
 

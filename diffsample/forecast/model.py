@@ -54,7 +54,9 @@ class ForecastConfig:
     denoiser_layers: int = 2
     denoiser_heads: int = 4
     unet_channels: Tuple[int, ...] = (32, 64)
-    prediction: Literal["eps", "x0", "v"] = "eps"
+    # v-prediction keeps x0 = alpha x_t - sigma v bounded at the noisiest steps, where
+    # eps-prediction divides by alpha ~ 1e-4 (cosine, t = T - 1) and amplifies every error
+    prediction: Literal["eps", "x0", "v"] = "v"
     schedule: Literal["linear", "scaled_linear", "cosine", "sigmoid"] = "cosine"
     num_train_steps: int = 1000
 

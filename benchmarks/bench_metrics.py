@@ -1,0 +1,234 @@
+"""CRPS speed and memory: ``diffsample.metrics.crps`` vs ``properscoring.crps_ensemble``.
+
+Not part of the default test run (pytest-benchmark; needs the ``bench`` extra, and numba for
+properscoring's fast path, without which properscoring falls back to an O(S^2)-memory route).
+Run::
+
+    python -m pytest benchmarks/bench_metrics.py --benchmark-only
+    DIFFSAMPLE_BENCH_CRPS_SHAPE=100,256,7,96 python -m pytest benchmarks/bench_metrics.py  # quick
+
+Shape (``DIFFSAMPLE_BENCH_CRPS_SHAPE``, default ``100,2785,7,96``): the ETTh1 test set at 100
+samples, S first. float32 samples and observations, seeded. ``DIFFSAMPLE_BENCH_ROUNDS``
+(default 3) rounds per timing; the slow routes run once.
+
+What is timed is what a user runs: ``crps(samples, obs)`` on the sample-first tensor, and
+``properscoring.crps_ensemble(obs, np.moveaxis(samples, 0, -1))`` on the same memory
+(``moveaxis`` is a view; the transposition happens inside properscoring's ``np.sort`` and is
+counted). Peak memory is measured in a fresh subprocess per call: the peak resident size
+(``VmHWM``, reset through ``/proc/self/clear_refs`` just before the call; Linux only) minus the
+resident size just before the call (input already resident), recorded as ``extra_peak_mib`` in
+``extra_info``. tracemalloc cannot see torch's allocations, hence whole-process accounting.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Dict, Tuple
+
+import numpy as np
+import pytest
+import torch
+
+from diffsample import metrics
+from diffsample.metrics import ForecastMetrics, crps, quantile_crps
+
+properscoring = pytest.importorskip("properscoring")
+
+SHAPE: Tuple[int, ...] = tuple(
+    int(v) for v in os.environ.get("DIFFSAMPLE_BENCH_CRPS_SHAPE", "100,2785,7,96").split(",")
+)
+ROUNDS = int(os.environ.get("DIFFSAMPLE_BENCH_ROUNDS", "3"))
+SEED = 0
+TIMES: Dict[str, float] = {}  # best time per route in this run, for the speed ratio
+RESULTS: Dict[str, float] = {}
+
+
+def make_data(shape: Tuple[int, ...] = SHAPE) -> Tuple[torch.Tensor, torch.Tensor]:
+    """samples [S, *E] and obs [*E], float32, seeded; allocated in place (no temporaries)."""
+    g = torch.Generator().manual_seed(SEED)
+    samples = torch.randn(shape, generator=g)
+    obs = torch.randn(shape[1:], generator=g)
+    return samples, obs
+
+
+def run_properscoring(samples: torch.Tensor, obs: torch.Tensor) -> np.ndarray:
+    return properscoring.crps_ensemble(obs.numpy(), np.moveaxis(samples.numpy(), 0, -1))
+
+
+ROUTES = {
+    "diffsample": lambda s, o: crps(s, o),
+    "properscoring": run_properscoring,
+}
+
+_PEAK_SCRIPT = r"""
+import json, sys
+sys.path.insert(0, {bench_dir!r})
+import bench_metrics as b
+shape = tuple(json.loads(sys.argv[2]))
+samples, obs = b.make_data(shape)
+route = b.ROUTES[sys.argv[1]]
+route(samples[:, :1], obs[:1])                     # warm up (numba, thread pools) on a sliver
+def status_kib(key):
+    with open("/proc/self/status") as f:
+        return next(int(ln.split()[1]) for ln in f if ln.startswith(key))
+with open("/proc/self/clear_refs", "w") as f:    # reset the peak (VmHWM) to the current RSS
+    f.write("5")
+before = status_kib("VmRSS")
+out = route(samples, obs)
+peak = status_kib("VmHWM")
+input_kib = samples.numel() * 4 // 1024
+print(json.dumps({{"extra_kib": peak - before, "input_kib": input_kib, "rss_before_kib": before}}))
+"""
+
+
+def extra_peak(route: str, shape: Tuple[int, ...] = SHAPE) -> Dict[str, float]:
+    """Extra peak resident memory of one call (MiB) in a fresh process, and the input size.
+
+    Linux only: the peak resident size (VmHWM) is reset to the current one through
+    /proc/self/clear_refs just before the call, with the input already resident.
+    """
+    code = _PEAK_SCRIPT.format(bench_dir=os.path.dirname(os.path.abspath(__file__)))
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    args = [sys.executable, "-c", code, route, json.dumps(shape)]
+    res = subprocess.run(args, capture_output=True, text=True, check=True, cwd=repo)
+    got = json.loads(res.stdout.strip().splitlines()[-1])
+    return {
+        "extra_peak_mib": round(got["extra_kib"] / 1024, 1),
+        "input_mib": round(got["input_kib"] / 1024, 1),
+        "rss_before_mib": round(got["rss_before_kib"] / 1024, 1),
+    }
+
+
+@pytest.fixture(scope="module")
+def data() -> Tuple[torch.Tensor, torch.Tensor]:
+    return make_data()
+
+
+@pytest.fixture(scope="module")
+def reference(data) -> np.ndarray:
+    """properscoring's float64 result, computed once."""
+    return run_properscoring(*data)
+
+
+def _machine() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        cpu = "unknown CPU"
+    threads = torch.get_num_threads()
+    torch_info = f"torch {torch.__version__} ({threads} threads)"
+    return f"{cpu}, {os.cpu_count()} cores, {torch_info}, numpy {np.__version__}"
+
+
+def _best(benchmark) -> float:
+    return float(benchmark.stats.stats.min)
+
+
+# ----------------------------------------------------------------------------------------------
+def test_properscoring_crps_ensemble(benchmark, data, reference):
+    benchmark.group = f"CRPS ecdf, samples {list(SHAPE)} float32, CPU"
+    benchmark.extra_info.update(
+        machine=_machine(),
+        transposition_counted=True,
+        numba=properscoring._crps._crps_ensemble_core.__name__ != "_crps_ensemble_vectorized",
+    )
+    out = benchmark.pedantic(lambda: run_properscoring(*data), rounds=ROUNDS, iterations=1)
+    TIMES["properscoring"] = _best(benchmark)
+    benchmark.extra_info.update(extra_peak("properscoring"))
+    assert out.shape == SHAPE[1:] and np.array_equal(out, reference)
+
+
+def test_diffsample_crps(benchmark, data, reference):
+    benchmark.group = f"CRPS ecdf, samples {list(SHAPE)} float32, CPU"
+    samples, obs = data
+    out = benchmark.pedantic(
+        lambda: crps(samples, obs), rounds=ROUNDS, iterations=1, warmup_rounds=1
+    )
+    TIMES["diffsample"] = _best(benchmark)
+    info = extra_peak("diffsample")
+    route = "numpy sort of contiguous chunks + torch arithmetic"
+    benchmark.extra_info.update(machine=_machine(), route=route,
+                                **info)  # fmt: skip
+    if "properscoring" in TIMES:
+        benchmark.extra_info["time_vs_properscoring"] = round(
+            TIMES["diffsample"] / TIMES["properscoring"], 3
+        )
+    assert out.shape == SHAPE[1:] and out.dtype == torch.float32
+    np.testing.assert_allclose(out.numpy(), reference, rtol=1e-4, atol=1e-5)
+    assert info["extra_peak_mib"] <= info["input_mib"]  # the memory bound of the issue
+
+
+def test_diffsample_crps_torch_sort_route(benchmark, data, reference, monkeypatch):
+    """The route not taken on CPU: torch.sort (what tensors requiring grad get)."""
+    benchmark.group = f"CRPS ecdf, samples {list(SHAPE)} float32, CPU"
+    monkeypatch.setattr(metrics, "_numpy_route", lambda t: False)
+    samples, obs = data
+    out = benchmark.pedantic(lambda: crps(samples, obs), rounds=1, iterations=1)
+    np.testing.assert_allclose(out.numpy(), reference, rtol=1e-4, atol=1e-5)
+
+
+def test_diffsample_quantile_crps(benchmark, data):
+    benchmark.group = f"other metrics, samples {list(SHAPE)} float32, CPU"
+    samples, obs = data
+    out = benchmark.pedantic(lambda: quantile_crps(samples, obs), rounds=1, iterations=1)
+    RESULTS["quantile_crps"] = float(out)
+    # the same call on a slice of windows against numpy's quantiles and CSDI's formula
+    xs, ys = samples[:, :16].numpy().astype(np.float64), obs[:16].numpy().astype(np.float64)
+    qs = np.arange(1, 20) / 20
+    qp = np.quantile(xs, qs, axis=0)  # [Q, *E]
+    loss = 2 * np.abs((qp - ys) * ((ys <= qp) - qs.reshape(-1, *([1] * ys.ndim)))).sum(
+        axis=tuple(range(1, qp.ndim))
+    )
+    expected = np.mean(loss / np.abs(ys).sum())
+    assert float(quantile_crps(samples[:, :16], obs[:16])) == pytest.approx(expected, rel=1e-5)
+    assert np.isfinite(float(out)) and float(out) > 0
+
+
+def test_diffsample_forecast_metrics_update(benchmark, data, reference):
+    benchmark.group = f"other metrics, samples {list(SHAPE)} float32, CPU"
+    samples, obs = data
+
+    def score() -> Dict[str, float]:
+        m = ForecastMetrics(variate_dim=1)  # [S, B, N, H]: variates are dim 1 of [B, N, H]
+        m.update(samples, obs)
+        return m.compute()
+
+    got = benchmark.pedantic(score, rounds=1, iterations=1)
+    assert got["count"] == obs.numel() and all(np.isfinite(v) for v in got.values())
+    assert got["crps"] == pytest.approx(float(np.mean(reference)), rel=1e-5)
+    if "quantile_crps" in RESULTS:
+        assert got["quantile_crps"] == pytest.approx(RESULTS["quantile_crps"], rel=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_diffsample_crps_cuda(benchmark, data, reference):
+    benchmark.group = f"CRPS ecdf, samples {list(SHAPE)} float32, CUDA"
+    samples, obs = (t.cuda() for t in data)
+
+    def run() -> torch.Tensor:
+        out = crps(samples, obs)
+        torch.cuda.synchronize()
+        return out
+
+    run()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    out = benchmark.pedantic(run, rounds=ROUNDS, iterations=1)
+    benchmark.extra_info.update(
+        device=torch.cuda.get_device_name(),
+        extra_peak_mib=round((torch.cuda.max_memory_allocated() - base) / 2**20, 1),
+    )
+    np.testing.assert_allclose(out.cpu().numpy(), reference, rtol=1e-4, atol=1e-5)
+
+
+if __name__ == "__main__":  # quick manual check: python benchmarks/bench_metrics.py
+    s, o = make_data()
+    for name, fn in ROUTES.items():
+        t0 = time.perf_counter()
+        fn(s, o)
+        print(f"{name}: {time.perf_counter() - t0:.3f} s, {extra_peak(name)}")

@@ -1,0 +1,815 @@
+"""diffsample.metrics against slow, obviously-correct float64 references, properscoring, the
+Gaussian closed form, and the invariants a CRPS must satisfy.
+
+Dimensions: S samples, B windows, H horizon, N variates, E scored shape, Q quantile levels.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import diffsample.metrics as M
+from diffsample.metrics import (
+    ForecastMetrics,
+    coverage,
+    crps,
+    crps_sum,
+    interval_width,
+    quantile_crps,
+    sample_quantiles,
+)
+
+properscoring = pytest.importorskip("properscoring")
+
+HYP = settings(
+    max_examples=40, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
+)
+
+
+# ============================================================================================
+# Slow references (float64 numpy, one element at a time, straight from the definitions)
+# ============================================================================================
+
+
+def ref_energy(x, y, w=None):
+    """E|X - y| - 0.5 E|X - X'| by a double loop over the samples of one element."""
+    x = np.asarray(x, dtype=np.float64)
+    w = np.ones_like(x) if w is None else np.asarray(w, dtype=np.float64)
+    w = w / w.sum()
+    first = sum(w[i] * abs(x[i] - y) for i in range(len(x)))
+    second = sum(w[i] * w[j] * abs(x[i] - x[j]) for i in range(len(x)) for j in range(len(x)))
+    return first - 0.5 * second
+
+
+def ref_integral(x, y, w=None):
+    """int (F(z) - 1[y <= z])^2 dz, exactly, piecewise between consecutive breakpoints."""
+    x = np.asarray(x, dtype=np.float64)
+    w = np.ones_like(x) if w is None else np.asarray(w, dtype=np.float64)
+    w = w / w.sum()
+    points = np.sort(np.concatenate([x, [y]]))
+    total = 0.0
+    for a, b in zip(points[:-1], points[1:]):
+        mid = 0.5 * (a + b)
+        F = w[x <= mid].sum()
+        H = 1.0 if y <= mid else 0.0
+        total += (F - H) ** 2 * (b - a)
+    return total
+
+
+def ref_fair(x, y):
+    """mean |x_i - y| - sum_{i != j} |x_i - x_j| / (2 S (S - 1))."""
+    x = np.asarray(x, dtype=np.float64)
+    s = len(x)
+    pairs = sum(abs(x[i] - x[j]) for i in range(s) for j in range(s) if i != j)
+    return np.mean(np.abs(x - y)) - pairs / (2 * s * (s - 1))
+
+
+def ref_quantile(x, q):
+    """Linear interpolation between order statistics at position h = q (S - 1)."""
+    x = np.sort(np.asarray(x, dtype=np.float64))
+    h = q * (len(x) - 1)
+    lo = math.floor(h)
+    hi = min(lo + 1, len(x) - 1)
+    return x[lo] + (h - lo) * (x[hi] - x[lo])
+
+
+def ref_quantile_crps(samples, obs, quantiles, mask=None):
+    """CSDI's calc_quantile_CRPS as a double loop: over levels, then over elements.
+
+    samples [S, *E], obs [*E], mask [*E] (eval_points), all numpy float64.
+    """
+    xs = samples.reshape(samples.shape[0], -1)
+    ys = obs.reshape(-1)
+    ms = np.ones_like(ys) if mask is None else mask.reshape(-1)
+    denom = sum(abs(ys[e] * ms[e]) for e in range(len(ys)))
+    total = 0.0
+    for q in quantiles:
+        loss = 0.0
+        for e in range(len(ys)):
+            qp = ref_quantile(xs[:, e], q)
+            loss += abs((qp - ys[e]) * ms[e] * ((1.0 if ys[e] <= qp else 0.0) - q))
+        total += 2 * loss / denom
+    return total / len(quantiles)
+
+
+def lanes(samples):
+    """[S, *E] numpy -> list of 1-D sample arrays in row-major order of E."""
+    return list(samples.reshape(samples.shape[0], -1).T)
+
+
+def gaussian_crps(m, s, y):
+    """Closed form: s [z (2 Phi(z) - 1) + 2 phi(z) - 1/sqrt(pi)], z = (y - m) / s."""
+    z = (y - m) / s
+    Phi = 0.5 * (1 + torch.erf(z / math.sqrt(2)))
+    phi = torch.exp(-0.5 * z**2) / math.sqrt(2 * math.pi)
+    return s * (z * (2 * Phi - 1) + 2 * phi - 1 / math.sqrt(math.pi))
+
+
+def design_notes_score(x, y):
+    """The original design notes' formula: sort, sum_i (1[x_(i) <= y] - i/n)^2 / n."""
+    x = np.sort(np.asarray(x, dtype=np.float64))
+    n = len(x)
+    i = np.arange(1, n + 1)
+    return np.sum(((x <= y).astype(float) - i / n) ** 2) / n
+
+
+def gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def ps_crps(samples, obs, weights=None):
+    """properscoring with the ensemble on the last axis, float64."""
+    f = np.moveaxis(np.asarray(samples, dtype=np.float64), 0, -1)
+    w = None if weights is None else np.moveaxis(np.asarray(weights, dtype=np.float64), 0, -1)
+    return properscoring.crps_ensemble(np.asarray(obs, dtype=np.float64), f, weights=w)
+
+
+# ============================================================================================
+# CRPS estimators against references
+# ============================================================================================
+
+
+@pytest.mark.parametrize("S", [1, 2, 3, 10, 57])
+def test_ecdf_energy_and_slow_references_agree_float64(S):
+    x = torch.randn(S, 4, 6, generator=gen(S), dtype=torch.float64) * 3 + 1
+    y = torch.randn(4, 6, generator=gen(100 + S), dtype=torch.float64) * 3
+    ecdf = crps(x, y)
+    energy = crps(x, y, estimator="energy")
+    assert ecdf.dtype == torch.float64 and ecdf.shape == (4, 6)
+    assert torch.allclose(ecdf, energy, rtol=0, atol=1e-10)
+    ref = np.array(
+        [ref_integral(lane, yy) for lane, yy in zip(lanes(x.numpy()), y.numpy().reshape(-1))]
+    )
+    np.testing.assert_allclose(ecdf.numpy().reshape(-1), ref, rtol=1e-12, atol=1e-12)
+    ref2 = np.array(
+        [ref_energy(lane, yy) for lane, yy in zip(lanes(x.numpy()), y.numpy().reshape(-1))]
+    )
+    np.testing.assert_allclose(energy.numpy().reshape(-1), ref2, rtol=1e-12, atol=1e-12)
+
+
+def test_ecdf_matches_properscoring():
+    x = torch.randn(30, 5, 8, generator=gen(1), dtype=torch.float64)
+    y = torch.randn(5, 8, generator=gen(2), dtype=torch.float64) * 2
+    np.testing.assert_allclose(
+        crps(x, y).numpy(), ps_crps(x.numpy(), y.numpy()), rtol=1e-12, atol=1e-13
+    )
+
+
+def test_ties_match_properscoring_and_references():
+    # integer-valued samples: many exact ties, and observations equal to sample values
+    x = torch.randint(-3, 4, (12, 40), generator=gen(3)).double()
+    y = torch.randint(-3, 4, (40,), generator=gen(4)).double()
+    assert bool((x == y).any())  # the case under test really occurs
+    out = crps(x, y)
+    np.testing.assert_allclose(out.numpy(), ps_crps(x.numpy(), y.numpy()), rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(
+        out.numpy(), [ref_energy(l, v) for l, v in zip(lanes(x.numpy()), y.numpy())], atol=1e-12
+    )
+    np.testing.assert_allclose(crps(x, y, estimator="energy").numpy(), out.numpy(), atol=1e-12)
+
+
+def test_single_sample_is_absolute_error_and_matches_properscoring():
+    x = torch.randn(1, 7, 3, generator=gen(5), dtype=torch.float64)
+    y = torch.randn(7, 3, generator=gen(6), dtype=torch.float64)
+    for est in ("ecdf", "energy"):
+        torch.testing.assert_close(crps(x, y, estimator=est), (x[0] - y).abs(), rtol=0, atol=1e-15)
+    np.testing.assert_allclose(crps(x, y).numpy(), ps_crps(x.numpy(), y.numpy()), atol=1e-15)
+
+
+def test_weights_match_properscoring_and_duplication():
+    x = torch.randn(6, 10, generator=gen(7), dtype=torch.float64)
+    y = torch.randn(10, generator=gen(8), dtype=torch.float64)
+    w = torch.randint(0, 4, (6, 10), generator=gen(9)).double()
+    w[0] = 1.0  # every element keeps positive total weight
+    out = crps(x, y, weights=w)
+    np.testing.assert_allclose(
+        out.numpy(), ps_crps(x.numpy(), y.numpy(), w.numpy()), rtol=1e-12, atol=1e-13
+    )
+    np.testing.assert_allclose(
+        crps(x, y, weights=w, estimator="energy").numpy(), out.numpy(), atol=1e-12
+    )
+    # integer weights = repeating each sample that many times (a weight of 0 drops it)
+    for e in range(10):
+        dup = torch.repeat_interleave(x[:, e], w[:, e].long())
+        torch.testing.assert_close(
+            out[e], crps(dup[:, None], y[e : e + 1])[0], rtol=1e-12, atol=1e-13
+        )
+
+
+def test_weights_broadcast_over_elements_and_scale_free():
+    x = torch.randn(5, 3, 4, generator=gen(10), dtype=torch.float64)
+    y = torch.randn(3, 4, generator=gen(11), dtype=torch.float64)
+    w = torch.tensor([1.0, 2.0, 0.5, 3.0, 1.0], dtype=torch.float64)[:, None, None]  # [S, 1, 1]
+    full = w.expand(5, 3, 4)
+    out = crps(x, y, weights=w)
+    np.testing.assert_allclose(
+        out.numpy(), ps_crps(x.numpy(), y.numpy(), full.numpy()), rtol=1e-12, atol=1e-13
+    )
+    torch.testing.assert_close(crps(x, y, weights=7.5 * w), out, rtol=1e-13, atol=1e-14)
+    assert not torch.allclose(out, crps(x, y))  # the weights do something
+
+
+def test_fair_matches_its_definition_and_differs_from_ecdf():
+    x = torch.randn(9, 12, generator=gen(12), dtype=torch.float64)
+    y = torch.randn(12, generator=gen(13), dtype=torch.float64)
+    fair = crps(x, y, estimator="fair")
+    ref = [ref_fair(l, v) for l, v in zip(lanes(x.numpy()), y.numpy())]
+    np.testing.assert_allclose(fair.numpy(), ref, rtol=1e-12, atol=1e-13)
+    ecdf = crps(x, y)
+    # ecdf - fair = (1/S^2 - 1/(S(S-1))) * (-0.5 sum_{i!=j} |x_i - x_j|) < 0 unless all equal
+    assert bool((fair < ecdf).all())
+
+
+def test_fair_edge_cases():
+    with pytest.raises(ValueError, match="fair.*at least 2 samples"):
+        crps(torch.zeros(1, 3), torch.zeros(3), estimator="fair")
+    with pytest.raises(ValueError, match="fair.*weights"):
+        crps(torch.zeros(4, 3), torch.zeros(3), estimator="fair", weights=torch.ones(4, 1))
+    x = torch.tensor(
+        [[1.0, 2.0], [float("nan"), 5.0], [float("nan"), 3.0]], dtype=torch.float64
+    )  # [S=3, 2]
+    out = crps(
+        x, torch.tensor([0.0, 4.0], dtype=torch.float64), estimator="fair", nan_policy="omit"
+    )
+    assert math.isnan(out[0])  # one valid sample: the fair estimator is undefined
+    torch.testing.assert_close(
+        out[1], torch.tensor(ref_fair([2.0, 5.0, 3.0], 4.0), dtype=torch.float64)
+    )
+
+
+# ============================================================================================
+# Gaussian closed form
+# ============================================================================================
+
+
+def test_quantile_ensembles_converge_to_gaussian_closed_form():
+    m = torch.tensor([0.0, 1.5, -2.0, 10.0], dtype=torch.float64)
+    s = torch.tensor([1.0, 0.3, 2.5, 4.0], dtype=torch.float64)
+    y = torch.tensor([0.2, 3.0, -2.1, -1.0], dtype=torch.float64)
+    exact = gaussian_crps(m, s, y)
+    errors = []
+    for S in (10, 100, 1000, 10000):
+        u = (torch.arange(1, S + 1, dtype=torch.float64) - 0.5) / S
+        x = m + s * torch.special.ndtri(u)[:, None]  # [S, 4] deterministic "perfect" ensembles
+        errors.append(float((crps(x, y) - exact).abs().max()))
+    assert all(a > b for a, b in zip(errors, errors[1:])), errors
+    assert errors[-1] < 1e-3 * float(s.min())
+
+
+def test_random_samples_fair_unbiased_ecdf_biased_by_known_amount():
+    P, S = 20000, 10
+    m = torch.randn(P, generator=gen(14), dtype=torch.float64)
+    s = 0.5 + torch.rand(P, generator=gen(15), dtype=torch.float64)
+    y = m + s * torch.randn(P, generator=gen(16), dtype=torch.float64)
+    x = m + s * torch.randn(S, P, generator=gen(17), dtype=torch.float64)
+    exact = gaussian_crps(m, s, y)
+    # E[ecdf] = CRPS + E|X - X'| / (2S) = CRPS + s / (sqrt(pi) S); E[fair] = CRPS.
+    bias = s / (math.sqrt(math.pi) * S)
+    for est, expected in (("fair", torch.zeros_like(bias)), ("ecdf", bias)):
+        d = crps(x, y, estimator=est) - exact - expected
+        se = float(d.std() / math.sqrt(P))
+        assert abs(float(d.mean())) < 4 * se, (est, float(d.mean()), se)
+    assert float(bias.mean()) > 10 * se  # the two hypotheses are distinguishable at this size
+
+
+# ============================================================================================
+# Invariants
+# ============================================================================================
+
+finite = st.floats(-1e3, 1e3, allow_nan=False, allow_infinity=False)
+
+
+@HYP
+@given(xs=st.lists(finite, min_size=1, max_size=12), y=finite, c=finite, a=st.floats(1e-2, 1e2))
+def test_invariants(xs, y, c, a):
+    x = torch.tensor(xs, dtype=torch.float64)[:, None]
+    yt = torch.tensor([y], dtype=torch.float64)
+    base = crps(x, yt)
+    scale = max(map(abs, xs + [y, c])) + 1.0
+    assert float(base) >= 0.0
+    assert abs(float(crps(x + c, yt + c) - base)) <= 1e-12 * scale  # translation invariance
+    assert (
+        abs(float(crps(a * x, a * yt) - a * base)) <= 1e-12 * a * scale
+    )  # positive scale equivariance
+    assert abs(float(crps(x.flip(0), yt) - base)) <= 1e-12 * scale  # order of samples is irrelevant
+    assert abs(float(base) - ref_integral(xs, y)) <= 1e-10 * scale
+    fair = float(crps(x, yt, estimator="fair")) if len(xs) > 1 else 0.0
+    assert fair >= -1e-12 * scale
+
+
+@HYP
+@given(v=finite, y=finite, S=st.integers(1, 20))
+def test_point_mass_gives_absolute_error(v, y, S):
+    x = torch.full((S, 1), v, dtype=torch.float64)
+    for est in ("ecdf", "energy") + (("fair",) if S > 1 else ()):
+        got = float(crps(x, torch.tensor([y], dtype=torch.float64), estimator=est))
+        assert abs(got - abs(v - y)) <= 8 * np.finfo(np.float64).eps * abs(v - y), (est, got)
+
+
+def test_float32_far_from_origin_stays_accurate():
+    # sum_k k (S - k) g_k uses only differences: a large common offset costs no precision
+    x64 = 1e4 + torch.randn(100, 500, generator=gen(18), dtype=torch.float64) * 0.01
+    y64 = 1e4 + torch.randn(500, generator=gen(19), dtype=torch.float64) * 0.01
+    x32, y32 = x64.float(), y64.float()
+    truth = crps(x32.double(), y32.double())  # same (rounded) inputs, float64 arithmetic
+    out = crps(x32, y32)
+    assert out.dtype == torch.float32
+    # float32 inputs are exact multiples of ulp(1e4) ~ 1e-3, differences are exact: error is
+    # round-off of the ~100-term sums of O(0.01) numbers, far below the offset's own ulp
+    assert float((out.double() - truth).abs().max()) < 1e-3 * float(truth.mean())
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_accumulates_in_float32(dtype):
+    x = torch.randn(100, 64, generator=gen(20)).to(dtype)
+    y = torch.randn(64, generator=gen(21)).to(dtype)
+    out = crps(x, y)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, crps(x.double(), y.double()).float(), rtol=1e-5, atol=1e-6)
+    q = sample_quantiles(x, 0.3)
+    assert q.dtype == torch.float32
+
+
+def test_design_notes_formula_is_not_a_crps():
+    """sum_i (1[x_(i) <= y] - i/n)^2 / n ignores the spacing of the samples, so (a) it cannot see
+    how far away the observation is, and (b) any calibrated forecast scores about 0.5, sharp or
+    not (E over a uniform rank u of int_0^u (1-t)^2 dt + int_u^1 t^2 dt is 1/2)."""
+    x = torch.randn(100, generator=gen(22), dtype=torch.float64)
+    near = float(x.max()) + 1.0
+    far = near + 300.0  # both above every sample
+    assert design_notes_score(x.numpy(), near) == design_notes_score(x.numpy(), far)
+    c_near, c_far = (
+        float(crps(x[:, None], torch.tensor([near]).double())),
+        float(crps(x[:, None], torch.tensor([far]).double())),
+    )
+    assert c_far > c_near + (far - near) * 0.99  # the CRPS grows with the distance, as |x - y| does
+
+    # calibrated forecasts of very different sharpness: observations from the forecast itself
+    P, S = 4000, 50
+    scores, crpss = {}, {}
+    for sd in (0.1, 10.0):
+        xs = sd * torch.randn(S, P, generator=gen(23), dtype=torch.float64)
+        ys = sd * torch.randn(P, generator=gen(24), dtype=torch.float64)
+        scores[sd] = np.mean([design_notes_score(l, v) for l, v in zip(xs.T.numpy(), ys.numpy())])
+        crpss[sd] = float(crps(xs, ys).mean())
+    assert abs(scores[0.1] - scores[10.0]) < 0.02  # blind to sharpness
+    assert crpss[10.0] / crpss[0.1] == pytest.approx(100.0, rel=1e-9)  # CRPS: scale equivariant
+
+
+# ============================================================================================
+# NaN policies
+# ============================================================================================
+
+
+def _with_nans():
+    x = torch.randn(8, 20, generator=gen(25), dtype=torch.float64)
+    x[torch.rand(8, 20, generator=gen(26)) < 0.25] = float("nan")
+    x[:, 3] = float("nan")  # an element with no valid sample
+    y = torch.randn(20, generator=gen(27), dtype=torch.float64)
+    y[5] = float("nan")
+    return x, y
+
+
+def test_nan_omit_matches_properscoring_and_subsets():
+    x, y = _with_nans()
+    out = crps(x, y, nan_policy="omit")
+    np.testing.assert_allclose(
+        out.numpy(), ps_crps(x.numpy(), y.numpy()), rtol=1e-12, atol=1e-13, equal_nan=True
+    )
+    assert math.isnan(out[3]) and math.isnan(out[5])
+    for e in range(20):
+        ok = ~torch.isnan(x[:, e])
+        if e in (3, 5):
+            continue
+        torch.testing.assert_close(
+            out[e], crps(x[ok, e][:, None], y[e : e + 1])[0], rtol=1e-12, atol=1e-13
+        )
+    np.testing.assert_allclose(
+        crps(x, y, nan_policy="omit", estimator="energy").numpy(),
+        out.numpy(),
+        atol=1e-12,
+        equal_nan=True,
+    )
+
+
+def test_nan_omit_with_weights_matches_properscoring():
+    x, y = _with_nans()
+    w = 0.5 + torch.rand(8, 20, generator=gen(28), dtype=torch.float64)
+    out = crps(x, y, weights=w, nan_policy="omit")
+    np.testing.assert_allclose(
+        out.numpy(),
+        ps_crps(x.numpy(), y.numpy(), w.numpy()),
+        rtol=1e-12,
+        atol=1e-13,
+        equal_nan=True,
+    )
+
+
+def test_nan_propagate_and_raise():
+    x, y = _with_nans()
+    out = crps(x, y)
+    bad = torch.isnan(x).any(0) | torch.isnan(y)
+    assert bool(torch.isnan(out[bad]).all()) and bool(torch.isfinite(out[~bad]).all())
+    assert bool(bad.any() & (~bad).any())
+    with pytest.raises(ValueError, match=r"samples contains \d+ non-finite"):
+        crps(x, y, nan_policy="raise")
+    with pytest.raises(ValueError, match=r"obs contains 1 non-finite"):
+        crps(torch.zeros(3, 20, dtype=torch.float64), y, nan_policy="raise")
+    with pytest.raises(ValueError, match=r"samples contains 1 non-finite"):
+        crps(torch.tensor([[0.0], [float("inf")]]), torch.zeros(1), nan_policy="raise")
+
+
+# ============================================================================================
+# Layouts, routes and chunking
+# ============================================================================================
+
+
+def test_sample_dim_layouts_and_broadcasting_agree():
+    x = torch.randn(11, 3, 5, 4, generator=gen(29), dtype=torch.float64)  # [S, B, H, N]
+    y = torch.randn(3, 5, 4, generator=gen(30), dtype=torch.float64)
+    base = crps(x, y)
+    torch.testing.assert_close(crps(x.movedim(0, -1), y, sample_dim=-1), base, rtol=0, atol=0)
+    torch.testing.assert_close(
+        crps(x.movedim(0, 2).contiguous(), y, sample_dim=2), base, rtol=0, atol=0
+    )
+    torch.testing.assert_close(
+        crps(x.movedim(0, 1).contiguous(), y, sample_dim=1), base, rtol=0, atol=0
+    )
+    torch.testing.assert_close(
+        crps(x.transpose(1, 3), y.transpose(0, 2)), base.transpose(0, 2), rtol=0, atol=0
+    )
+    # obs broadcasting: one observation per (H, N) shared across B, and samples broadcast too
+    yb = y[0]
+    torch.testing.assert_close(
+        crps(x, yb), crps(x, yb.expand(3, 5, 4).contiguous()), rtol=0, atol=0
+    )
+    xb = x[:, :1].expand(11, 3, 5, 4)
+    torch.testing.assert_close(crps(xb, y), crps(xb.contiguous(), y), rtol=0, atol=0)
+    # a scalar element: samples [S], obs []
+    torch.testing.assert_close(crps(x[:, 0, 0, 0], y[0, 0, 0]), base[0, 0, 0], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("estimator", ["ecdf", "fair", "energy"])
+def test_chunking_and_threads_do_not_change_results(monkeypatch, estimator):
+    x = torch.randn(20, 37, 29, generator=gen(31))  # float32, numpy route
+    y = torch.randn(37, 29, generator=gen(32))
+    w = torch.rand(20, 1, 29, generator=gen(33)) + 0.1
+    one = crps(x, y, estimator=estimator)
+    weighted = crps(x, y, weights=w) if estimator == "ecdf" else None
+    q = sample_quantiles(x, [0.1, 0.5, 0.95])
+    monkeypatch.setattr(
+        M, "_CPU_CHUNK_ELEMENTS", 20 * 7
+    )  # 7 lanes per chunk: many chunks, thread pool
+    monkeypatch.setattr(M, "_ENERGY_CHUNK_PAIRS", 400 * 3)
+    many = crps(x, y, estimator=estimator)
+    # float32 reductions may round differently for other chunk sizes (BLAS blocking), no more
+    torch.testing.assert_close(many, one, rtol=2e-6, atol=1e-7)
+    # chunk boundaries are fixed by the sizes, not by thread timing: repeated calls are identical
+    torch.testing.assert_close(crps(x, y, estimator=estimator), many, rtol=0, atol=0)
+    if weighted is not None:
+        torch.testing.assert_close(crps(x, y, weights=w), weighted, rtol=2e-6, atol=1e-7)
+    torch.testing.assert_close(sample_quantiles(x, [0.1, 0.5, 0.95]), q, rtol=0, atol=0)
+
+
+def test_torch_sort_route_matches_numpy_route(monkeypatch):
+    x = torch.randn(15, 40, generator=gen(34), dtype=torch.float64)
+    y = torch.randn(40, generator=gen(35), dtype=torch.float64)
+    x[2, 3] = float("nan")
+    w = torch.rand(15, 40, generator=gen(36), dtype=torch.float64)
+
+    def results():
+        return [
+            crps(x, y),
+            crps(x, y, weights=w),
+            crps(x, y, nan_policy="omit"),
+            sample_quantiles(x, [0.2, 0.5], nan_policy="omit"),
+            crps(x, y, estimator="fair"),
+        ]
+
+    via_numpy = results()
+    monkeypatch.setattr(M, "_numpy_route", lambda t: False)
+    for a, b in zip(results(), via_numpy):
+        torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-13, equal_nan=True)
+
+
+def test_gradients(monkeypatch):
+    x = torch.randn(7, 5, generator=gen(37), dtype=torch.float64, requires_grad=True)
+    y = torch.randn(5, generator=gen(38), dtype=torch.float64, requires_grad=True)
+    out = crps(x, y)
+    with torch.no_grad():
+        torch.testing.assert_close(out, crps(x, y))  # same value on both routes
+    out.sum().backward()
+    # d/dy mean|x - y| = mean sign(y - x); the pairwise term does not depend on y
+    torch.testing.assert_close(y.grad, torch.sign(y - x).mean(0).detach())
+    # obs-only gradients through the numpy route, chunked over the thread pool, and the caller's
+    # no_grad honoured inside the workers
+    xs = torch.randn(30, 200, generator=gen(53), dtype=torch.float64)
+    monkeypatch.setattr(M, "_CPU_CHUNK_ELEMENTS", 30 * 16)
+    with torch.no_grad():
+        assert not crps(xs, y[:1]).requires_grad
+    yy = y[:1].detach().clone().requires_grad_()
+    crps(xs, yy).sum().backward()
+    torch.testing.assert_close(yy.grad, torch.sign(yy - xs).mean(0).sum(0, keepdim=True))
+    w = torch.rand(7, 5, generator=gen(39), dtype=torch.float64, requires_grad=True)
+    for est in ("ecdf", "fair", "energy"):
+        assert torch.autograd.gradcheck(lambda a, b, est=est: crps(a, b, estimator=est), (x, y))
+    assert torch.autograd.gradcheck(lambda a, b, c: crps(a, b, weights=c + 0.1), (x, y, w))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu():
+    x = torch.randn(100, 64, 7, generator=gen(40))
+    y = torch.randn(64, 7, generator=gen(41))
+    torch.testing.assert_close(crps(x.cuda(), y.cuda()).cpu(), crps(x, y), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        sample_quantiles(x.cuda(), [0.1, 0.9]).cpu(), sample_quantiles(x, [0.1, 0.9])
+    )
+    m_cpu, m_gpu = ForecastMetrics(), ForecastMetrics()
+    m_cpu.update(x, y)
+    m_gpu.update(x.cuda(), y.cuda())
+    for k, v in m_cpu.compute().items():
+        assert m_gpu.compute()[k] == pytest.approx(v, rel=1e-5, abs=1e-6), k
+
+
+# ============================================================================================
+# Quantiles, coverage, widths
+# ============================================================================================
+
+
+def test_sample_quantiles_match_numpy_torch_and_definition():
+    x = torch.randn(13, 4, 6, generator=gen(42), dtype=torch.float64)
+    qs = [0.0, 0.05, 0.25, 0.5, 0.77, 1.0]
+    out = sample_quantiles(x, qs)
+    assert out.shape == (6, 4, 6)
+    np.testing.assert_allclose(
+        out.numpy(), np.quantile(x.numpy(), qs, axis=0), rtol=1e-14, atol=1e-14
+    )
+    torch.testing.assert_close(out, torch.quantile(x, torch.tensor(qs, dtype=torch.float64), dim=0))
+    for qi, q in enumerate(qs):
+        ref = [ref_quantile(l, q) for l in lanes(x.numpy())]
+        np.testing.assert_allclose(out[qi].numpy().reshape(-1), ref, rtol=1e-14, atol=1e-14)
+    assert sample_quantiles(x, 0.5).shape == (4, 6)
+    torch.testing.assert_close(
+        sample_quantiles(x, 0.5), x.median(0).values
+    )  # odd S: the middle sample
+    torch.testing.assert_close(sample_quantiles(x, torch.tensor(0.5)), sample_quantiles(x, 0.5))
+
+
+def test_sample_quantiles_nan_policies():
+    x, _ = _with_nans()
+    qs = [0.1, 0.5, 0.9]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # numpy warns about the all-NaN element
+        expected = np.nanquantile(x.numpy(), qs, axis=0)
+    np.testing.assert_allclose(
+        sample_quantiles(x, qs, nan_policy="omit").numpy(), expected, rtol=1e-14, equal_nan=True
+    )
+    np.testing.assert_allclose(
+        sample_quantiles(x, qs).numpy(),
+        np.quantile(x.numpy(), qs, axis=0),
+        rtol=1e-14,
+        equal_nan=True,
+    )
+    with pytest.raises(ValueError, match="samples contains"):
+        sample_quantiles(x, qs, nan_policy="raise")
+
+
+def test_coverage_and_width_match_references():
+    x = torch.randn(40, 50, generator=gen(43), dtype=torch.float64)
+    y = 1.5 * torch.randn(50, generator=gen(44), dtype=torch.float64)
+    for level in (0.5, 0.9):
+        lo = np.quantile(x.numpy(), (1 - level) / 2, axis=0)
+        hi = np.quantile(x.numpy(), (1 + level) / 2, axis=0)
+        cov = coverage(x, y, level=level)
+        np.testing.assert_array_equal(
+            cov.numpy(), ((lo <= y.numpy()) & (y.numpy() <= hi)).astype(float)
+        )
+        np.testing.assert_allclose(interval_width(x, level=level).numpy(), hi - lo, rtol=1e-14)
+        assert 0 < float(cov.mean()) < 1
+    # closed interval: observations sitting on the interval's end points count as covered
+    ends = sample_quantiles(x, [0.25, 0.75])
+    assert bool((coverage(x, ends[0], level=0.5) == 1).all()) and bool(
+        (coverage(x, ends[1], level=0.5) == 1).all()
+    )
+    y_nan = y.clone()
+    y_nan[0] = float("nan")
+    assert math.isnan(coverage(x, y_nan)[0]) and not bool(torch.isnan(coverage(x, y_nan)[1:]).any())
+
+
+# ============================================================================================
+# quantile_crps and crps_sum
+# ============================================================================================
+
+
+def test_quantile_crps_equals_double_loop():
+    x = torch.randn(17, 3, 5, 2, generator=gen(45), dtype=torch.float64) + 2
+    y = torch.randn(3, 5, 2, generator=gen(46), dtype=torch.float64) + 2
+    mask = (torch.rand(3, 5, 2, generator=gen(47)) < 0.7).double()
+    qs = [0.05, 0.3, 0.5, 0.95]
+    out = quantile_crps(x, y, quantiles=qs)
+    assert out.shape == () and out.dtype == torch.float64
+    assert float(out) == pytest.approx(ref_quantile_crps(x.numpy(), y.numpy(), qs), rel=1e-12)
+    assert float(quantile_crps(x, y, quantiles=qs, mask=mask)) == pytest.approx(
+        ref_quantile_crps(x.numpy(), y.numpy(), qs, mask.numpy()), rel=1e-12
+    )
+    default = quantile_crps(x, y)
+    assert float(default) == pytest.approx(
+        ref_quantile_crps(x.numpy(), y.numpy(), np.arange(0.05, 1.0, 0.05)), rel=1e-12
+    )
+
+
+def test_quantile_crps_sum_follows_csdi():
+    # CSDI's calc_quantile_CRPS_sum: forecast and target summed over variates, mask averaged
+    x = torch.randn(9, 4, 6, 3, generator=gen(48), dtype=torch.float64) + 1  # [S, B, H, N]
+    y = torch.randn(4, 6, 3, generator=gen(49), dtype=torch.float64) + 1
+    mask = (torch.rand(4, 6, 3, generator=gen(50)) < 0.6).double()
+    qs = list(M.DEFAULT_QUANTILES)
+    expected = ref_quantile_crps(x.sum(-1).numpy(), y.sum(-1).numpy(), qs, mask.mean(-1).numpy())
+    assert float(quantile_crps(x, y, sum_dim=-1, mask=mask)) == pytest.approx(expected, rel=1e-12)
+    assert float(quantile_crps(x.movedim(0, 1), y, sum_dim=2, sample_dim=1)) == pytest.approx(
+        ref_quantile_crps(x.sum(-1).numpy(), y.sum(-1).numpy(), qs), rel=1e-12
+    )
+
+
+def test_crps_sum_is_crps_of_the_sums():
+    x = torch.randn(12, 5, 7, generator=gen(51), dtype=torch.float64)
+    y = torch.randn(5, 7, generator=gen(52), dtype=torch.float64)
+    torch.testing.assert_close(crps_sum(x, y), crps(x.sum(-1), y.sum(-1)), rtol=0, atol=0)
+    torch.testing.assert_close(
+        crps_sum(x, y, variate_dim=0), crps(x.sum(1), y.sum(0)), rtol=0, atol=0
+    )
+    torch.testing.assert_close(
+        crps_sum(x, y, estimator="fair"), crps(x.sum(-1), y.sum(-1), estimator="fair")
+    )
+
+
+# ============================================================================================
+# ForecastMetrics
+# ============================================================================================
+
+
+def _forecast_data(seed=60, S=16, B=10, H=6, N=3):
+    x = torch.randn(S, B, H, N, generator=gen(seed), dtype=torch.float64) * 2 + 1
+    y = torch.randn(B, H, N, generator=gen(seed + 1), dtype=torch.float64) * 2 + 1
+    return x, y
+
+
+def _assert_same_metrics(a, b, rel=1e-12):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k] == pytest.approx(b[k], rel=rel, abs=1e-14, nan_ok=True), k
+
+
+def test_forecast_metrics_match_the_functions():
+    x, y = _forecast_data()
+    m = ForecastMetrics()
+    m.update(x, y)
+    got = m.compute()
+    mean, med = x.mean(0), x.median(0)  # S even: torch.median is the lower middle, not ours
+    med = sample_quantiles(x, 0.5)
+    assert got["count"] == y.numel()
+    assert got["crps"] == pytest.approx(float(crps(x, y).mean()), rel=1e-12)
+    assert got["crps_sum"] == pytest.approx(float(crps_sum(x, y).mean()), rel=1e-12)
+    assert got["quantile_crps"] == pytest.approx(float(quantile_crps(x, y)), rel=1e-12)
+    assert got["quantile_crps_sum"] == pytest.approx(
+        float(quantile_crps(x, y, sum_dim=-1)), rel=1e-12
+    )
+    assert got["mse_mean"] == pytest.approx(float(((mean - y) ** 2).mean()), rel=1e-12)
+    assert got["mae_mean"] == pytest.approx(float((mean - y).abs().mean()), rel=1e-12)
+    assert got["mse_median"] == pytest.approx(float(((med - y) ** 2).mean()), rel=1e-12)
+    assert got["mae_median"] == pytest.approx(float((med - y).abs().mean()), rel=1e-12)
+    for level, name in ((0.5, "50"), (0.9, "90")):
+        assert got[f"coverage_{name}"] == pytest.approx(
+            float(coverage(x, y, level=level).mean()), rel=1e-12
+        )
+        assert got[f"width_{name}"] == pytest.approx(
+            float(interval_width(x, level=level).mean()), rel=1e-12
+        )
+
+
+def test_forecast_metrics_batches_merge_and_state_sum_equal_whole():
+    x, y = _forecast_data(S=12, B=9)
+    whole = ForecastMetrics(levels=(0.5, 0.8, 0.975))
+    whole.update(x, y)
+    batched = ForecastMetrics(levels=(0.5, 0.8, 0.975))
+    for b0, b1 in ((0, 2), (2, 3), (3, 9)):
+        batched.update(x[:, b0:b1], y[b0:b1])
+    _assert_same_metrics(batched.compute(), whole.compute())
+    halves = [ForecastMetrics(levels=(0.5, 0.8, 0.975)) for _ in range(2)]
+    halves[0].update(x[:, :4], y[:4])
+    halves[1].update(x[:, 4:], y[4:])
+    _assert_same_metrics((halves[0] + halves[1]).compute(), whole.compute())
+    _assert_same_metrics(sum(halves).compute(), whole.compute())
+    # all_reduce by hand: sum the state tensors of the "ranks" and load the result
+    states = [h.state_dict() for h in halves]
+    reduced = {k: states[0][k] + states[1][k] for k in states[0]}
+    fresh = ForecastMetrics(levels=(0.5, 0.8, 0.975))
+    fresh.load_state_dict(reduced)
+    _assert_same_metrics(fresh.compute(), whole.compute())
+    assert "coverage_97.5" in fresh.compute()
+    fresh.reset()
+    assert fresh.compute()["count"] == 0 and math.isnan(fresh.compute()["crps"])
+    with pytest.raises(ValueError, match="different configs"):
+        halves[0].merge(ForecastMetrics())
+    with pytest.raises(ValueError, match="state"):
+        ForecastMetrics().load_state_dict(reduced)  # 3 levels into a 2-level config
+
+
+def test_forecast_metrics_mask_and_omit():
+    x, y = _forecast_data(seed=70)
+    mask = (torch.rand(y.shape, generator=gen(71)) < 0.7).double()
+    m = ForecastMetrics()
+    m.update(x, y, mask=mask)
+    got = m.compute()
+    keep = mask.bool()
+    assert got["count"] == float(mask.sum())
+    assert got["crps"] == pytest.approx(float(crps(x, y)[keep].mean()), rel=1e-12)
+    assert got["quantile_crps"] == pytest.approx(float(quantile_crps(x, y, mask=mask)), rel=1e-12)
+    assert got["quantile_crps_sum"] == pytest.approx(
+        float(quantile_crps(x, y, mask=mask, sum_dim=-1)), rel=1e-12
+    )
+    assert got["coverage_90"] == pytest.approx(float(coverage(x, y)[keep].mean()), rel=1e-12)
+    # omit: NaN observations are left out exactly as a zero mask would leave them out
+    y_nan = torch.where(keep, y, torch.full_like(y, float("nan")))
+    o = ForecastMetrics(nan_policy="omit", variate_dim=None)
+    o.update(x, y_nan)
+    ref = ForecastMetrics(variate_dim=None)
+    ref.update(x, y, mask=mask)
+    _assert_same_metrics(o.compute(), ref.compute())
+    p = ForecastMetrics()
+    p.update(x, y_nan)
+    assert math.isnan(p.compute()["crps"])
+    with pytest.raises(ValueError, match="obs contains"):
+        ForecastMetrics(nan_policy="raise").update(x, y_nan)
+
+
+def test_forecast_metrics_other_sample_dim_and_no_grad():
+    x, y = _forecast_data(seed=80)
+    a, b = ForecastMetrics(), ForecastMetrics(sample_dim=1)
+    a.update(x, y)
+    b.update(x.movedim(0, 1).requires_grad_(), y)  # CSDI layout [B, S, H, N]
+    _assert_same_metrics(a.compute(), b.compute())
+    assert all(not t.requires_grad for t in b.state_dict().values())
+
+
+# ============================================================================================
+# Bad input
+# ============================================================================================
+
+
+def test_bad_input_messages():
+    x = torch.zeros(10, 4, 5)
+    with pytest.raises(
+        ValueError, match=r"obs of shape \(4, 6\).*samples of shape \(10, 4, 5\).*\(4, 5\)"
+    ):
+        crps(x, torch.zeros(4, 6))
+    with pytest.raises(ValueError, match=r"obs of shape \(10, 4, 5\) has more dimensions"):
+        crps(x, torch.zeros(10, 4, 5))
+    with pytest.raises(ValueError, match=r"empty sample axis.*\(0, 4, 5\)"):
+        crps(torch.zeros(0, 4, 5), torch.zeros(4, 5))
+    with pytest.raises(ValueError, match=r"sample_dim=3 is out of range.*\(10, 4, 5\)"):
+        crps(x, torch.zeros(4, 5), sample_dim=3)
+    with pytest.raises(ValueError, match=r"sample_dim=-4"):
+        sample_quantiles(x, 0.5, sample_dim=-4)
+    with pytest.raises(ValueError, match=r"weights must be >= 0; got 1 negative.*\(10, 1, 1\)"):
+        crps(
+            x,
+            torch.zeros(4, 5),
+            weights=torch.ones(10, 1, 1).index_fill_(0, torch.tensor([3]), -1.0),
+        )
+    with pytest.raises(ValueError, match=r"weights of shape \(3,\) do not broadcast.*\(10, 4, 5\)"):
+        crps(x, torch.zeros(4, 5), weights=torch.ones(3))
+    with pytest.raises(ValueError, match="weights sum to zero"):
+        crps(x, torch.zeros(4, 5), weights=torch.zeros(10, 1, 1))
+    with pytest.raises(ValueError, match="estimator must be one of"):
+        crps(x, torch.zeros(4, 5), estimator="sorted")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="nan_policy must be one of"):
+        crps(x, torch.zeros(4, 5), nan_policy="ignore")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="samples must be a torch.Tensor.*as_tensor"):
+        crps(np.zeros((10, 4)), torch.zeros(4))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="samples must be a floating-point tensor"):
+        crps(torch.zeros(10, 4, dtype=torch.long), torch.zeros(4))
+    with pytest.raises(ValueError, match=r"samples must have a sample axis"):
+        crps(torch.tensor(1.0), torch.tensor(1.0))
+    with pytest.raises(ValueError, match=r"q must lie in 0 <= q <= 1; got 1.5"):
+        sample_quantiles(x, [0.5, 1.5])
+    with pytest.raises(ValueError, match=r"level must lie in 0 < level < 1"):
+        coverage(x, torch.zeros(4, 5), level=1.0)
+    with pytest.raises(ValueError, match=r"mask of shape \(3,\) does not broadcast"):
+        quantile_crps(x, torch.ones(4, 5), mask=torch.ones(3))
+    with pytest.raises(ValueError, match=r"variate_dim=2 is out of range"):
+        crps_sum(x, torch.zeros(4, 5), variate_dim=2)
+    with pytest.raises(ValueError, match=r"obs of shape \(4, 6\)"):
+        ForecastMetrics().update(x, torch.zeros(4, 6))
+    with pytest.raises(ValueError, match=r"levels must lie in"):
+        ForecastMetrics(levels=(0.5, 0.0))
+    # integer observations are fine (count data), and score like their float twins
+    xi = torch.randn(10, 4, generator=gen(90))
+    torch.testing.assert_close(crps(xi, torch.arange(4)), crps(xi, torch.arange(4.0)))
