@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
+
+from diffsample._utils import atomic_write
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import budget_for_rows, folded, machine, make_cond, make_denoiser, peak, seed_loop, timed  # noqa: E402
@@ -70,14 +70,11 @@ def main(argv=None) -> dict:
         r["speedup_vs_loop"] = round(base / r["seconds"], 2)
     report = {"machine": machine(), "device": str(device), "windows": a.windows, "samples": S, "steps": K, "rows": M,
               "modes": rows}  # fmt: skip
-    print(f"\n| mode | seconds | peak MiB | x loop |\n|---|---|---|---|")
+    print("\n| mode | seconds | peak MiB | x loop |\n|---|---|---|---|")
     for name, r in rows.items():
         print(f"| {name} | {r['seconds']:.3f} | {r['peak_mib']} | {r['speedup_vs_loop']} |")
     if a.out is not None:
-        a.out.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=a.out.parent, delete=False, suffix=".tmp") as f:
-            json.dump(report, f, indent=2)
-        os.replace(f.name, a.out)
+        atomic_write(a.out, lambda f: f.write(json.dumps(report, indent=2).encode()))
     return report
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import sys
-from typing import Optional
+import tempfile
+from pathlib import Path
+from typing import IO, Callable, Optional, Union
 
 import torch
 
@@ -20,3 +23,24 @@ def progress_disabled(progress: Optional[bool]) -> bool:
     if progress is False:
         return True
     return not (sys.stderr is not None and hasattr(sys.stderr, "isatty") and sys.stderr.isatty())
+
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def atomic_write(path: Union[str, "os.PathLike[str]"], write: Callable[[IO[bytes]], None]) -> Path:
+    """Call ``write(f)`` on a temp file beside ``path``, then rename it into place: a failure
+    leaves the old file (or none), never a half-written one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path

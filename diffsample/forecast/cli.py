@@ -13,16 +13,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import torch
 
+from .._utils import atomic_write
 from ..metrics import ForecastMetrics
 from .data import ForecastDataset, ForecastSplit, load_dataset
 from .model import ForecastConfig, ITransformerDiffusion
@@ -143,20 +141,19 @@ def _fmt(v: Any) -> str:
 
 
 def _print_scores(s: Dict[str, Any]) -> None:
-    keys = [k for k in s if isinstance(s[k], float) and k != "sampling_seconds"]
-    width = max(len(k) for k in keys)
     print(f"test set: {s['windows']} windows x {s['samples']} samples, {s['sampler']} {s['steps']} steps, "
-          f"sampled in {s['sampling_seconds']:.2f} s")  # fmt: skip
-    for k in keys:
-        print(f"  {k:<{width}}  {s[k]:.4f}")
+          f"sampled in {s['sampling_seconds']:.2f} s (scaled units)")  # fmt: skip
+    print(f"  point forecast (iTransformer)  mse {s['point_mse']:.4f}  mae {s['point_mae']:.4f}")
+    print(f"  mean of the samples            mse {s['mse_mean']:.4f}  mae {s['mae_mean']:.4f}")
+    print(f"  median of the samples          mse {s['mse_median']:.4f}  mae {s['mae_median']:.4f}")
+    print(f"  CRPS {s['crps']:.4f} | quantile CRPS {s['quantile_crps']:.4f} | CRPS-sum {s['quantile_crps_sum']:.4f}")
+    for level in (50, 90):
+        print(f"  {level}% central interval: coverage {s[f'coverage_{level}']:.3f} (nominal {level / 100:.2f}), "
+              f"width {s[f'width_{level}']:.3f}")  # fmt: skip
 
 
 def _write_json(obj: Any, path: Path) -> None:
-    """Atomic: a temp file in the same folder, renamed into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
-        json.dump(obj, f, indent=2, default=str)
-    os.replace(f.name, path)
+    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2, default=str).encode()))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -176,8 +173,8 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="runs/demo")
     d.add_argument("--lookback", type=int, default=96)
     d.add_argument("--horizon", type=int, default=96)
-    d.add_argument("--epochs", type=int, default=3)
-    d.add_argument("--batches-per-epoch", type=int, default=60)
+    d.add_argument("--epochs", type=int, default=4)
+    d.add_argument("--batches-per-epoch", type=int, default=100)
     common(d, samples=32, steps=20, windows=128)
     d.set_defaults(run=_demo)
 

@@ -25,11 +25,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import NoiseSchedule, sample_many
+from .._utils import atomic_write
 from ..prediction import training_target
 from .denoisers import TokenDenoiser, UNet1DDenoiser
 from .itransformer import ITransformer
 
-__all__ = ["ForecastConfig", "ITransformerDiffusion", "atomic_save"]
+__all__ = ["ForecastConfig", "ITransformerDiffusion"]
 
 _FORMAT = "diffsample.ITransformerDiffusion/1"
 
@@ -214,7 +215,7 @@ class ITransformerDiffusion(nn.Module):
     def save(self, path: Union[str, os.PathLike]) -> Path:
         """Write config + weights atomically (a temp file renamed into place)."""
         payload = {"format": _FORMAT, "config": dataclasses.asdict(self.config), "state_dict": self.state_dict()}
-        return atomic_save(payload, path)
+        return atomic_write(path, lambda f: torch.save(payload, f))
 
     @classmethod
     def load(cls, path: Union[str, os.PathLike], *, map_location: Any = "cpu") -> "ITransformerDiffusion":
@@ -256,17 +257,3 @@ class ITransformerDiffusion(nn.Module):
         if c.n_time_features and time_features.shape != (history.shape[0], c.lookback, c.n_time_features):
             raise ValueError(f"time_features: expected shape [{history.shape[0]}, {c.lookback}, {c.n_time_features}], "
                              f"got {tuple(time_features.shape)}")  # fmt: skip
-
-
-def atomic_save(obj: Any, path: Union[str, os.PathLike]) -> Path:
-    """``torch.save`` to a temp file beside ``path``, then rename: no half-written file on failure."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path

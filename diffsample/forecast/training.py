@@ -128,54 +128,47 @@ def train(
         if on_epoch is not None:
             on_epoch(rec)
 
-    # ---------------------------------------------------------------- stage 1: point forecast
-    backbone = model.backbone
-    opt = torch.optim.Adam(backbone.parameters(), lr=config.point_lr, weight_decay=config.weight_decay)
-    best_point, best_state, stale = math.inf, copy.deepcopy(backbone.state_dict()), 0
-    for epoch in range(config.point_epochs):
-        backbone.train()
-        loss = _epoch(lambda b: model.point_loss(b.x, b.y, b.x_mark), backbone, opt, train_split, config, g,
-                      amp_dtype, device, progress, f"point {epoch + 1}/{config.point_epochs}")  # fmt: skip
-        backbone.eval()
-        val = _evaluate(lambda b: model.point_loss(b.x, b.y, b.x_mark), val_split, config.batch_size, amp_dtype, device)
-        record({"stage": 1, "epoch": epoch + 1, "train_point_mse": loss, "val_point_mse": val,
-                "lr": opt.param_groups[0]["lr"]})  # fmt: skip
-        if val < best_point:
-            best_point, best_state, stale = val, copy.deepcopy(backbone.state_dict()), 0
-        else:
-            stale += 1
-            if stale >= config.patience:
-                break
-        for group in opt.param_groups:
-            group["lr"] *= config.point_lr_decay
-    backbone.load_state_dict(best_state)
-    backbone.requires_grad_(False)
-    backbone.eval()
+    def fit(stage: int, module: nn.Module, opt: torch.optim.Optimizer, loss_fn, val_fn, epochs: int,
+            lr_decay: float, names: Tuple[str, str]) -> float:  # fmt: skip
+        """Train ``module`` for up to ``epochs`` with early stopping; keep and restore its best weights."""
+        best, best_state, stale = math.inf, copy.deepcopy(module.state_dict()), 0
+        for epoch in range(epochs):
+            module.train()
+            loss = _epoch(loss_fn, module, opt, train_split, config, g, amp_dtype, device, progress,
+                          f"stage {stage} epoch {epoch + 1}/{epochs}")  # fmt: skip
+            module.eval()
+            val = _evaluate(val_fn(), val_split, config.batch_size, amp_dtype, device)
+            record({"stage": stage, "epoch": epoch + 1, names[0]: loss, names[1]: val, "lr": opt.param_groups[0]["lr"]})
+            if val < best:
+                best, best_state, stale = val, copy.deepcopy(module.state_dict()), 0
+            else:
+                stale += 1
+                if stale >= config.patience:
+                    break
+            for group in opt.param_groups:
+                group["lr"] *= lr_decay
+        module.load_state_dict(best_state)
+        return best
 
-    # ---------------------------------------------------------------- stage 2: residual diffusion
-    mean, std = _residual_stats(model, train_split, config.batch_size, device)
-    model.set_residual_stats(mean, std)
+    # stage 1: the point forecast
+    point = lambda b: model.point_loss(b.x, b.y, b.x_mark)  # noqa: E731
+    opt = torch.optim.Adam(model.backbone.parameters(), lr=config.point_lr, weight_decay=config.weight_decay)
+    best_point = fit(1, model.backbone, opt, point, lambda: point, config.point_epochs, config.point_lr_decay,
+                     ("train_point_mse", "val_point_mse"))  # fmt: skip
+    model.backbone.requires_grad_(False).eval()
+
+    # stage 2: the residual diffusion, on statistics fixed from the training windows
+    model.set_residual_stats(*_residual_stats(model, train_split, config.batch_size, device))
     if checkpoint is not None and config.point_epochs:
         model.save(checkpoint)
-    den = model.denoiser
-    opt = torch.optim.AdamW(den.parameters(), lr=config.diffusion_lr, weight_decay=config.weight_decay)
-    best_diff, best_state, stale = math.inf, copy.deepcopy(den.state_dict()), 0
-    for epoch in range(config.diffusion_epochs):
-        den.train()
-        loss = _epoch(lambda b: model.diffusion_loss(b.x, b.y, b.x_mark, generator=g_dev), den, opt, train_split,
-                      config, g, amp_dtype, device, progress, f"diffusion {epoch + 1}/{config.diffusion_epochs}")  # fmt: skip
-        den.eval()
-        g_val = torch.Generator(device=device).manual_seed(config.seed + 2)  # the same noise every epoch
-        val = _evaluate(lambda b: model.diffusion_loss(b.x, b.y, b.x_mark, generator=g_val), val_split,
-                        config.batch_size, amp_dtype, device)  # fmt: skip
-        record({"stage": 2, "epoch": epoch + 1, "train_diffusion_loss": loss, "val_diffusion_loss": val})
-        if val < best_diff:
-            best_diff, best_state, stale = val, copy.deepcopy(den.state_dict()), 0
-        else:
-            stale += 1
-            if stale >= config.patience:
-                break
-    den.load_state_dict(best_state)
+
+    def diffusion_val():  # the same t and noise at every validation pass
+        g_val = torch.Generator(device=device).manual_seed(config.seed + 2)
+        return lambda b: model.diffusion_loss(b.x, b.y, b.x_mark, generator=g_val)
+
+    opt = torch.optim.AdamW(model.denoiser.parameters(), lr=config.diffusion_lr, weight_decay=config.weight_decay)
+    best_diff = fit(2, model.denoiser, opt, lambda b: model.diffusion_loss(b.x, b.y, b.x_mark, generator=g_dev),
+                    diffusion_val, config.diffusion_epochs, 1.0, ("train_diffusion_loss", "val_diffusion_loss"))  # fmt: skip
     model.backbone.requires_grad_(True)
     model.eval()
     if checkpoint is not None:
