@@ -51,6 +51,16 @@ def mix(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 15)
 
 
+def mix_int(x: int) -> int:
+    """``mix`` on one Python int (host side: no tensor, no device transfer)."""
+    x &= _MASK32
+    x ^= x >> 16
+    x = (x * 0x21F0AAAD) & _MASK32
+    x ^= x >> 15
+    x = (x * 0x735A2D97) & _MASK32
+    return x ^ (x >> 15)
+
+
 def _mix_(x: torch.Tensor) -> torch.Tensor:
     """``mix`` in place (the per-element stage, where temporaries cost memory bandwidth)."""
     x.bitwise_xor_(x >> 16)
@@ -75,10 +85,9 @@ def row_keys(seed: int, cond_ids: torch.Tensor, sample_ids: torch.Tensor) -> tor
         sample_ids: ``[M]`` integer sample index of each row, 0 <= s < 2**32.
     """
     seed = int(seed) % (1 << 64)
-    seed_lo, seed_hi = seed & _MASK32, seed >> 32
+    seed_key = mix_int(mix_int(seed ^ _C_SEED) ^ (seed >> 32))  # host int
     id_lo, id_hi = _words(cond_ids)
-    key = mix(mix(torch.full_like(id_lo, seed_lo ^ _C_SEED)) ^ seed_hi)
-    key = mix(mix(key ^ id_lo) ^ id_hi)  # [M] cond_key
+    key = mix(mix(id_lo ^ seed_key) ^ id_hi)  # [M] cond_key
     return mix(key ^ mix((sample_ids.long() + _C_SAMPLE) & _MASK32))  # [M] row_key
 
 
@@ -91,8 +100,7 @@ def keyed_normal(
     on any call, in any batch.
     """
     P = math.prod(event_shape)
-    step_word = mix(torch.tensor((step + 1 + _C_STEP) & _MASK32, device=keys.device, dtype=torch.long))
-    step_keys = mix(keys ^ step_word)  # [M]
+    step_keys = mix(keys ^ mix_int(step + 1 + _C_STEP))  # [M]; the step word stays a host int (no transfer)
     elem_keys = mix((torch.arange(P, device=keys.device, dtype=torch.long) + _C_ELEMENT) & _MASK32)  # [P]
     bits = _mix_(step_keys[:, None] ^ elem_keys[None, :])  # [M, P]
     u = ((bits >> 9).to(torch.float32) + 0.5) * (2.0**-23)  # [M, P] in (0, 1), exact in float32

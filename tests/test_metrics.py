@@ -377,6 +377,7 @@ def _with_nans():
     return x, y
 
 
+@pytest.mark.filterwarnings("ignore:Mean of empty slice")  # properscoring on an all-NaN row
 def test_nan_omit_matches_properscoring_and_subsets():
     x, y = _with_nans()
     out = crps(x, y, nan_policy="omit")
@@ -399,6 +400,7 @@ def test_nan_omit_matches_properscoring_and_subsets():
     )
 
 
+@pytest.mark.filterwarnings("ignore:Mean of empty slice")  # properscoring on an all-NaN row
 def test_nan_omit_with_weights_matches_properscoring():
     x, y = _with_nans()
     w = 0.5 + torch.rand(8, 20, generator=gen(28), dtype=torch.float64)

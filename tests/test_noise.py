@@ -7,7 +7,7 @@ import math
 import numpy as np
 import torch
 
-from diffsample.noise import keyed_normal, mix, row_keys
+from diffsample.noise import keyed_normal, mix, mix_int, row_keys
 
 
 def lowbias32_reference(x: np.ndarray) -> np.ndarray:
@@ -28,6 +28,7 @@ def test_mix_matches_uint32_reference_and_is_a_bijection_sample():
     np.testing.assert_array_equal(got, lowbias32_reference(v).astype(np.int64))
     distinct = np.unique(v).size
     assert np.unique(got).size == distinct  # injective on the sample
+    assert [mix_int(int(a)) for a in v[:200]] == got[:200].tolist()  # the host twin agrees
 
 
 def test_keyed_normal_is_pure_and_independent_of_batch_composition():

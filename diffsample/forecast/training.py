@@ -19,7 +19,7 @@ import logging
 import math
 import os
 import time
-from typing import Callable, Dict, Iterator, List, Literal, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Literal, Optional, Tuple, Union
 
 import torch
 from torch import nn
@@ -33,7 +33,6 @@ __all__ = ["TrainConfig", "TrainResult", "train", "resolve_amp"]
 
 log = logging.getLogger(__name__)
 
-_GradScaler = getattr(torch.amp, "GradScaler", None) or getattr(torch.cuda, "amp").GradScaler  # torch < 2.3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,9 +131,10 @@ def train(
             lr_decay: float, names: Tuple[str, str]) -> float:  # fmt: skip
         """Train ``module`` for up to ``epochs`` with early stopping; keep and restore its best weights."""
         best, best_state, stale = math.inf, copy.deepcopy(module.state_dict()), 0
+        scaler = _grad_scaler(device, enabled=amp_dtype == torch.float16)
         for epoch in range(epochs):
             module.train()
-            loss = _epoch(loss_fn, module, opt, train_split, config, g, amp_dtype, device, progress,
+            loss = _epoch(loss_fn, module, opt, scaler, train_split, config, g, amp_dtype, device, progress,
                           f"stage {stage} epoch {epoch + 1}/{epochs}")  # fmt: skip
             module.eval()
             val = _evaluate(val_fn(), val_split, config.batch_size, amp_dtype, device)
@@ -177,10 +177,18 @@ def train(
                        time.perf_counter() - t0)  # fmt: skip
 
 
+def _grad_scaler(device: torch.device, enabled: bool):
+    """GradScaler for fp16 (a no-op when disabled); torch < 2.3 only has the CUDA one."""
+    if hasattr(torch.amp, "GradScaler"):
+        return torch.amp.GradScaler(device.type, enabled=enabled)
+    return getattr(torch.cuda, "amp").GradScaler(enabled=enabled)  # pragma: no cover - torch 2.2
+
+
 def _epoch(
     loss_fn: Callable[[WindowBatch], torch.Tensor],
     module: nn.Module,
     opt: torch.optim.Optimizer,
+    scaler: Any,
     split: ForecastSplit,
     config: TrainConfig,
     generator: torch.Generator,
@@ -190,7 +198,6 @@ def _epoch(
     desc: str,
 ) -> float:
     """One pass over (a capped number of) shuffled training batches; returns the mean loss."""
-    scaler = _GradScaler(device.type, enabled=amp_dtype == torch.float16)
     batches = _capped(split.batches(config.batch_size, shuffle=True, generator=generator), config.max_batches_per_epoch)
     n_batches = math.ceil(len(split) / config.batch_size)
     total = min(n_batches, config.max_batches_per_epoch or n_batches)
