@@ -2,10 +2,11 @@
 
 Core API (the forecasting layer lives in ``diffsample.forecast`` and is imported on demand)::
 
-    from diffsample import NoiseSchedule, sample_many, sample_ddim
+    from diffsample import NoiseSchedule, sample_many, sample_ddim, crps
 """
 
 from .batching import plan_chunk, sample_many
+from .metrics import ForecastMetrics, crps, crps_sum, quantile_crps
 from .noise import keyed_normal
 from .prediction import Denoiser, Prediction, to_x0_eps, training_target
 from .samplers import SAMPLERS, sample_ddim, sample_ddpm, sample_dpmpp_2m
@@ -26,4 +27,8 @@ __all__ = [
     "sample_many",
     "plan_chunk",
     "keyed_normal",
+    "crps",
+    "crps_sum",
+    "quantile_crps",
+    "ForecastMetrics",
 ]
