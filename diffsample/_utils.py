@@ -18,6 +18,17 @@ def describe(x: object) -> str:
     return f"{type(x).__name__} {x!r}" if isinstance(x, (int, float, str)) else type(x).__name__
 
 
+def check_int(name: str, value: object, *, minimum: int = 1, maximum: Optional[int] = None) -> int:
+    """``value`` if it is an int (not a bool) in [minimum, maximum]; else ValueError naming ``name``."""
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+    ok = ok and (maximum is None or value <= maximum)
+    if not ok:
+        want = f"an integer in {minimum}..{maximum}" if maximum is not None else (
+            "a positive integer" if minimum == 1 else f"an integer >= {minimum}")
+        raise ValueError(f"{name}: expected {want}, got {value!r}")
+    return value  # type: ignore[return-value]
+
+
 def progress_disabled(progress: Optional[bool]) -> bool:
     """tqdm ``disable`` flag: False never shows a bar; None or True show one only on a terminal."""
     if progress is False:

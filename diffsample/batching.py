@@ -18,7 +18,7 @@ from typing import Any, Mapping, Optional, Sequence, Tuple, Union
 import torch
 from tqdm.auto import tqdm
 
-from ._utils import describe, progress_disabled
+from ._utils import check_int, describe, progress_disabled
 from .memory import fit_row_cost, free_bytes, is_oom
 from .noise import keyed_normal, row_keys
 from .prediction import Denoiser, check_output
@@ -106,8 +106,7 @@ def sample_many(
     """
     sample_fn = _resolve_sampler(sampler)
     E = _check_event_shape(event_shape)
-    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
-        raise ValueError(f"n_samples: expected an integer >= 1, got {n_samples!r}")
+    check_int("n_samples", n_samples)
     if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise TypeError(f"dtype: expected a floating-point torch.dtype, got {dtype!r}")
     bad = [k for k in _RESERVED if k in sampler_kwargs]
@@ -235,8 +234,8 @@ def _plan(
     *,
     t_probe: int,
 ) -> int:
-    if max_batch is not None and (isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1):
-        raise ValueError(f"max_batch: expected a positive integer or None, got {max_batch!r}")
+    if max_batch is not None:
+        check_int("max_batch", max_batch)
     if memory_budget is not None:
         ok = isinstance(memory_budget, (int, float)) and not isinstance(memory_budget, bool)
         ok = ok and (0 < memory_budget <= 1 if isinstance(memory_budget, float) else memory_budget > 0)

@@ -16,7 +16,7 @@ from typing import Literal, Union
 
 import torch
 
-from ._utils import describe
+from ._utils import check_int, describe
 
 __all__ = ["NoiseSchedule", "Spacing"]
 
@@ -80,7 +80,7 @@ class NoiseSchedule:
     @classmethod
     def linear(cls, num_train_steps: int = 1000, *, beta_start: float = 1e-4, beta_end: float = 0.02) -> "NoiseSchedule":
         """Ho et al. (2020): betas linear from ``beta_start`` to ``beta_end``."""
-        T = _check_steps(num_train_steps)
+        T = check_int("num_train_steps", num_train_steps)
         return cls.from_betas(torch.linspace(beta_start, beta_end, T, dtype=torch.float64), name="linear")
 
     @classmethod
@@ -88,7 +88,7 @@ class NoiseSchedule:
         cls, num_train_steps: int = 1000, *, beta_start: float = 0.00085, beta_end: float = 0.012
     ) -> "NoiseSchedule":
         """Latent-diffusion schedule: sqrt(beta) linear, then squared."""
-        T = _check_steps(num_train_steps)
+        T = check_int("num_train_steps", num_train_steps)
         root = torch.linspace(math.sqrt(beta_start), math.sqrt(beta_end), T, dtype=torch.float64)
         return cls.from_betas(root**2, name="scaled_linear")
 
@@ -96,7 +96,7 @@ class NoiseSchedule:
     def cosine(cls, num_train_steps: int = 1000, *, s: float = 0.008, max_beta: float = 0.999) -> "NoiseSchedule":
         """Nichol & Dhariwal (2021): alpha_bar(t) = cos^2(((t / T) + s) / (1 + s) * pi / 2) / f(0),
         betas clipped at ``max_beta`` so the last step stays finite."""
-        T = _check_steps(num_train_steps)
+        T = check_int("num_train_steps", num_train_steps)
         grid = torch.arange(T + 1, dtype=torch.float64) / T
         f = torch.cos((grid + s) / (1 + s) * math.pi / 2) ** 2
         betas = torch.clamp(1 - f[1:] / f[:-1], max=max_beta)
@@ -107,7 +107,7 @@ class NoiseSchedule:
         cls, num_train_steps: int = 1000, *, beta_start: float = 1e-4, beta_end: float = 0.02
     ) -> "NoiseSchedule":
         """GeoDiff (Xu et al., 2022): betas = sigmoid(linspace(-6, 6, T)) scaled to [beta_start, beta_end]."""
-        T = _check_steps(num_train_steps)
+        T = check_int("num_train_steps", num_train_steps)
         betas = torch.sigmoid(torch.linspace(-6, 6, T, dtype=torch.float64)) * (beta_end - beta_start) + beta_start
         return cls.from_betas(betas, name="sigmoid")
 
@@ -164,9 +164,7 @@ class NoiseSchedule:
         - ``linspace``: ``round(linspace(0, T - 1, N))``, reversed.
         """
         T = self.num_train_steps
-        if isinstance(num_steps, bool) or not isinstance(num_steps, int) or not 1 <= num_steps <= T:
-            raise ValueError(f"num_steps: expected an integer in 1..{T} (the schedule's T), got {num_steps!r}")
-        N = num_steps
+        N = check_int("num_steps", num_steps, maximum=T)
         if spacing == "leading":
             grid = (torch.arange(N, dtype=torch.float64) * (T // N)).flip(0)
         elif spacing == "trailing":
@@ -187,9 +185,3 @@ class NoiseSchedule:
 
     def __repr__(self) -> str:
         return f"NoiseSchedule(name={self.name!r}, num_train_steps={self.num_train_steps}, device={self.device})"
-
-
-def _check_steps(num_train_steps: int) -> int:
-    if isinstance(num_train_steps, bool) or not isinstance(num_train_steps, int) or num_train_steps < 1:
-        raise ValueError(f"num_train_steps: expected a positive integer, got {num_train_steps!r}")
-    return num_train_steps

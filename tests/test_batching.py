@@ -180,7 +180,7 @@ def test_bad_input_messages():
     with pytest.raises(ValueError, match="cond_ids: expected integer ids"):
         sample_many("ddim", NET, E, 2, cond={"z": Z}, cond_ids=torch.zeros(6), **kw)
     for bad in (0, -1, 2.0):
-        with pytest.raises(ValueError, match="n_samples: expected an integer >= 1"):
+        with pytest.raises(ValueError, match="n_samples: expected a positive integer"):
             sample_many("ddim", NET, E, bad, cond={"z": Z}, **kw)
     fixed = lambda x, t, z: torch.zeros(x.shape[0], 5, 3)  # noqa: E731 - ignores the event shape it is given
     with pytest.raises(ValueError, match=r"denoiser: expected an output of shape \(12, 5, 2\).*got \(12, 5, 3\)"):

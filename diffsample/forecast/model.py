@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import NoiseSchedule, sample_many
-from .._utils import atomic_write
+from .._utils import atomic_write, check_int
 from ..prediction import training_target
 from .denoisers import TokenDenoiser, UNet1DDenoiser
 from .itransformer import ITransformer
@@ -64,11 +64,8 @@ class ForecastConfig:
     def __post_init__(self) -> None:
         for name in ("lookback", "horizon", "n_variates", "d_model", "n_heads", "n_layers", "d_ff",
                      "denoiser_width", "denoiser_layers", "denoiser_heads", "num_train_steps"):  # fmt: skip
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name}: expected a positive integer, got {v!r}")
-        if isinstance(self.n_time_features, bool) or not isinstance(self.n_time_features, int) or self.n_time_features < 0:
-            raise ValueError(f"n_time_features: expected an integer >= 0, got {self.n_time_features!r}")
+            check_int(name, getattr(self, name))
+        check_int("n_time_features", self.n_time_features, minimum=0)
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout: expected a value in [0, 1), got {self.dropout!r}")
         choices = {"denoiser": ("token", "unet"), "prediction": ("eps", "x0", "v"),

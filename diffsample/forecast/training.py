@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .._utils import progress_disabled
+from .._utils import check_int, progress_disabled
 from .data import ForecastDataset, ForecastSplit, WindowBatch
 from .model import ITransformerDiffusion
 
@@ -54,18 +54,14 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "patience"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name}: expected a positive integer, got {v!r}")
+            check_int(name, getattr(self, name))
         for name in ("point_epochs", "diffusion_epochs"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ValueError(f"{name}: expected an integer >= 0, got {v!r}")
+            check_int(name, getattr(self, name), minimum=0)
         for name in ("point_lr", "diffusion_lr", "point_lr_decay"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name}: expected a positive number, got {getattr(self, name)!r}")
-        if self.max_batches_per_epoch is not None and self.max_batches_per_epoch < 1:
-            raise ValueError(f"max_batches_per_epoch: expected a positive integer or None, got {self.max_batches_per_epoch!r}")
+        if self.max_batches_per_epoch is not None:
+            check_int("max_batches_per_epoch", self.max_batches_per_epoch)
         if self.amp not in ("auto", "bf16", "fp16", "off"):
             raise ValueError(f"amp: expected 'auto', 'bf16', 'fp16' or 'off', got {self.amp!r}")
 
