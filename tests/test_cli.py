@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 
@@ -57,6 +56,10 @@ def test_command_errors_are_one_line_and_exit_2(tmp_path, capsys):
     bad.write_bytes(b"not a checkpoint")
     assert main(["evaluate", str(bad)]) == 2
     assert "not a readable diffsample checkpoint" in capsys.readouterr().err
+    good = tmp_path / "good.pt"
+    ITransformerDiffusion(TINY).save(good)
+    assert main(["evaluate", str(good), "--windows", "0"]) == 2
+    assert "max_windows: expected a positive integer, got 0" in capsys.readouterr().err
 
 
 def test_train_command_on_a_tiny_budget(tmp_path):

@@ -20,7 +20,7 @@ from typing import Any, Dict, Optional, Sequence
 
 import torch
 
-from .._utils import atomic_write
+from .._utils import atomic_write, check_int
 from ..metrics import ForecastMetrics
 from .data import ForecastDataset, ForecastSplit, load_dataset
 from .model import ForecastConfig, ITransformerDiffusion
@@ -50,7 +50,7 @@ def evaluate_split(
     """
     device = device or next(model.parameters()).device
     split = split.to(device)
-    n = len(split) if max_windows is None else min(max_windows, len(split))
+    n = len(split) if max_windows is None else min(check_int("max_windows", max_windows), len(split))
     metrics = ForecastMetrics()
     sq = ab = torch.zeros((), dtype=torch.float64, device=device)
     count, seconds = 0, 0.0

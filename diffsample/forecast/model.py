@@ -186,7 +186,7 @@ class ITransformerDiffusion(nn.Module):
             seed, window_ids: key the noise: the same window id and seed give the same samples in
                 any test batch and at any chunking. Default ids 0..B-1; pass global indices.
             return_point: also return the point forecast y_det ``[B, H, N]``.
-            **sampler_kwargs: e.g. ``eta`` for DDIM, ``spacing`` is not one (use num_steps).
+            **sampler_kwargs: passed to the sampler, e.g. ``eta`` for DDIM or ``clip_x0``.
 
         Returns:
             Samples ``[S, B, H, N]`` (and y_det if ``return_point``). Map them to the original units
