@@ -137,6 +137,18 @@ class NoiseSchedule:
         padded = torch.cat([self.alphas_cumprod.new_ones(1), self.alphas_cumprod])  # [T + 1], index 0 is t = -1
         return padded[t.long() + 1]
 
+    def alpha_sigma(self, t: torch.Tensor) -> "tuple[torch.Tensor, torch.Tensor]":
+        """(alpha, sigma) = (sqrt(alpha_bar), sqrt(1 - alpha_bar)) at integer timesteps ``t``
+        (any shape, -1..T-1; t = -1 gives (1, 0)), float64: x_t = alpha * x0 + sigma * eps."""
+        ab = self.alpha_bar(t)
+        return ab.sqrt(), (1.0 - ab).sqrt()
+
+    def log_snr(self, t: torch.Tensor) -> torch.Tensor:
+        """lambda = log(alpha^2 / sigma^2) = log(alpha_bar / (1 - alpha_bar)) at integer timesteps
+        ``t``, float64 (+inf at t = -1). DPM-Solver's half log-SNR is ``log_snr(t) / 2``."""
+        ab = self.alpha_bar(t)
+        return torch.log(ab) - torch.log1p(-ab)
+
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Forward process: ``sqrt(ab[t]) * x0 + sqrt(1 - ab[t]) * noise``.
 
@@ -149,9 +161,10 @@ class NoiseSchedule:
             raise ValueError(f"noise: expected shape {tuple(x0.shape)} (as x0), got {tuple(noise.shape)}")
         if t.ndim != 1 or t.shape[0] != x0.shape[0]:
             raise ValueError(f"t: expected shape [{x0.shape[0]}] (one timestep per row of x0), got {tuple(t.shape)}")
-        ab = self.alpha_bar(t.to(self.device)).to(x0.device)
-        ab = ab.reshape(-1, *([1] * (x0.ndim - 1)))  # [M, 1, ...]
-        return (ab.sqrt() * x0 + (1 - ab).sqrt() * noise).to(x0.dtype)
+        alpha, sigma = self.alpha_sigma(t.to(self.device))
+        shape = (-1, *([1] * (x0.ndim - 1)))  # [M, 1, ...]
+        alpha, sigma = alpha.to(x0.device).reshape(shape), sigma.to(x0.device).reshape(shape)
+        return (alpha * x0 + sigma * noise).to(x0.dtype)
 
     def timesteps(self, num_steps: int, spacing: Spacing = "trailing") -> torch.Tensor:
         """A strictly descending grid of ``num_steps`` training timesteps (long, ``[K]``).

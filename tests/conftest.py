@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 def ett_dir_candidates() -> "list[Path]":
     env = os.environ.get("DIFFSAMPLE_ETT_DIR")
     found = [Path(env)] if env else []
-    return found + [REPO.parent / "shared" / "data" / "ETT-small", Path("/work/shared/data/ETT-small")]
+    return [*found, REPO.parent / "shared" / "data" / "ETT-small"]
 
 
 @pytest.fixture(scope="session")
