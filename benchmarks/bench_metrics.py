@@ -27,7 +27,6 @@ import os
 import subprocess
 import sys
 import time
-from typing import Dict, Tuple
 
 import numpy as np
 import pytest
@@ -38,16 +37,16 @@ from diffsample.metrics import ForecastMetrics, crps, quantile_crps
 
 properscoring = pytest.importorskip("properscoring")
 
-SHAPE: Tuple[int, ...] = tuple(
+SHAPE: tuple[int, ...] = tuple(
     int(v) for v in os.environ.get("DIFFSAMPLE_BENCH_CRPS_SHAPE", "100,2785,7,96").split(",")
 )
 ROUNDS = int(os.environ.get("DIFFSAMPLE_BENCH_ROUNDS", "3"))
 SEED = 0
-TIMES: Dict[str, float] = {}  # best time per route in this run, for the speed ratio
-RESULTS: Dict[str, float] = {}
+TIMES: dict[str, float] = {}  # best time per route in this run, for the speed ratio
+RESULTS: dict[str, float] = {}
 
 
-def make_data(shape: Tuple[int, ...] = SHAPE) -> Tuple[torch.Tensor, torch.Tensor]:
+def make_data(shape: tuple[int, ...] = SHAPE) -> tuple[torch.Tensor, torch.Tensor]:
     """samples [S, *E] and obs [*E], float32, seeded; allocated in place (no temporaries)."""
     g = torch.Generator().manual_seed(SEED)
     samples = torch.randn(shape, generator=g)
@@ -85,7 +84,7 @@ print(json.dumps({{"extra_kib": peak - before, "input_kib": input_kib, "rss_befo
 """
 
 
-def extra_peak(route: str, shape: Tuple[int, ...] = SHAPE) -> Dict[str, float]:
+def extra_peak(route: str, shape: tuple[int, ...] = SHAPE) -> dict[str, float]:
     """Extra peak resident memory of one call (MiB) in a fresh process, and the input size.
 
     Linux only: the peak resident size (VmHWM) is reset to the current one through
@@ -104,7 +103,7 @@ def extra_peak(route: str, shape: Tuple[int, ...] = SHAPE) -> Dict[str, float]:
 
 
 @pytest.fixture(scope="module")
-def data() -> Tuple[torch.Tensor, torch.Tensor]:
+def data() -> tuple[torch.Tensor, torch.Tensor]:
     return make_data()
 
 
@@ -152,8 +151,7 @@ def test_diffsample_crps(benchmark, data, reference):
     TIMES["diffsample"] = _best(benchmark)
     info = extra_peak("diffsample")
     route = "numpy sort of contiguous chunks + torch arithmetic"
-    benchmark.extra_info.update(machine=_machine(), route=route,
-                                **info)  # fmt: skip
+    benchmark.extra_info.update(machine=_machine(), route=route, **info)
     if "properscoring" in TIMES:
         benchmark.extra_info["time_vs_properscoring"] = round(
             TIMES["diffsample"] / TIMES["properscoring"], 3
@@ -193,7 +191,7 @@ def test_diffsample_forecast_metrics_update(benchmark, data, reference):
     benchmark.group = f"other metrics, samples {list(SHAPE)} float32, CPU"
     samples, obs = data
 
-    def score() -> Dict[str, float]:
+    def score() -> dict[str, float]:
         m = ForecastMetrics(variate_dim=1)  # [S, B, N, H]: variates are dim 1 of [B, N, H]
         m.update(samples, obs)
         return m.compute()

@@ -16,8 +16,8 @@ import os
 
 import pytest
 import torch
-
 from common import EVENT, budget_for_rows, folded, make_cond, make_denoiser, peak, seed_loop
+
 from diffsample import plan_chunk
 from diffsample.noise import keyed_normal, row_keys
 
@@ -30,7 +30,9 @@ NET = make_denoiser()
 
 def run(benchmark, fn, *, rows, chunk, rounds=1):
     out = benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=0)
-    benchmark.extra_info.update(rows=rows, chunk=chunk, steps=K, peak_mib=round(peak(fn, DEVICE) / 2**20, 1))
+    benchmark.extra_info.update(
+        rows=rows, chunk=chunk, steps=K, peak_mib=round(peak(fn, DEVICE) / 2**20, 1)
+    )
     return out
 
 
@@ -39,8 +41,17 @@ def run(benchmark, fn, *, rows, chunk, rounds=1):
 def test_one_window_100_samples(benchmark, mode):
     benchmark.group = f"one window, S=100, DDIM-{K}"
     z = make_cond(1)
-    fn = (lambda: seed_loop(NET, z, 100, K)) if mode == "seed_loop" else (lambda: folded(NET, z, 100, K))
-    out = run(benchmark, fn, rows=100, chunk=1 if mode == "seed_loop" else plan_chunk(NET, EVENT, 100, cond={"z": z}))
+    fn = (
+        (lambda: seed_loop(NET, z, 100, K))
+        if mode == "seed_loop"
+        else (lambda: folded(NET, z, 100, K))
+    )
+    out = run(
+        benchmark,
+        fn,
+        rows=100,
+        chunk=1 if mode == "seed_loop" else plan_chunk(NET, EVENT, 100, cond={"z": z}),
+    )
     assert out.shape == (100, 1, *EVENT) and bool(torch.isfinite(out).all())
 
 
@@ -59,15 +70,17 @@ def test_batch_modes(benchmark, B, mode):
         fn, chunk = (lambda: folded(NET, z, S_BATCH, K, max_batch=M)), M
     elif mode == "default":
         chunk = plan_chunk(NET, EVENT, S_BATCH, cond={"z": z})
-        fn = lambda: folded(NET, z, S_BATCH, K)  # noqa: E731
+        fn = lambda: folded(NET, z, S_BATCH, K)
     else:
         budget = budget_for_rows(NET, z, -(-M // 4))
         chunk = plan_chunk(NET, EVENT, S_BATCH, cond={"z": z}, memory_budget=budget)
-        fn = lambda: folded(NET, z, S_BATCH, K, memory_budget=budget)  # noqa: E731
+        fn = lambda: folded(NET, z, S_BATCH, K, memory_budget=budget)
     out = run(benchmark, fn, rows=M, chunk=chunk)
     assert out.shape == (S_BATCH, B, *EVENT) and bool(torch.isfinite(out).all())
     if mode in ("default", "quarter_budget"):  # chunking must not change the samples
-        torch.testing.assert_close(out, folded(NET, z, S_BATCH, K, max_batch=M), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(
+            out, folded(NET, z, S_BATCH, K, max_batch=M), rtol=1e-4, atol=1e-4
+        )
 
 
 # ---------------------------------------------------------------- time vs rows per call
@@ -88,6 +101,10 @@ def test_noise_cost(benchmark, kind):
     """Noise for 8192 rows x one step, against torch.randn; compare with one denoiser call per row."""
     benchmark.group = "noise for 8192 rows [8192, 96, 7]"
     keys = row_keys(0, torch.arange(8192) % 256, torch.arange(8192) // 256)
-    fn = (lambda: torch.randn(8192, *EVENT)) if kind == "torch_randn" else (lambda: keyed_normal(keys, 3, EVENT))
+    fn = (
+        (lambda: torch.randn(8192, *EVENT))
+        if kind == "torch_randn"
+        else (lambda: keyed_normal(keys, 3, EVENT))
+    )
     out = benchmark.pedantic(fn, rounds=5, iterations=1, warmup_rounds=1)
     assert out.shape == (8192, *EVENT)

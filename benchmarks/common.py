@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Callable, Dict, Optional, Tuple
+from collections.abc import Callable
 
 import torch
 
@@ -40,15 +40,33 @@ def seed_loop(net, z: torch.Tensor, S: int, K: int, seed: int = 0) -> torch.Tens
     """The seed repository's way: a Python loop over samples, each a full chain over the B windows."""
     g = torch.Generator(device=z.device).manual_seed(seed)
     ts = SCHEDULE.timesteps(K)
-    out = [sample_ddim(net, torch.randn(z.shape[0], *EVENT, generator=g, device=z.device), SCHEDULE, ts,
-                       cond={"z": z}, progress=False) for _ in range(S)]  # fmt: skip
+    out = [
+        sample_ddim(
+            net,
+            torch.randn(z.shape[0], *EVENT, generator=g, device=z.device),
+            SCHEDULE,
+            ts,
+            cond={"z": z},
+            progress=False,
+        )
+        for _ in range(S)
+    ]
     return torch.stack(out)  # [S, B, H, N]
 
 
 def folded(net, z: torch.Tensor, S: int, K: int, **kw) -> torch.Tensor:
     """sample_many: the S samples folded into the batch; chunking from kw (default: automatic)."""
-    return sample_many("ddim", net, EVENT, S, cond={"z": z}, schedule=SCHEDULE, timesteps=SCHEDULE.timesteps(K),
-                       progress=False, **kw)  # fmt: skip
+    return sample_many(
+        "ddim",
+        net,
+        EVENT,
+        S,
+        cond={"z": z},
+        schedule=SCHEDULE,
+        timesteps=SCHEDULE.timesteps(K),
+        progress=False,
+        **kw,
+    )
 
 
 def budget_for_rows(net, z: torch.Tensor, rows: int) -> int:
@@ -62,7 +80,9 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(fn: Callable[[], torch.Tensor], device: torch.device, repeats: int = 1) -> Tuple[float, torch.Tensor]:
+def timed(
+    fn: Callable[[], torch.Tensor], device: torch.device, repeats: int = 1
+) -> tuple[float, torch.Tensor]:
     """Best wall time of ``repeats`` runs (device synchronised inside), and the last result."""
     best, out = math.inf, None
     for _ in range(repeats):
@@ -79,12 +99,17 @@ def peak(fn: Callable[[], torch.Tensor], device: torch.device) -> int:
     return peak_bytes(fn, device)
 
 
-def machine() -> Dict[str, Optional[str]]:
+def machine() -> dict[str, str | None]:
     import os
     import platform
 
-    info = {"cpu": platform.processor() or platform.machine(), "cores": str(os.cpu_count()),
-            "torch": torch.__version__, "threads": str(torch.get_num_threads()), "gpu": None}  # fmt: skip
+    info = {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": str(os.cpu_count()),
+        "torch": torch.__version__,
+        "threads": str(torch.get_num_threads()),
+        "gpu": None,
+    }
     try:
         with open("/proc/cpuinfo") as f:
             names = [ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")]

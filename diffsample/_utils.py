@@ -14,9 +14,9 @@ import os
 import sys
 import tempfile
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -62,7 +62,9 @@ def _range_text(lo: float | None, hi: float | None, lo_open: bool, hi_open: bool
     return ""
 
 
-def check_int(name: str, value: object, *, minimum: int | None = 1, maximum: int | None = None) -> int:
+def check_int(
+    name: str, value: object, *, minimum: int | None = 1, maximum: int | None = None
+) -> int:
     """``value`` as an ``int`` if it is an integer (Python or numpy, not a bool) in
     [minimum, maximum]. TypeError for a non-integer (``2.0`` included), ValueError out of range."""
     if minimum is None and maximum is None:
@@ -140,10 +142,18 @@ def check_choice(name: str, value: object, options: Any) -> str:
 def check_tensor(name: str, value: object, *, floating: bool = False) -> torch.Tensor:
     """``value`` if it is a real (not complex, not bool) tensor, floating-point if asked."""
     if not isinstance(value, torch.Tensor):
-        hint = " (wrap it with torch.as_tensor)" if isinstance(value, (np.ndarray, Sequence)) else ""
+        hint = (
+            " (wrap it with torch.as_tensor)" if isinstance(value, (np.ndarray, Sequence)) else ""
+        )
         raise TypeError(expected(name, "a torch.Tensor" + hint, value))
-    if value.is_complex() or value.dtype == torch.bool or (floating and not value.is_floating_point()):
-        raise TypeError(expected(name, "a floating-point tensor" if floating else "a real tensor", value))
+    if (
+        value.is_complex()
+        or value.dtype == torch.bool
+        or (floating and not value.is_floating_point())
+    ):
+        raise TypeError(
+            expected(name, "a floating-point tensor" if floating else "a real tensor", value)
+        )
     return value
 
 

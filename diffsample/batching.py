@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Mapping, Optional, Sequence, Tuple, Union
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -24,7 +25,7 @@ from .noise import keyed_normal, row_keys
 from .prediction import Denoiser, check_output
 from .samplers import SAMPLERS, Sampler, _check_grid
 
-__all__ = ["sample_many", "plan_chunk", "row_cost"]
+__all__ = ["plan_chunk", "row_cost", "sample_many"]
 
 log = logging.getLogger(__name__)
 
@@ -48,19 +49,19 @@ _RESERVED = ("cond", "noise_sampler", "generator", "progress")
 
 
 def sample_many(
-    sampler: Union[str, Sampler],
+    sampler: str | Sampler,
     denoiser: Denoiser,
     event_shape: Sequence[int],
     n_samples: int,
     *,
-    cond: Optional[Mapping[str, Any]] = None,
-    cond_ids: Optional[Union[torch.Tensor, Sequence[int]]] = None,
-    max_batch: Optional[int] = None,
-    memory_budget: Optional[Union[int, float]] = None,
+    cond: Mapping[str, Any] | None = None,
+    cond_ids: torch.Tensor | Sequence[int] | None = None,
+    max_batch: int | None = None,
+    memory_budget: int | float | None = None,
     seed: int = 0,
-    device: Optional[Union[str, torch.device]] = None,
+    device: str | torch.device | None = None,
     dtype: torch.dtype = torch.float32,
-    progress: Optional[bool] = None,
+    progress: bool | None = None,
     **sampler_kwargs: Any,
 ) -> torch.Tensor:
     """Draw ``n_samples`` samples for each of B conditions in as few denoiser calls as fit.
@@ -111,11 +112,17 @@ def sample_many(
         raise TypeError(f"dtype: expected a floating-point torch.dtype, got {dtype!r}")
     bad = [k for k in _RESERVED if k in sampler_kwargs]
     if bad:
-        raise TypeError(f"sample_many: {bad} are set by sample_many itself; pass cond= and progress= directly")
+        raise TypeError(
+            f"sample_many: {bad} are set by sample_many itself; pass cond= and progress= directly"
+        )
     for k in ("schedule", "timesteps"):
         if k not in sampler_kwargs:
-            raise TypeError(f"sample_many: missing sampler argument {k}=... (e.g. schedule.timesteps(50))")
-    grid = _check_grid(sampler_kwargs["timesteps"], getattr(sampler_kwargs["schedule"], "num_train_steps", 1 << 62))
+            raise TypeError(
+                f"sample_many: missing sampler argument {k}=... (e.g. schedule.timesteps(50))"
+            )
+    grid = _check_grid(
+        sampler_kwargs["timesteps"], getattr(sampler_kwargs["schedule"], "num_train_steps", 1 << 62)
+    )
     cond = dict(cond or {})
     B = _num_conditions(cond, cond_ids)
     device = _resolve_device(device, cond, denoiser)
@@ -125,10 +132,17 @@ def sample_many(
 
     user_callback = sampler_kwargs.pop("callback", None)
     with torch.no_grad():
-        chunk = _plan(denoiser, E, M, max_batch, memory_budget, device, dtype, cond, B, t_probe=grid[0])
+        chunk = _plan(
+            denoiser, E, M, max_batch, memory_budget, device, dtype, cond, B, t_probe=grid[0]
+        )
         n_steps = len(grid)
         out = torch.empty((M, *E), dtype=dtype, device=device)  # [S * B, *E]
-        bar = tqdm(total=math.ceil(M / chunk) * n_steps, desc="sample_many", unit="step", disable=progress_disabled(progress))
+        bar = tqdm(
+            total=math.ceil(M / chunk) * n_steps,
+            desc="sample_many",
+            unit="step",
+            disable=progress_disabled(progress),
+        )
         bar.set_postfix(rows=M, chunk=chunk)
 
         def on_step(info: dict) -> None:
@@ -143,11 +157,15 @@ def sample_many(
             keys = row_keys(seed, ids[b_idx], s_idx)  # [rows]
             try:
                 out[r0:r1] = sample_fn(
-                    denoiser, keyed_normal(keys, -1, E, dtype=dtype),
-                    cond=_cond_rows(cond, B, b_idx), noise_sampler=lambda i, keys=keys: keyed_normal(keys, i, E, dtype=dtype),
-                    progress=False, callback=on_step, **sampler_kwargs,  # fmt: skip
+                    denoiser,
+                    keyed_normal(keys, -1, E, dtype=dtype),
+                    cond=_cond_rows(cond, B, b_idx),
+                    noise_sampler=lambda i, keys=keys: keyed_normal(keys, i, E, dtype=dtype),
+                    progress=False,
+                    callback=on_step,
+                    **sampler_kwargs,
                 )
-            except Exception as exc:  # noqa: BLE001 - only OOM is handled, the rest re-raised
+            except Exception as exc:
                 if not is_oom(exc) or r1 - r0 == 1:
                     bar.close()
                     raise
@@ -156,7 +174,11 @@ def sample_many(
                 failed = False
             if failed:  # outside the except block, so the failed chunk's tensors are released
                 chunk = max((r1 - r0) // 2, 1)
-                log.info("sample_many: out of memory at %d rows per call; retrying with %d", r1 - r0, chunk)
+                log.info(
+                    "sample_many: out of memory at %d rows per call; retrying with %d",
+                    r1 - r0,
+                    chunk,
+                )
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
                 bar.total = bar.n + math.ceil((M - r0) / chunk) * n_steps
@@ -172,10 +194,10 @@ def plan_chunk(
     event_shape: Sequence[int],
     n_samples: int,
     *,
-    cond: Optional[Mapping[str, Any]] = None,
-    max_batch: Optional[int] = None,
-    memory_budget: Optional[Union[int, float]] = None,
-    device: Optional[Union[str, torch.device]] = None,
+    cond: Mapping[str, Any] | None = None,
+    max_batch: int | None = None,
+    memory_budget: int | float | None = None,
+    device: str | torch.device | None = None,
     dtype: torch.dtype = torch.float32,
     t_probe: int = 0,
 ) -> int:
@@ -190,19 +212,29 @@ def plan_chunk(
     B = _num_conditions(cond, None)
     device = _resolve_device(device, cond, denoiser)
     cond = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in cond.items()}
-    return _plan(denoiser, _check_event_shape(event_shape), n_samples * B, max_batch, memory_budget, device, dtype,
-                 cond, B, t_probe=t_probe)  # fmt: skip
+    return _plan(
+        denoiser,
+        _check_event_shape(event_shape),
+        n_samples * B,
+        max_batch,
+        memory_budget,
+        device,
+        dtype,
+        cond,
+        B,
+        t_probe=t_probe,
+    )
 
 
 def row_cost(
     denoiser: Denoiser,
     event_shape: Sequence[int],
     *,
-    cond: Optional[Mapping[str, Any]] = None,
-    device: Optional[Union[str, torch.device]] = None,
+    cond: Mapping[str, Any] | None = None,
+    device: str | torch.device | None = None,
     dtype: torch.dtype = torch.float32,
     t_probe: int = 0,
-) -> Tuple[float, float]:
+) -> tuple[float, float]:
     """Memory of sampling as ``(fixed, per_row)`` bytes: two probe calls of the denoiser at
     ``PROBE_ROWS`` rows (cond rows gathered as sample_many gathers them) plus the sampler's own
     state, ``SAMPLER_STATE_ROWS`` events per row."""
@@ -218,15 +250,17 @@ def row_cost(
 
     with torch.no_grad():
         fixed, per_row = fit_row_cost(call, device, PROBE_ROWS)
-    return fixed, per_row + SAMPLER_STATE_ROWS * math.prod(E) * torch.empty((), dtype=dtype).element_size()
+    return fixed, per_row + SAMPLER_STATE_ROWS * math.prod(E) * torch.empty(
+        (), dtype=dtype
+    ).element_size()
 
 
 def _plan(
     denoiser: Denoiser,
-    E: Tuple[int, ...],
+    E: tuple[int, ...],
     rows: int,
-    max_batch: Optional[int],
-    memory_budget: Optional[Union[int, float]],
+    max_batch: int | None,
+    memory_budget: int | float | None,
     device: torch.device,
     dtype: torch.dtype,
     cond: Mapping[str, Any],
@@ -238,7 +272,9 @@ def _plan(
         check_int("max_batch", max_batch)
     if memory_budget is not None:
         ok = isinstance(memory_budget, (int, float)) and not isinstance(memory_budget, bool)
-        ok = ok and (0 < memory_budget <= 1 if isinstance(memory_budget, float) else memory_budget > 0)
+        ok = ok and (
+            0 < memory_budget <= 1 if isinstance(memory_budget, float) else memory_budget > 0
+        )
         if not ok:
             raise ValueError(
                 f"memory_budget: expected bytes (int > 0) or a fraction of free memory (float in (0, 1]), "
@@ -252,7 +288,9 @@ def _plan(
     if isinstance(memory_budget, int):
         budget = float(memory_budget)
     else:
-        fraction = memory_budget if memory_budget is not None else DEFAULT_FRACTION.get(device.type, 0.5)
+        fraction = (
+            memory_budget if memory_budget is not None else DEFAULT_FRACTION.get(device.type, 0.5)
+        )
         budget = fraction * free_bytes(device)
     fixed, per_row = row_cost(denoiser, E, cond=cond, device=device, dtype=dtype, t_probe=t_probe)
     if memory_budget is None and device.type != "cuda":  # speed: a cache-sized working set per call
@@ -263,11 +301,13 @@ def _plan(
             f"memory_budget: {budget / 2**20:.1f} MiB does not fit one row: a row costs ~{per_row / 2**20:.2f} MiB "
             f"plus ~{fixed / 2**20:.1f} MiB fixed on {device}"
         )
-    log.debug("plan_chunk: fixed=%d B, per_row=%d B, budget=%d B -> %d rows", fixed, per_row, budget, fits)
+    log.debug(
+        "plan_chunk: fixed=%d B, per_row=%d B, budget=%d B -> %d rows", fixed, per_row, budget, fits
+    )
     return max(1, min(cap, fits))
 
 
-def _rows(r0: int, r1: int, B: int, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+def _rows(r0: int, r1: int, B: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample and condition index of rows r0..r1-1 (row r = sample r // B of condition r % B)."""
     r = torch.arange(r0, r1, device=device)
     return r // B, r % B
@@ -276,39 +316,54 @@ def _rows(r0: int, r1: int, B: int, device: torch.device) -> Tuple[torch.Tensor,
 def _cond_rows(cond: Mapping[str, Any], B: int, b_idx: torch.Tensor) -> dict:
     """The cond tensors' rows for condition indices b_idx: a stride-0 view when B = 1, else a gather."""
     if B == 1:
-        return {k: v.expand(len(b_idx), *v.shape[1:]) if isinstance(v, torch.Tensor) else v for k, v in cond.items()}
-    return {k: v.index_select(0, b_idx) if isinstance(v, torch.Tensor) else v for k, v in cond.items()}
+        return {
+            k: v.expand(len(b_idx), *v.shape[1:]) if isinstance(v, torch.Tensor) else v
+            for k, v in cond.items()
+        }
+    return {
+        k: v.index_select(0, b_idx) if isinstance(v, torch.Tensor) else v for k, v in cond.items()
+    }
 
 
-def _resolve_sampler(sampler: Union[str, Sampler]) -> Sampler:
+def _resolve_sampler(sampler: str | Sampler) -> Sampler:
     if isinstance(sampler, str):
         if sampler not in SAMPLERS:
-            raise ValueError(f"sampler: unknown sampler {sampler!r}; expected one of {sorted(SAMPLERS)} or a function")
+            raise ValueError(
+                f"sampler: unknown sampler {sampler!r}; expected one of {sorted(SAMPLERS)} or a function"
+            )
         return SAMPLERS[sampler]
     if not callable(sampler):
         raise TypeError(f"sampler: expected a sampler function or name, got {describe(sampler)}")
     return sampler
 
 
-def _check_event_shape(event_shape: Sequence[int]) -> Tuple[int, ...]:
+def _check_event_shape(event_shape: Sequence[int]) -> tuple[int, ...]:
     try:
         E = tuple(int(d) for d in event_shape)
         ok = all(d >= 1 for d in E) and all(float(d) == d for d in event_shape)
     except (TypeError, ValueError):
         ok = False
     if not ok:
-        raise ValueError(f"event_shape: expected a sequence of positive integers, got {event_shape!r}")
+        raise ValueError(
+            f"event_shape: expected a sequence of positive integers, got {event_shape!r}"
+        )
     return E
 
 
 def _num_conditions(cond: Mapping[str, Any], cond_ids: Any) -> int:
-    sizes = {k: v.shape[0] if v.ndim else None for k, v in cond.items() if isinstance(v, torch.Tensor)}
+    sizes = {
+        k: v.shape[0] if v.ndim else None for k, v in cond.items() if isinstance(v, torch.Tensor)
+    }
     if any(n is None for n in sizes.values()):
-        raise ValueError(f"cond: every tensor needs a leading condition dimension B; got 0-d tensors for "
-                         f"{[k for k, n in sizes.items() if n is None]}")  # fmt: skip
+        raise ValueError(
+            f"cond: every tensor needs a leading condition dimension B; got 0-d tensors for "
+            f"{[k for k, n in sizes.items() if n is None]}"
+        )
     if len(set(sizes.values())) > 1:
-        raise ValueError(f"cond: every tensor must have the same leading dimension B (one row per condition); "
-                         f"got {sizes}")  # fmt: skip
+        raise ValueError(
+            f"cond: every tensor must have the same leading dimension B (one row per condition); "
+            f"got {sizes}"
+        )
     if sizes:
         return next(iter(sizes.values()))
     return 1 if cond_ids is None else len(cond_ids)
@@ -321,7 +376,9 @@ def _check_cond_ids(cond_ids: Any, B: int, device: torch.device) -> torch.Tensor
     if ids.dtype.is_floating_point or ids.dtype == torch.bool or ids.dtype.is_complex:
         raise ValueError(f"cond_ids: expected integer ids, got dtype {ids.dtype}")
     if ids.shape != (B,):
-        raise ValueError(f"cond_ids: expected shape [{B}] (one id per condition, B from cond), got {tuple(ids.shape)}")
+        raise ValueError(
+            f"cond_ids: expected shape [{B}] (one id per condition, B from cond), got {tuple(ids.shape)}"
+        )
     return ids.long()
 
 

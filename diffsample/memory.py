@@ -13,7 +13,8 @@ largest chunk that fits a budget: memory grows linearly in rows for a per-row de
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Dict, Tuple, Union
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -24,10 +25,15 @@ try:  # C++-side weak reference to a storage: expires when the memory is release
 except ImportError:  # pragma: no cover - very old torch
     StorageWeakRef = None  # type: ignore[assignment,misc]
 
-__all__ = ["free_bytes", "peak_bytes", "fit_row_cost", "is_oom"]
+__all__ = ["fit_row_cost", "free_bytes", "is_oom", "peak_bytes"]
 
-_OOM_TYPES: Tuple[type, ...] = tuple(
-    t for t in (getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None)) if t
+_OOM_TYPES: tuple[type, ...] = tuple(
+    t
+    for t in (
+        getattr(torch, "OutOfMemoryError", None),
+        getattr(torch.cuda, "OutOfMemoryError", None),
+    )
+    if t
 )
 
 
@@ -36,7 +42,7 @@ def is_oom(exc: BaseException) -> bool:
     return isinstance(exc, _OOM_TYPES)
 
 
-def free_bytes(device: Union[str, torch.device]) -> int:
+def free_bytes(device: str | torch.device) -> int:
     """Memory a new allocation on ``device`` can still use, in bytes.
 
     CUDA: free device memory plus what the caching allocator holds but does not use.
@@ -64,16 +70,20 @@ class _StorageTracker(TorchDispatchMode):
 
     def __init__(self) -> None:
         super().__init__()
-        self.live: Dict[int, Tuple[Any, int]] = {}  # data_ptr -> (weak ref, nbytes)
+        self.live: dict[int, tuple[Any, int]] = {}  # data_ptr -> (weak ref, nbytes)
         self.now = self.peak = 0
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         inputs = {_ptr(t) for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)}
-        for ptr in [p for p, (ref, _) in self.live.items() if ref.expired()]:  # released since last op
+        for ptr in [
+            p for p, (ref, _) in self.live.items() if ref.expired()
+        ]:  # released since last op
             self.now -= self.live.pop(ptr)[1]
         for t in tree_flatten(out)[0]:
-            if isinstance(t, torch.Tensor) and _ptr(t) not in inputs:  # views of inputs are not new memory
+            if (
+                isinstance(t, torch.Tensor) and _ptr(t) not in inputs
+            ):  # views of inputs are not new memory
                 storage = t.untyped_storage()
                 ptr, nbytes = storage.data_ptr(), storage.nbytes()
                 if nbytes and ptr not in self.live:
@@ -87,7 +97,7 @@ def _ptr(t: torch.Tensor) -> int:
     return t.untyped_storage().data_ptr()
 
 
-def peak_bytes(fn: Callable[[], Any], device: Union[str, torch.device]) -> int:
+def peak_bytes(fn: Callable[[], Any], device: str | torch.device) -> int:
     """Extra memory that ``fn()`` peaks at on ``device``, in bytes (its result is dropped)."""
     device = torch.device(device)
     if device.type == "cuda":
@@ -98,15 +108,17 @@ def peak_bytes(fn: Callable[[], Any], device: Union[str, torch.device]) -> int:
         torch.cuda.synchronize(device)
         return int(torch.cuda.max_memory_allocated(device) - base)
     if StorageWeakRef is None:  # pragma: no cover
-        raise RuntimeError("peak_bytes: this torch build lacks StorageWeakRef; pass max_batch instead")
+        raise RuntimeError(
+            "peak_bytes: this torch build lacks StorageWeakRef; pass max_batch instead"
+        )
     with _StorageTracker() as tracker:
         fn()
     return int(tracker.peak)
 
 
 def fit_row_cost(
-    call: Callable[[int], Any], device: Union[str, torch.device], rows: Tuple[int, int]
-) -> Tuple[float, float]:
+    call: Callable[[int], Any], device: str | torch.device, rows: tuple[int, int]
+) -> tuple[float, float]:
     """Fit peak memory of ``call(r)`` as ``fixed + per_row * r`` from two row counts.
 
     Returns:

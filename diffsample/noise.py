@@ -30,11 +30,11 @@ element (measured in ``benchmarks/bench_sampling.py``).
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence, Union
+from collections.abc import Callable, Sequence
 
 import torch
 
-__all__ = ["keyed_normal", "row_keys", "NoiseSampler"]
+__all__ = ["NoiseSampler", "keyed_normal", "row_keys"]
 
 NoiseSampler = Callable[[int], torch.Tensor]  # step index -> standard normal noise shaped like x
 
@@ -70,7 +70,7 @@ def _mix_(x: torch.Tensor) -> torch.Tensor:
     return x.bitwise_xor_(x >> 15)
 
 
-def _words(v: torch.Tensor) -> "tuple[torch.Tensor, torch.Tensor]":
+def _words(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Low and high 32-bit words of an int64 tensor (two's complement for negatives)."""
     v = v.long()
     return v & _MASK32, (v >> 32) & _MASK32
@@ -92,7 +92,11 @@ def row_keys(seed: int, cond_ids: torch.Tensor, sample_ids: torch.Tensor) -> tor
 
 
 def keyed_normal(
-    keys: torch.Tensor, step: int, event_shape: Union[Sequence[int], torch.Size], *, dtype: torch.dtype = torch.float32
+    keys: torch.Tensor,
+    step: int,
+    event_shape: Sequence[int] | torch.Size,
+    *,
+    dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """Standard normal noise ``[M, *E]`` for rows ``keys [M]`` at sampler step ``step`` (-1: x_T).
 
@@ -100,8 +104,12 @@ def keyed_normal(
     on any call, in any batch.
     """
     P = math.prod(event_shape)
-    step_keys = mix(keys ^ mix_int(step + 1 + _C_STEP))  # [M]; the step word stays a host int (no transfer)
-    elem_keys = mix((torch.arange(P, device=keys.device, dtype=torch.long) + _C_ELEMENT) & _MASK32)  # [P]
+    step_keys = mix(
+        keys ^ mix_int(step + 1 + _C_STEP)
+    )  # [M]; the step word stays a host int (no transfer)
+    elem_keys = mix(
+        (torch.arange(P, device=keys.device, dtype=torch.long) + _C_ELEMENT) & _MASK32
+    )  # [P]
     bits = _mix_(step_keys[:, None] ^ elem_keys[None, :])  # [M, P]
     u = ((bits >> 9).to(torch.float32) + 0.5) * (2.0**-23)  # [M, P] in (0, 1), exact in float32
     z = torch.erfinv(u.mul_(2).sub_(1)).mul_(math.sqrt(2.0))

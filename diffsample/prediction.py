@@ -12,7 +12,8 @@ Dimensions: M rows, E event shape.
 
 from __future__ import annotations
 
-from typing import Any, Literal, Mapping, Optional, Protocol, Tuple, Union
+from collections.abc import Mapping
+from typing import Any, Literal, Protocol, Union
 
 import torch
 
@@ -32,13 +33,15 @@ class Denoiser(Protocol):
 def check_prediction(prediction: str) -> str:
     """Return ``prediction`` if it is one of "eps", "x0", "v"; raise ValueError otherwise."""
     if prediction not in _PREDICTIONS:
-        raise ValueError(f"prediction: unknown prediction type {prediction!r}; expected one of {list(_PREDICTIONS)}")
+        raise ValueError(
+            f"prediction: unknown prediction type {prediction!r}; expected one of {list(_PREDICTIONS)}"
+        )
     return prediction
 
 
 def to_x0_eps(
     out: torch.Tensor, x_t: torch.Tensor, alpha: Scalar, sigma: Scalar, prediction: Prediction
-) -> Tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Convert a denoiser output to the pair (x0 estimate, eps estimate)."""
     if prediction == "eps":
         return (x_t - sigma * out) / alpha, out
@@ -46,7 +49,9 @@ def to_x0_eps(
         return out, (x_t - alpha * out) / sigma
     if prediction == "v":
         return alpha * x_t - sigma * out, sigma * x_t + alpha * out
-    raise ValueError(f"prediction: unknown prediction type {prediction!r}; expected one of {list(_PREDICTIONS)}")
+    raise ValueError(
+        f"prediction: unknown prediction type {prediction!r}; expected one of {list(_PREDICTIONS)}"
+    )
 
 
 def training_target(
@@ -59,7 +64,9 @@ def training_target(
         return x0
     if prediction == "v":
         return alpha * noise - sigma * x0
-    raise ValueError(f"prediction: unknown prediction type {prediction!r}; expected one of {list(_PREDICTIONS)}")
+    raise ValueError(
+        f"prediction: unknown prediction type {prediction!r}; expected one of {list(_PREDICTIONS)}"
+    )
 
 
 def check_output(out: Any, x: torch.Tensor) -> torch.Tensor:
@@ -81,12 +88,14 @@ def predict_x0_eps(
     sigma: float,
     *,
     prediction: Prediction,
-    cond: Optional[Mapping[str, Any]],
-    clip_x0: Optional[float],
-) -> Tuple[torch.Tensor, torch.Tensor]:
+    cond: Mapping[str, Any] | None,
+    clip_x0: float | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One denoiser call, checked and converted to (x0, eps); optionally clamps x0 to [-clip_x0, clip_x0]
     and re-derives eps from the clamped x0 so the two stay consistent."""
-    out = check_output(denoiser(x, t, **(cond or {})), x).to(x.dtype)  # a denoiser under autocast may answer in bf16/fp16
+    out = check_output(denoiser(x, t, **(cond or {})), x).to(
+        x.dtype
+    )  # a denoiser under autocast may answer in bf16/fp16
     x0, eps = to_x0_eps(out, x, alpha, sigma, prediction)
     if clip_x0 is not None:
         x0 = x0.clamp(-clip_x0, clip_x0)

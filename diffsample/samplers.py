@@ -18,7 +18,8 @@ itself makes no host-device synchronisation (no ``.item()``, no branching on ten
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Dict, List, Literal, Mapping, Optional, Tuple
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
 
 import torch
 from tqdm.auto import tqdm
@@ -28,9 +29,11 @@ from .noise import NoiseSampler
 from .prediction import Denoiser, Prediction, check_prediction, predict_x0_eps
 from .schedules import NoiseSchedule
 
-__all__ = ["sample_ddpm", "sample_ddim", "sample_dpmpp_2m", "Sampler", "SAMPLERS"]
+__all__ = ["SAMPLERS", "Sampler", "sample_ddim", "sample_ddpm", "sample_dpmpp_2m"]
 
-Callback = Callable[[Dict[str, Any]], None]  # receives {"i", "t", "t_next", "x", "x0"} after each step
+Callback = Callable[
+    [dict[str, Any]], None
+]  # receives {"i", "t", "t_next", "x", "x0"} after each step
 Sampler = Callable[..., torch.Tensor]
 
 
@@ -44,29 +47,37 @@ class _Walk:
         schedule: NoiseSchedule,
         timesteps: torch.Tensor,
         *,
-        cond: Optional[Mapping[str, Any]],
+        cond: Mapping[str, Any] | None,
         prediction: str,
-        clip_x0: Optional[float],
-        generator: Optional[torch.Generator],
-        noise_sampler: Optional[NoiseSampler],
-        callback: Optional[Callback],
-        progress: Optional[bool],
+        clip_x0: float | None,
+        generator: torch.Generator | None,
+        noise_sampler: NoiseSampler | None,
+        callback: Callback | None,
+        progress: bool | None,
         name: str,
     ) -> None:
         if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.ndim < 1:
-            raise TypeError(f"x: expected a floating-point tensor [M, *event_shape], got {describe(x)}")
+            raise TypeError(
+                f"x: expected a floating-point tensor [M, *event_shape], got {describe(x)}"
+            )
         if not bool(torch.isfinite(x).all()):  # one sync, before the loop
-            raise ValueError(f"x: the initial noise of shape {tuple(x.shape)} contains NaN or infinite values")
+            raise ValueError(
+                f"x: the initial noise of shape {tuple(x.shape)} contains NaN or infinite values"
+            )
         if not isinstance(schedule, NoiseSchedule):
             raise TypeError(f"schedule: expected a NoiseSchedule, got {type(schedule).__name__}")
         self.t = _check_grid(timesteps, schedule.num_train_steps)  # [K] host ints
         if clip_x0 is not None and not clip_x0 > 0:
             raise ValueError(f"clip_x0: expected a positive float or None, got {clip_x0!r}")
         if cond is not None and not isinstance(cond, Mapping):
-            raise TypeError(f"cond: expected a mapping of keyword arguments for the denoiser, got {type(cond).__name__}")
+            raise TypeError(
+                f"cond: expected a mapping of keyword arguments for the denoiser, got {type(cond).__name__}"
+            )
         abar = schedule.alphas_cumprod.detach().cpu().tolist()
-        self.abar = [abar[t] for t in self.t] + [1.0]  # [K + 1]; the last entry is t = -1, clean data
-        self.t_next = self.t[1:] + [-1]
+        self.abar = [abar[t] for t in self.t] + [
+            1.0
+        ]  # [K + 1]; the last entry is t = -1, clean data
+        self.t_next = [*self.t[1:], -1]
         self.denoiser, self.x, self.cond = denoiser, x, cond
         self.prediction, self.clip_x0 = check_prediction(prediction), clip_x0
         self.generator, self.noise_sampler, self.callback = generator, noise_sampler, callback
@@ -77,13 +88,19 @@ class _Walk:
     def __len__(self) -> int:
         return len(self.t)
 
-    def model(self, x: torch.Tensor, i: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    def model(self, x: torch.Tensor, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(x0, eps) estimates at step i; ``t`` goes to the denoiser as a [M] long tensor."""
         ab = self.abar[i]
         t = torch.full((x.shape[0],), self.t[i], dtype=torch.long, device=x.device)  # [M], no sync
         return predict_x0_eps(
-            self.denoiser, x, t, math.sqrt(ab), math.sqrt(1.0 - ab),
-            prediction=self.prediction, cond=self.cond, clip_x0=self.clip_x0,  # fmt: skip
+            self.denoiser,
+            x,
+            t,
+            math.sqrt(ab),
+            math.sqrt(1.0 - ab),
+            prediction=self.prediction,
+            cond=self.cond,
+            clip_x0=self.clip_x0,
         )
 
     def noise(self, x: torch.Tensor, i: int) -> torch.Tensor:
@@ -105,14 +122,14 @@ def sample_ddpm(
     schedule: NoiseSchedule,
     timesteps: torch.Tensor,
     *,
-    cond: Optional[Mapping[str, Any]] = None,
+    cond: Mapping[str, Any] | None = None,
     prediction: Prediction = "eps",
     variance: Literal["small", "large"] = "small",
-    clip_x0: Optional[float] = None,
-    generator: Optional[torch.Generator] = None,
-    noise_sampler: Optional[NoiseSampler] = None,
-    callback: Optional[Callback] = None,
-    progress: Optional[bool] = None,
+    clip_x0: float | None = None,
+    generator: torch.Generator | None = None,
+    noise_sampler: NoiseSampler | None = None,
+    callback: Callback | None = None,
+    progress: bool | None = None,
 ) -> torch.Tensor:
     """Ancestral sampling (Ho et al., 2020) on any descending grid.
 
@@ -141,10 +158,21 @@ def sample_ddpm(
     """
     if variance not in ("small", "large"):
         raise ValueError(f"variance: expected 'small' or 'large', got {variance!r}")
-    w = _Walk(denoiser, x, schedule, timesteps, cond=cond, prediction=prediction, clip_x0=clip_x0,
-              generator=generator, noise_sampler=noise_sampler, callback=callback, progress=progress,
-              name="ddpm")  # fmt: skip
-    coef: List[Tuple[float, float, float]] = []  # (c0, ct, std) per step
+    w = _Walk(
+        denoiser,
+        x,
+        schedule,
+        timesteps,
+        cond=cond,
+        prediction=prediction,
+        clip_x0=clip_x0,
+        generator=generator,
+        noise_sampler=noise_sampler,
+        callback=callback,
+        progress=progress,
+        name="ddpm",
+    )
+    coef: list[tuple[float, float, float]] = []  # (c0, ct, std) per step
     for i in range(len(w)):
         a_t, a_s = w.abar[i], w.abar[i + 1]
         b_ts = 1.0 - a_t / a_s
@@ -170,14 +198,14 @@ def sample_ddim(
     schedule: NoiseSchedule,
     timesteps: torch.Tensor,
     *,
-    cond: Optional[Mapping[str, Any]] = None,
+    cond: Mapping[str, Any] | None = None,
     prediction: Prediction = "eps",
     eta: float = 0.0,
-    clip_x0: Optional[float] = None,
-    generator: Optional[torch.Generator] = None,
-    noise_sampler: Optional[NoiseSampler] = None,
-    callback: Optional[Callback] = None,
-    progress: Optional[bool] = None,
+    clip_x0: float | None = None,
+    generator: torch.Generator | None = None,
+    noise_sampler: NoiseSampler | None = None,
+    callback: Callback | None = None,
+    progress: bool | None = None,
 ) -> torch.Tensor:
     """DDIM (Song et al., 2021); ``eta=0`` is deterministic, ``eta=1`` matches DDPM's beta-tilde.
 
@@ -187,10 +215,21 @@ def sample_ddim(
     """
     if not (isinstance(eta, (int, float)) and eta >= 0 and math.isfinite(eta)):
         raise ValueError(f"eta: expected a finite number >= 0, got {eta!r}")
-    w = _Walk(denoiser, x, schedule, timesteps, cond=cond, prediction=prediction, clip_x0=clip_x0,
-              generator=generator, noise_sampler=noise_sampler, callback=callback, progress=progress,
-              name="ddim")  # fmt: skip
-    coef: List[Tuple[float, float, float]] = []  # (c_x0, c_eps, sigma) per step
+    w = _Walk(
+        denoiser,
+        x,
+        schedule,
+        timesteps,
+        cond=cond,
+        prediction=prediction,
+        clip_x0=clip_x0,
+        generator=generator,
+        noise_sampler=noise_sampler,
+        callback=callback,
+        progress=progress,
+        name="ddim",
+    )
+    coef: list[tuple[float, float, float]] = []  # (c_x0, c_eps, sigma) per step
     for i in range(len(w)):
         a_t, a_s = w.abar[i], w.abar[i + 1]
         sigma = eta * math.sqrt((1.0 - a_s) / (1.0 - a_t) * (1.0 - a_t / a_s))
@@ -216,13 +255,13 @@ def sample_dpmpp_2m(
     schedule: NoiseSchedule,
     timesteps: torch.Tensor,
     *,
-    cond: Optional[Mapping[str, Any]] = None,
+    cond: Mapping[str, Any] | None = None,
     prediction: Prediction = "eps",
-    clip_x0: Optional[float] = None,
-    generator: Optional[torch.Generator] = None,
-    noise_sampler: Optional[NoiseSampler] = None,
-    callback: Optional[Callback] = None,
-    progress: Optional[bool] = None,
+    clip_x0: float | None = None,
+    generator: torch.Generator | None = None,
+    noise_sampler: NoiseSampler | None = None,
+    callback: Callback | None = None,
+    progress: bool | None = None,
 ) -> torch.Tensor:
     """DPM-Solver++(2M) (Lu et al., 2022), the multistep second-order data-prediction solver.
 
@@ -233,11 +272,22 @@ def sample_dpmpp_2m(
     are accepted for a uniform signature and unused.
     """
     del generator, noise_sampler
-    w = _Walk(denoiser, x, schedule, timesteps, cond=cond, prediction=prediction, clip_x0=clip_x0,
-              generator=None, noise_sampler=None, callback=callback, progress=progress,
-              name="dpmpp_2m")  # fmt: skip
+    w = _Walk(
+        denoiser,
+        x,
+        schedule,
+        timesteps,
+        cond=cond,
+        prediction=prediction,
+        clip_x0=clip_x0,
+        generator=None,
+        noise_sampler=None,
+        callback=callback,
+        progress=progress,
+        name="dpmpp_2m",
+    )
     lam = [0.5 * math.log(a / (1.0 - a)) for a in w.abar[:-1]]  # [K] half log-SNR of the grid
-    coef: List[Tuple[float, float, float, float]] = []  # (sigma ratio, phi, w_cur, w_prev) per step
+    coef: list[tuple[float, float, float, float]] = []  # (sigma ratio, phi, w_cur, w_prev) per step
     for i in range(len(w) - 1):
         a_t, a_s = w.abar[i], w.abar[i + 1]
         h = lam[i + 1] - lam[i]
@@ -248,7 +298,7 @@ def sample_dpmpp_2m(
             half_inv_r = 0.5 * h / (lam[i] - lam[i - 1])
             coef.append((ratio, phi, 1.0 + half_inv_r, -half_inv_r))
     x = w.x
-    x0_prev: Optional[torch.Tensor] = None
+    x0_prev: torch.Tensor | None = None
     for i in range(len(w)):
         x0, _ = w.model(x, i)
         if i == len(w) - 1:
@@ -262,10 +312,14 @@ def sample_dpmpp_2m(
     return x
 
 
-SAMPLERS: Dict[str, Sampler] = {"ddpm": sample_ddpm, "ddim": sample_ddim, "dpmpp_2m": sample_dpmpp_2m}
+SAMPLERS: dict[str, Sampler] = {
+    "ddpm": sample_ddpm,
+    "ddim": sample_ddim,
+    "dpmpp_2m": sample_dpmpp_2m,
+}
 
 
-def _check_grid(timesteps: torch.Tensor, T: int) -> List[int]:
+def _check_grid(timesteps: torch.Tensor, T: int) -> list[int]:
     if not isinstance(timesteps, torch.Tensor) or timesteps.ndim != 1 or timesteps.numel() < 1:
         raise ValueError(
             f"timesteps: expected a 1-D tensor from schedule.timesteps(num_steps), got {describe(timesteps)}"
@@ -274,7 +328,11 @@ def _check_grid(timesteps: torch.Tensor, T: int) -> List[int]:
         raise ValueError(f"timesteps: expected integer timesteps, got dtype {timesteps.dtype}")
     t = timesteps.detach().cpu().tolist()  # one copy to the host, before the loop
     if min(t) < 0 or max(t) > T - 1:
-        raise ValueError(f"timesteps: values must lie in 0..{T - 1} (the schedule's T - 1), got {min(t)}..{max(t)}")
+        raise ValueError(
+            f"timesteps: values must lie in 0..{T - 1} (the schedule's T - 1), got {min(t)}..{max(t)}"
+        )
     if any(b >= a for a, b in zip(t, t[1:])):
-        raise ValueError(f"timesteps: expected a strictly descending grid, got {t[:8]}{'...' if len(t) > 8 else ''}")
+        raise ValueError(
+            f"timesteps: expected a strictly descending grid, got {t[:8]}{'...' if len(t) > 8 else ''}"
+        )
     return t

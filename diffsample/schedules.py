@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Literal, Union
+from typing import Literal
 
 import torch
 
@@ -46,7 +46,9 @@ class NoiseSchedule:
     def __post_init__(self) -> None:
         betas, abar = self.betas, self.alphas_cumprod
         if not isinstance(betas, torch.Tensor) or betas.ndim != 1 or betas.numel() < 1:
-            raise ValueError(f"betas: expected a 1-D tensor with at least one entry, got {describe(betas)}")
+            raise ValueError(
+                f"betas: expected a 1-D tensor with at least one entry, got {describe(betas)}"
+            )
         if abar.shape != betas.shape:
             raise ValueError(
                 f"alphas_cumprod: expected shape {tuple(betas.shape)} (as betas), got {tuple(abar.shape)}"
@@ -70,30 +72,40 @@ class NoiseSchedule:
 
     # ----------------------------------------------------------------- constructors
     @classmethod
-    def from_betas(cls, betas: Union[torch.Tensor, "list[float]"], *, name: str = "custom") -> "NoiseSchedule":
+    def from_betas(
+        cls, betas: torch.Tensor | list[float], *, name: str = "custom"
+    ) -> NoiseSchedule:
         """Schedule from explicit betas ``[T]``; alpha_bar is their cumulative product of 1 - beta."""
         betas = torch.as_tensor(betas, dtype=torch.float64)
         if betas.ndim != 1 or betas.numel() < 1:
-            raise ValueError(f"betas: expected a 1-D sequence with at least one entry, got {describe(betas)}")
+            raise ValueError(
+                f"betas: expected a 1-D sequence with at least one entry, got {describe(betas)}"
+            )
         return cls(betas, torch.cumprod(1.0 - betas, dim=0), name)
 
     @classmethod
-    def linear(cls, num_train_steps: int = 1000, *, beta_start: float = 1e-4, beta_end: float = 0.02) -> "NoiseSchedule":
+    def linear(
+        cls, num_train_steps: int = 1000, *, beta_start: float = 1e-4, beta_end: float = 0.02
+    ) -> NoiseSchedule:
         """Ho et al. (2020): betas linear from ``beta_start`` to ``beta_end``."""
         T = check_int("num_train_steps", num_train_steps)
-        return cls.from_betas(torch.linspace(beta_start, beta_end, T, dtype=torch.float64), name="linear")
+        return cls.from_betas(
+            torch.linspace(beta_start, beta_end, T, dtype=torch.float64), name="linear"
+        )
 
     @classmethod
     def scaled_linear(
         cls, num_train_steps: int = 1000, *, beta_start: float = 0.00085, beta_end: float = 0.012
-    ) -> "NoiseSchedule":
+    ) -> NoiseSchedule:
         """Latent-diffusion schedule: sqrt(beta) linear, then squared."""
         T = check_int("num_train_steps", num_train_steps)
         root = torch.linspace(math.sqrt(beta_start), math.sqrt(beta_end), T, dtype=torch.float64)
         return cls.from_betas(root**2, name="scaled_linear")
 
     @classmethod
-    def cosine(cls, num_train_steps: int = 1000, *, s: float = 0.008, max_beta: float = 0.999) -> "NoiseSchedule":
+    def cosine(
+        cls, num_train_steps: int = 1000, *, s: float = 0.008, max_beta: float = 0.999
+    ) -> NoiseSchedule:
         """Nichol & Dhariwal (2021): alpha_bar(t) = cos^2(((t / T) + s) / (1 + s) * pi / 2) / f(0),
         betas clipped at ``max_beta`` so the last step stays finite."""
         T = check_int("num_train_steps", num_train_steps)
@@ -105,16 +117,24 @@ class NoiseSchedule:
     @classmethod
     def sigmoid(
         cls, num_train_steps: int = 1000, *, beta_start: float = 1e-4, beta_end: float = 0.02
-    ) -> "NoiseSchedule":
+    ) -> NoiseSchedule:
         """GeoDiff (Xu et al., 2022): betas = sigmoid(linspace(-6, 6, T)) scaled to [beta_start, beta_end]."""
         T = check_int("num_train_steps", num_train_steps)
-        betas = torch.sigmoid(torch.linspace(-6, 6, T, dtype=torch.float64)) * (beta_end - beta_start) + beta_start
+        betas = (
+            torch.sigmoid(torch.linspace(-6, 6, T, dtype=torch.float64)) * (beta_end - beta_start)
+            + beta_start
+        )
         return cls.from_betas(betas, name="sigmoid")
 
     @classmethod
-    def by_name(cls, name: str, num_train_steps: int = 1000) -> "NoiseSchedule":
+    def by_name(cls, name: str, num_train_steps: int = 1000) -> NoiseSchedule:
         """``NoiseSchedule.by_name("cosine", 1000)``: the named constructor with its defaults."""
-        builders = {"linear": cls.linear, "scaled_linear": cls.scaled_linear, "cosine": cls.cosine, "sigmoid": cls.sigmoid}
+        builders = {
+            "linear": cls.linear,
+            "scaled_linear": cls.scaled_linear,
+            "cosine": cls.cosine,
+            "sigmoid": cls.sigmoid,
+        }
         if name not in builders:
             raise ValueError(f"name: unknown schedule {name!r}; expected one of {sorted(builders)}")
         return builders[name](num_train_steps)
@@ -134,10 +154,12 @@ class NoiseSchedule:
         t = torch.as_tensor(t, device=self.device)
         if t.dtype.is_floating_point or t.dtype == torch.bool:
             raise TypeError(f"t: expected an integer tensor of timesteps, got dtype {t.dtype}")
-        padded = torch.cat([self.alphas_cumprod.new_ones(1), self.alphas_cumprod])  # [T + 1], index 0 is t = -1
+        padded = torch.cat(
+            [self.alphas_cumprod.new_ones(1), self.alphas_cumprod]
+        )  # [T + 1], index 0 is t = -1
         return padded[t.long() + 1]
 
-    def alpha_sigma(self, t: torch.Tensor) -> "tuple[torch.Tensor, torch.Tensor]":
+    def alpha_sigma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(alpha, sigma) = (sqrt(alpha_bar), sqrt(1 - alpha_bar)) at integer timesteps ``t``
         (any shape, -1..T-1; t = -1 gives (1, 0)), float64: x_t = alpha * x0 + sigma * eps."""
         ab = self.alpha_bar(t)
@@ -158,9 +180,13 @@ class NoiseSchedule:
             t: ``[M]`` integer timesteps (one per row).
         """
         if noise.shape != x0.shape:
-            raise ValueError(f"noise: expected shape {tuple(x0.shape)} (as x0), got {tuple(noise.shape)}")
+            raise ValueError(
+                f"noise: expected shape {tuple(x0.shape)} (as x0), got {tuple(noise.shape)}"
+            )
         if t.ndim != 1 or t.shape[0] != x0.shape[0]:
-            raise ValueError(f"t: expected shape [{x0.shape[0]}] (one timestep per row of x0), got {tuple(t.shape)}")
+            raise ValueError(
+                f"t: expected shape [{x0.shape[0]}] (one timestep per row of x0), got {tuple(t.shape)}"
+            )
         alpha, sigma = self.alpha_sigma(t.to(self.device))
         shape = (-1, *([1] * (x0.ndim - 1)))  # [M, 1, ...]
         alpha, sigma = alpha.to(x0.device).reshape(shape), sigma.to(x0.device).reshape(shape)
@@ -186,15 +212,23 @@ class NoiseSchedule:
         elif spacing == "linspace":
             grid = torch.round(torch.linspace(0, T - 1, N, dtype=torch.float64)).flip(0)
         else:
-            raise ValueError(f"spacing: unknown spacing {spacing!r}; expected one of {list(_SPACINGS)}")
+            raise ValueError(
+                f"spacing: unknown spacing {spacing!r}; expected one of {list(_SPACINGS)}"
+            )
         grid = grid.long()
-        if N > 1 and not bool((grid[1:] < grid[:-1]).all()):  # unreachable for N <= T; kept as a guard
-            raise ValueError(f"spacing {spacing!r} gave a grid that is not strictly descending: {grid.tolist()}")
+        if N > 1 and not bool(
+            (grid[1:] < grid[:-1]).all()
+        ):  # unreachable for N <= T; kept as a guard
+            raise ValueError(
+                f"spacing {spacing!r} gave a grid that is not strictly descending: {grid.tolist()}"
+            )
         return grid.to(self.device)
 
-    def to(self, device: Union[str, torch.device]) -> "NoiseSchedule":
+    def to(self, device: str | torch.device) -> NoiseSchedule:
         """The same schedule with its tensors on ``device`` (still float64)."""
-        return dataclasses.replace(self, betas=self.betas.to(device), alphas_cumprod=self.alphas_cumprod.to(device))
+        return dataclasses.replace(
+            self, betas=self.betas.to(device), alphas_cumprod=self.alphas_cumprod.to(device)
+        )
 
     def __repr__(self) -> str:
         return f"NoiseSchedule(name={self.name!r}, num_train_steps={self.num_train_steps}, device={self.device})"

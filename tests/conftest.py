@@ -13,7 +13,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 
 
-def ett_dir_candidates() -> "list[Path]":
+def ett_dir_candidates() -> list[Path]:
     env = os.environ.get("DIFFSAMPLE_ETT_DIR")
     found = [Path(env)] if env else []
     return [*found, REPO.parent / "shared" / "data" / "ETT-small"]
@@ -26,7 +26,9 @@ def etth1_path() -> Path:
             return d / "ETTh1.csv"
     where = ", ".join(str(d) for d in ett_dir_candidates())
     if os.environ.get("DIFFSAMPLE_REQUIRE_DATA") == "1" or os.environ.get("CI"):
-        pytest.fail(f"ETTh1.csv not found (looked in {where}); set DIFFSAMPLE_ETT_DIR", pytrace=False)
+        pytest.fail(
+            f"ETTh1.csv not found (looked in {where}); set DIFFSAMPLE_ETT_DIR", pytrace=False
+        )
     pytest.skip(f"ETTh1.csv not found (looked in {where}); set DIFFSAMPLE_ETT_DIR")
 
 

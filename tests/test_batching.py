@@ -6,8 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from diffsample import NoiseSchedule, plan_chunk, sample_ddim, sample_many
-from diffsample import batching
+from diffsample import NoiseSchedule, batching, plan_chunk, sample_ddim, sample_many
 
 SCH = NoiseSchedule.linear(200)
 E = (5, 3)
@@ -34,7 +33,9 @@ Z = torch.randn(6, 4, generator=torch.Generator().manual_seed(1))
 def run(sampler="ddim", *, cond=None, **kw):
     kw.setdefault("schedule", SCH)
     kw.setdefault("timesteps", SCH.timesteps(10))
-    return sample_many(sampler, NET, E, 9, cond={"z": Z} if cond is None else cond, seed=11, progress=False, **kw)
+    return sample_many(
+        sampler, NET, E, 9, cond={"z": Z} if cond is None else cond, seed=11, progress=False, **kw
+    )
 
 
 def capture_x_T(denoiser, x, schedule, timesteps, **kw):
@@ -42,7 +43,9 @@ def capture_x_T(denoiser, x, schedule, timesteps, **kw):
     return x
 
 
-@pytest.mark.parametrize("sampler,extra", [("ddpm", {}), ("ddim", {}), ("ddim", {"eta": 0.7}), ("dpmpp_2m", {})])
+@pytest.mark.parametrize(
+    "sampler,extra", [("ddpm", {}), ("ddim", {}), ("ddim", {"eta": 0.7}), ("dpmpp_2m", {})]
+)
 def test_results_do_not_depend_on_max_batch(sampler, extra):
     ref = run(sampler, **extra)
     assert ref.shape == (9, 6, *E)
@@ -55,8 +58,20 @@ def test_initial_noise_is_bitwise_identical_whatever_the_chunking():
     for mb in (1, 5, 7, 54):
         assert torch.equal(run(capture_x_T, max_batch=mb), ref)
     assert torch.equal(run(capture_x_T, memory_budget=20_000), ref)
-    assert not torch.equal(sample_many(capture_x_T, NET, E, 9, cond={"z": Z}, seed=12, schedule=SCH,
-                                       timesteps=SCH.timesteps(3), progress=False), ref)  # fmt: skip
+    assert not torch.equal(
+        sample_many(
+            capture_x_T,
+            NET,
+            E,
+            9,
+            cond={"z": Z},
+            seed=12,
+            schedule=SCH,
+            timesteps=SCH.timesteps(3),
+            progress=False,
+        ),
+        ref,
+    )
 
 
 def test_permuting_conditions_with_their_ids_permutes_outputs():
@@ -69,10 +84,13 @@ def test_permuting_conditions_with_their_ids_permutes_outputs():
 def test_test_batch_composition_does_not_matter():
     """A test set scored in batches of 2 with global window ids equals scoring it at once."""
     ref = run(capture_x_T)
-    parts = [run(capture_x_T, cond={"z": Z[i:i + 2]}, cond_ids=torch.arange(i, i + 2)) for i in (0, 2, 4)]
+    parts = [
+        run(capture_x_T, cond={"z": Z[i : i + 2]}, cond_ids=torch.arange(i, i + 2))
+        for i in (0, 2, 4)
+    ]
     assert torch.equal(torch.cat(parts, dim=1), ref)
     full = run()
-    parts = [run(cond={"z": Z[i:i + 2]}, cond_ids=torch.arange(i, i + 2)) for i in (0, 2, 4)]
+    parts = [run(cond={"z": Z[i : i + 2]}, cond_ids=torch.arange(i, i + 2)) for i in (0, 2, 4)]
     torch.testing.assert_close(torch.cat(parts, dim=1), full, rtol=1e-5, atol=1e-5)
 
 
@@ -83,7 +101,16 @@ def test_samples_of_one_condition_differ_and_one_condition_is_expanded_not_copie
         seen.append(z)
         return NET(x, t, z=z)
 
-    y = sample_many("ddim", spy, E, 40, cond={"z": Z[:1]}, schedule=SCH, timesteps=SCH.timesteps(3), progress=False)
+    y = sample_many(
+        "ddim",
+        spy,
+        E,
+        40,
+        cond={"z": Z[:1]},
+        schedule=SCH,
+        timesteps=SCH.timesteps(3),
+        progress=False,
+    )
     assert y.shape == (40, 1, *E)
     assert all(s.stride(0) == 0 for s in seen)  # a view of the one row, never S copies
     assert torch.unique(y.flatten(1), dim=0).shape[0] == 40
@@ -99,8 +126,18 @@ def test_oom_back_off_redoes_only_the_failed_chunk():
         return NET(x, t, z=z)
 
     ref = run()
-    got = sample_many("ddim", fragile, E, 9, cond={"z": Z}, seed=11, max_batch=40, schedule=SCH,
-                      timesteps=SCH.timesteps(10), progress=False)  # fmt: skip
+    got = sample_many(
+        "ddim",
+        fragile,
+        E,
+        9,
+        cond={"z": Z},
+        seed=11,
+        max_batch=40,
+        schedule=SCH,
+        timesteps=SCH.timesteps(10),
+        progress=False,
+    )
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
     assert calls[:3] == [40, 20, 10]  # shrank by halves, no chunk above 10 ran to completion
     assert max(calls[3:]) <= 10
@@ -111,8 +148,17 @@ def test_oom_at_one_row_is_raised():
         raise torch.OutOfMemoryError("simulated")
 
     with pytest.raises(torch.OutOfMemoryError):
-        sample_many("ddim", hopeless, E, 2, cond={"z": Z}, max_batch=4, schedule=SCH, timesteps=SCH.timesteps(2),
-                    progress=False)  # fmt: skip
+        sample_many(
+            "ddim",
+            hopeless,
+            E,
+            2,
+            cond={"z": Z},
+            max_batch=4,
+            schedule=SCH,
+            timesteps=SCH.timesteps(2),
+            progress=False,
+        )
 
 
 def test_other_errors_are_not_swallowed():
@@ -120,7 +166,16 @@ def test_other_errors_are_not_swallowed():
         raise RuntimeError("a real bug")
 
     with pytest.raises(RuntimeError, match="a real bug"):
-        sample_many("ddim", broken, E, 2, cond={"z": Z}, schedule=SCH, timesteps=SCH.timesteps(2), progress=False)
+        sample_many(
+            "ddim",
+            broken,
+            E,
+            2,
+            cond={"z": Z},
+            schedule=SCH,
+            timesteps=SCH.timesteps(2),
+            progress=False,
+        )
 
 
 def test_plan_chunk_follows_a_memory_budget():
@@ -138,7 +193,10 @@ def test_plan_chunk_follows_a_memory_budget():
     assert plan_chunk(hungry, E, 10_000, max_batch=30) == 30
     assert plan_chunk(hungry, E, 50, memory_budget=budget) == 50
     # CPU default: a cache-sized working set per call, at least CPU_MIN_ROWS
-    assert abs(plan_chunk(hungry, E, 10_000) - batching.CPU_WORKING_SET / per_row) < 0.05 * batching.CPU_WORKING_SET / per_row
+    assert (
+        abs(plan_chunk(hungry, E, 10_000) - batching.CPU_WORKING_SET / per_row)
+        < 0.05 * batching.CPU_WORKING_SET / per_row
+    )
     assert plan_chunk(hungry, E, 40) == 40  # below CPU_MIN_ROWS: one call, no probe
     with pytest.raises(ValueError, match="memory_budget: .* does not fit one row"):
         plan_chunk(hungry, E, 10_000, memory_budget=1000)
@@ -159,21 +217,44 @@ def test_budgeted_run_matches_unchunked():
 
 def test_user_callback_and_sampler_function_are_accepted():
     steps = []
-    y = sample_many(sample_ddim, NET, E, 3, cond={"z": Z}, schedule=SCH, timesteps=SCH.timesteps(4),
-                    callback=lambda d: steps.append(d["i"]), max_batch=9, progress=False)  # fmt: skip
+    y = sample_many(
+        sample_ddim,
+        NET,
+        E,
+        3,
+        cond={"z": Z},
+        schedule=SCH,
+        timesteps=SCH.timesteps(4),
+        callback=lambda d: steps.append(d["i"]),
+        max_batch=9,
+        progress=False,
+    )
     assert y.shape == (3, 6, *E) and steps == [0, 1, 2, 3, 0, 1, 2, 3]
 
 
 def test_no_cond_gives_one_condition_and_cond_ids_set_b():
-    f = lambda x, t: torch.zeros_like(x)  # noqa: E731
-    assert sample_many("ddim", f, (4,), 3, schedule=SCH, timesteps=SCH.timesteps(2), progress=False).shape == (3, 1, 4)
-    y = sample_many(capture_x_T, f, (4,), 3, cond_ids=[5, 9], schedule=SCH, timesteps=SCH.timesteps(2), progress=False)
+    f = lambda x, t: torch.zeros_like(x)
+    assert sample_many(
+        "ddim", f, (4,), 3, schedule=SCH, timesteps=SCH.timesteps(2), progress=False
+    ).shape == (3, 1, 4)
+    y = sample_many(
+        capture_x_T,
+        f,
+        (4,),
+        3,
+        cond_ids=[5, 9],
+        schedule=SCH,
+        timesteps=SCH.timesteps(2),
+        progress=False,
+    )
     assert y.shape == (3, 2, 4) and not torch.equal(y[:, 0], y[:, 1])
 
 
 def test_bad_input_messages():
     kw = dict(schedule=SCH, timesteps=SCH.timesteps(3), progress=False)
-    with pytest.raises(ValueError, match=r"cond: every tensor must have the same leading dimension"):
+    with pytest.raises(
+        ValueError, match=r"cond: every tensor must have the same leading dimension"
+    ):
         sample_many("ddim", NET, E, 2, cond={"z": Z, "w": torch.zeros(5, 1)}, **kw)
     with pytest.raises(ValueError, match=r"cond_ids: expected shape \[6\].*got \(5,\)"):
         sample_many("ddim", NET, E, 2, cond={"z": Z}, cond_ids=torch.arange(5), **kw)
@@ -182,8 +263,10 @@ def test_bad_input_messages():
     for bad in (0, -1, 2.0):
         with pytest.raises(ValueError, match="n_samples: expected a positive integer"):
             sample_many("ddim", NET, E, bad, cond={"z": Z}, **kw)
-    fixed = lambda x, t, z: torch.zeros(x.shape[0], 5, 3)  # noqa: E731 - ignores the event shape it is given
-    with pytest.raises(ValueError, match=r"denoiser: expected an output of shape \(12, 5, 2\).*got \(12, 5, 3\)"):
+    fixed = lambda x, t, z: torch.zeros(x.shape[0], 5, 3)
+    with pytest.raises(
+        ValueError, match=r"denoiser: expected an output of shape \(12, 5, 2\).*got \(12, 5, 3\)"
+    ):
         sample_many("ddim", fixed, (5, 2), 2, cond={"z": Z}, **kw)
     with pytest.raises(ValueError, match=r"denoiser: expected an output of shape \(16, 5, 2\)"):
         sample_many("ddim", fixed, (5, 2), 30, cond={"z": Z}, **kw)  # caught by the memory probe

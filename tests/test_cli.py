@@ -12,8 +12,19 @@ from diffsample._utils import atomic_write
 from diffsample.forecast import ForecastConfig, ITransformerDiffusion, load_dataset
 from diffsample.forecast.cli import evaluate_split, main
 
-TINY = ForecastConfig(lookback=24, horizon=12, n_variates=7, n_time_features=4, d_model=16, n_heads=2, d_ff=16,
-                      denoiser_width=16, denoiser_layers=1, denoiser_heads=2, num_train_steps=50)  # fmt: skip
+TINY = ForecastConfig(
+    lookback=24,
+    horizon=12,
+    n_variates=7,
+    n_time_features=4,
+    d_model=16,
+    n_heads=2,
+    d_ff=16,
+    denoiser_width=16,
+    denoiser_layers=1,
+    denoiser_heads=2,
+    num_train_steps=50,
+)
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +51,21 @@ def test_evaluate_split_does_not_depend_on_the_batch_size(tiny):
 def test_evaluate_command_writes_results(tiny, tmp_path, capsys):
     _, path = tiny
     out = tmp_path / "scores.json"
-    rc = main(["evaluate", str(path), "--samples", "4", "--steps", "3", "--windows", "8", "--no-progress",
-               "--out", str(out)])  # fmt: skip
+    rc = main(
+        [
+            "evaluate",
+            str(path),
+            "--samples",
+            "4",
+            "--steps",
+            "3",
+            "--windows",
+            "8",
+            "--no-progress",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     report = json.loads(out.read_text())
     assert report["split"] == "test" and report["scores"]["windows"] == 8
@@ -63,9 +87,32 @@ def test_command_errors_are_one_line_and_exit_2(tmp_path, capsys):
 
 
 def test_train_command_on_a_tiny_budget(tmp_path):
-    rc = main(["train", "--out", str(tmp_path / "run"), "--lookback", "24", "--horizon", "12", "--d-model", "16",
-               "--epochs", "1", "--diffusion-epochs", "1", "--batches-per-epoch", "2", "--samples", "3",
-               "--steps", "2", "--windows", "4", "--no-progress"])  # fmt: skip
+    rc = main(
+        [
+            "train",
+            "--out",
+            str(tmp_path / "run"),
+            "--lookback",
+            "24",
+            "--horizon",
+            "12",
+            "--d-model",
+            "16",
+            "--epochs",
+            "1",
+            "--diffusion-epochs",
+            "1",
+            "--batches-per-epoch",
+            "2",
+            "--samples",
+            "3",
+            "--steps",
+            "2",
+            "--windows",
+            "4",
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     report = json.loads((tmp_path / "run" / "results.json").read_text())
     assert [r["stage"] for r in report["history"]] == [1, 2]

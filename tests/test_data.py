@@ -50,7 +50,9 @@ def write_csv(path: Path, header, rows) -> Path:
 def ett_rows(n: int, *, start=datetime(2016, 7, 1), step=timedelta(hours=1)):
     rng = np.random.default_rng(0)
     vals = rng.normal(size=(n, 7)).round(3)
-    return [[(start + i * step).strftime("%Y-%m-%d %H:%M:%S"), *map(str, vals[i])] for i in range(n)]
+    return [
+        [(start + i * step).strftime("%Y-%m-%d %H:%M:%S"), *map(str, vals[i])] for i in range(n)
+    ]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -79,7 +81,9 @@ def test_etth1_split_sizes(etth1: ForecastDataset):
 def test_etth1_scaler_fitted_on_train_only(etth1: ForecastDataset, etth1_raw: np.ndarray):
     train = etth1_raw[:8640]
     np.testing.assert_allclose(etth1.scaler.mean, train.mean(0), rtol=1e-12)
-    np.testing.assert_allclose(etth1.scaler.std, train.std(0), rtol=1e-12)  # population std (ddof=0)
+    np.testing.assert_allclose(
+        etth1.scaler.std, train.std(0), rtol=1e-12
+    )  # population std (ddof=0)
     train_val = etth1_raw[:11520]
     assert np.abs(etth1.scaler.mean - train_val.mean(0)).max() > 1e-3
     assert np.abs(etth1.scaler.std - train_val.std(0)).max() > 1e-3
@@ -90,7 +94,9 @@ def test_etth1_scaler_fitted_on_train_only(etth1: ForecastDataset, etth1_raw: np
         np.testing.assert_allclose(split.values.numpy(), ref, rtol=1e-5, atol=1e-5)
     tr = etth1.train.values.double()
     torch.testing.assert_close(tr.mean(0), torch.zeros(7, dtype=torch.float64), atol=1e-5, rtol=0)
-    torch.testing.assert_close(tr.std(0, unbiased=False), torch.ones(7, dtype=torch.float64), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        tr.std(0, unbiased=False), torch.ones(7, dtype=torch.float64), atol=1e-5, rtol=0
+    )
     va = etth1.val.values.double()
     assert va.mean(0).abs().max() > 0.1  # no leak: validation is not standardised by itself
     assert (va.std(0, unbiased=False) - 1).abs().max() > 0.1
@@ -114,7 +120,12 @@ def test_etth1_time_features(etth1: ForecastDataset):
 
 def test_time_features_by_hand():
     dates = np.array(
-        ["2016-07-01T00:00:00", "2016-12-31T12:00:00", "2017-12-31T23:45:00", "2018-02-28T07:30:00"],
+        [
+            "2016-07-01T00:00:00",
+            "2016-12-31T12:00:00",
+            "2017-12-31T23:45:00",
+            "2018-02-28T07:30:00",
+        ],
         dtype="datetime64[s]",
     )
     got = time_features(dates, freq="t")
@@ -124,7 +135,13 @@ def test_time_features_by_hand():
             [-0.5, -0.5, 4 / 6 - 0.5, -0.5, 182 / 365 - 0.5],  # Fri, doy 183
             [-0.5, 12 / 23 - 0.5, 5 / 6 - 0.5, 0.5, 0.5],  # Sat, day 31, doy 366 (leap)
             [45 / 59 - 0.5, 0.5, 0.5, 0.5, 364 / 365 - 0.5],  # Sun, day 31, doy 365
-            [30 / 59 - 0.5, 7 / 23 - 0.5, 2 / 6 - 0.5, 27 / 30 - 0.5, 58 / 365 - 0.5],  # Wed, doy 59
+            [
+                30 / 59 - 0.5,
+                7 / 23 - 0.5,
+                2 / 6 - 0.5,
+                27 / 30 - 0.5,
+                58 / 365 - 0.5,
+            ],  # Wed, doy 59
         ],
         dtype=np.float32,
     )
@@ -158,7 +175,9 @@ def test_time_features_match_datetime_reference():
 def test_windows_match_slow_reference(etth1: ForecastDataset):
     split = etth1.test
     gen = torch.Generator().manual_seed(0)
-    idx = torch.cat([torch.tensor([0, len(split) - 1]), torch.randint(0, len(split), (30,), generator=gen)])
+    idx = torch.cat(
+        [torch.tensor([0, len(split) - 1]), torch.randint(0, len(split), (30,), generator=gen)]
+    )
     b = split.windows(idx)
     assert tuple(b.x.shape) == (32, L, 7) and tuple(b.y.shape) == (32, H, 7)
     assert tuple(b.x_mark.shape) == (32, L, 4) and tuple(b.y_mark.shape) == (32, H, 4)
@@ -190,7 +209,12 @@ def counting_csv(tmp_path: Path) -> Path:
     rng = np.random.default_rng(3)
     start = datetime(2021, 3, 1)
     rows = [
-        [f"{rng.normal():.4f}", (start + timedelta(hours=i)).isoformat(sep=" "), str(i), f"{rng.gamma(2.0):.4f}"]
+        [
+            f"{rng.normal():.4f}",
+            (start + timedelta(hours=i)).isoformat(sep=" "),
+            str(i),
+            f"{rng.gamma(2.0):.4f}",
+        ]
         for i in range(1000)
     ]
     return write_csv(tmp_path / "counting.csv", ["a", "date", "row", "b"], rows)
@@ -214,7 +238,9 @@ def test_custom_split_sizes_and_contiguity(counting_csv: Path):
         rows_y = ds.scaler.inverse_transform(b.y.double())[..., 1]  # [B, H]
         first = (lo + idx).double()[:, None]
         torch.testing.assert_close(rows, first + torch.arange(Lc).double(), atol=1e-3, rtol=0)
-        torch.testing.assert_close(rows_y, first + Lc + torch.arange(Hc).double(), atol=1e-3, rtol=0)
+        torch.testing.assert_close(
+            rows_y, first + Lc + torch.arange(Hc).double(), atol=1e-3, rtol=0
+        )
         # y starts one hour after x ends
         gap = split.dates[idx.numpy() + Lc] - split.dates[idx.numpy() + Lc - 1]
         assert (gap == np.timedelta64(1, "h")).all()
@@ -227,8 +253,12 @@ def test_batches_cover_every_window_once(counting_csv: Path):
     assert sizes == [32, 32, 25]
     ordered = torch.cat([b.index for b in split.batches(32)])
     assert torch.equal(ordered, torch.arange(len(split)))
-    shuffled = [b.index for b in split.batches(32, shuffle=True, generator=torch.Generator().manual_seed(5))]
-    again = [b.index for b in split.batches(32, shuffle=True, generator=torch.Generator().manual_seed(5))]
+    shuffled = [
+        b.index for b in split.batches(32, shuffle=True, generator=torch.Generator().manual_seed(5))
+    ]
+    again = [
+        b.index for b in split.batches(32, shuffle=True, generator=torch.Generator().manual_seed(5))
+    ]
     assert all(torch.equal(u, v) for u, v in zip(shuffled, again))
     flat = torch.cat(shuffled)
     assert not torch.equal(flat, torch.arange(len(split)))
@@ -243,7 +273,9 @@ def test_scaler_round_trip(counting_csv: Path):
     ds = load_csv(counting_csv, lookback=24, horizon=12)
     rng = np.random.default_rng(0)
     v = rng.normal(size=(5, 3, 3)) * 10
-    np.testing.assert_allclose(ds.scaler.inverse_transform(ds.scaler.transform(v)), v, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(
+        ds.scaler.inverse_transform(ds.scaler.transform(v)), v, rtol=1e-12, atol=1e-12
+    )
     t = torch.from_numpy(v)
     torch.testing.assert_close(ds.scaler.inverse_transform(ds.scaler.transform(t)), t)
     samples = torch.randn(4, 2, 12, 3)  # [S, B, H, N] float32 stays float32
@@ -269,7 +301,11 @@ def test_ettm_borders_and_minute_features(tmp_path: Path):
     ds = load_csv(path, lookback=L, horizon=H)
     assert ds.protocol == "ettm" and ds.freq == "t" and ds.n_marks == 5
     b1, b2, b3 = 34560, 46080, 57600
-    assert [(s.start, s.start + s.values.shape[0]) for s in ds.splits()] == [(0, b1), (b1 - L, b2), (b2 - L, b3)]
+    assert [(s.start, s.start + s.values.shape[0]) for s in ds.splits()] == [
+        (0, b1),
+        (b1 - L, b2),
+        (b2 - L, b3),
+    ]
     assert ds.train.marks[1, 0].item() == pytest.approx(15 / 59 - 0.5)
     hourly = load_csv(path, lookback=L, horizon=H, freq="h")  # the reference scripts' default
     assert hourly.n_marks == 4 and torch.equal(hourly.train.marks, ds.train.marks[:, 1:])
@@ -282,13 +318,23 @@ def test_ettm_borders_and_minute_features(tmp_path: Path):
 
 def test_ett_missing_and_extra_columns(tmp_path: Path):
     rows = ett_rows(5)
-    p = write_csv(tmp_path / "ETTh1.csv", [c for c in ETT_HEADER if c != "LULL"], [r[:6] + r[7:] for r in rows])
-    with pytest.raises(ValueError, match=r"ETTh1\.csv: line 1 \(header\): missing column\(s\) 'LULL'"):
+    p = write_csv(
+        tmp_path / "ETTh1.csv",
+        [c for c in ETT_HEADER if c != "LULL"],
+        [r[:6] + r[7:] for r in rows],
+    )
+    with pytest.raises(
+        ValueError, match=r"ETTh1\.csv: line 1 \(header\): missing column\(s\) 'LULL'"
+    ):
         load_csv(p)
-    p = write_csv(tmp_path / "ETTh2.csv", ETT_HEADER + ["extra"], [r + ["0"] for r in rows])
-    with pytest.raises(ValueError, match=r"ETTh2\.csv: line 1 \(header\): unexpected column\(s\) 'extra'"):
+    p = write_csv(tmp_path / "ETTh2.csv", [*ETT_HEADER, "extra"], [[*r, "0"] for r in rows])
+    with pytest.raises(
+        ValueError, match=r"ETTh2\.csv: line 1 \(header\): unexpected column\(s\) 'extra'"
+    ):
         load_csv(p)
-    p = write_csv(tmp_path / "ETTh1_swapped.csv", ETT_HEADER[:1] + ETT_HEADER[2:] + ETT_HEADER[1:2], rows)
+    p = write_csv(
+        tmp_path / "ETTh1_swapped.csv", ETT_HEADER[:1] + ETT_HEADER[2:] + ETT_HEADER[1:2], rows
+    )
     with pytest.raises(ValueError, match=r"ETTh1_swapped\.csv: .*out of order"):
         load_csv(p)
 
@@ -309,7 +355,12 @@ def test_bad_cells_name_file_line_and_column(tmp_path: Path, line, column, cell,
     rows[line - 2][ETT_HEADER.index(column)] = cell  # line 1 is the header
     if cell == "12,5":
         row = rows[line - 2]
-        rows[line - 2] = row[: ETT_HEADER.index(column)] + ["12", "5"] + row[ETT_HEADER.index(column) + 1 :]
+        rows[line - 2] = [
+            *row[: ETT_HEADER.index(column)],
+            "12",
+            "5",
+            *row[ETT_HEADER.index(column) + 1 :],
+        ]
     p = write_csv(tmp_path / "ETTh1.csv", ETT_HEADER, rows)
     with pytest.raises(ValueError, match=rf"ETTh1\.csv: line {line}\b.*{message}"):
         load_csv(p)
@@ -319,16 +370,22 @@ def test_dates_must_increase(tmp_path: Path):
     rows = ett_rows(10)
     rows[5][0], rows[6][0] = rows[6][0], rows[5][0]
     p = write_csv(tmp_path / "data.csv", ETT_HEADER, rows)
-    with pytest.raises(ValueError, match=r"data\.csv: line 8, column 'date': .* strictly increasing"):
+    with pytest.raises(
+        ValueError, match=r"data\.csv: line 8, column 'date': .* strictly increasing"
+    ):
         load_csv(p)
 
 
 def test_too_few_rows(tmp_path: Path):
     p = write_csv(tmp_path / "ETTh1.csv", ETT_HEADER, ett_rows(300))
-    with pytest.raises(ValueError, match=r"ETTh1\.csv: too few rows: 300 data rows; .* at least 14400"):
+    with pytest.raises(
+        ValueError, match=r"ETTh1\.csv: too few rows: 300 data rows; .* at least 14400"
+    ):
         load_csv(p)
     p = write_csv(tmp_path / "small.csv", ETT_HEADER, ett_rows(300))
-    with pytest.raises(ValueError, match=r"small\.csv: too few rows: 300 .* val split .* at least \d+ data rows"):
+    with pytest.raises(
+        ValueError, match=r"small\.csv: too few rows: 300 .* val split .* at least \d+ data rows"
+    ):
         load_csv(p, lookback=96, horizon=96)
     ds = load_csv(p, lookback=8, horizon=4)  # shorter windows fit
     assert len(ds.test) == 60 + 8 - 8 - 4 + 1
@@ -339,7 +396,9 @@ def test_custom_header_problems(tmp_path: Path):
     with pytest.raises(ValueError, match=r"nodate\.csv: line 1 \(header\): no 'date' column"):
         load_csv(p)
     p = write_csv(tmp_path / "dupes.csv", ["date", "a", "a"], [["2020-01-01", "1", "2"]])
-    with pytest.raises(ValueError, match=r"dupes\.csv: line 1 \(header\): repeated column name\(s\) 'a'"):
+    with pytest.raises(
+        ValueError, match=r"dupes\.csv: line 1 \(header\): repeated column name\(s\) 'a'"
+    ):
         load_csv(p)
     (tmp_path / "empty.csv").write_text("")
     with pytest.raises(ValueError, match=r"empty\.csv: the file is empty"):
@@ -348,7 +407,9 @@ def test_custom_header_problems(tmp_path: Path):
         load_csv(tmp_path / "missing.csv")
 
 
-@pytest.mark.parametrize("bad, exc", [(0, ValueError), (-3, ValueError), (1.5, TypeError), (True, TypeError)])
+@pytest.mark.parametrize(
+    "bad, exc", [(0, ValueError), (-3, ValueError), (1.5, TypeError), (True, TypeError)]
+)
 def test_bad_lookback_and_horizon(counting_csv: Path, bad, exc):
     with pytest.raises(exc, match="lookback"):
         load_csv(counting_csv, lookback=bad)
@@ -475,7 +536,9 @@ def test_download_ett_rejects_bad_files_and_names_the_url(tmp_path: Path, monkey
     remote.mkdir()
     write_csv(remote / "ETTh2.csv", ["date", "a", "b"], [["2016-07-01 00:00:00", "1", "2"]])
     cache = tmp_path / "cache"
-    with pytest.raises(ValueError, match=r"downloaded file://.*/ETTh2\.csv is not a valid ETT CSV.*'HUFL'"):
+    with pytest.raises(
+        ValueError, match=r"downloaded file://.*/ETTh2\.csv is not a valid ETT CSV.*'HUFL'"
+    ):
         download_ett("ETTh2", cache_dir=cache, base_url=remote.as_uri() + "/")
     assert list((cache / "ETT-small").iterdir()) == []  # nothing half-written
 

@@ -31,9 +31,11 @@ def test_page_examples_run_and_print_what_they_say(page, tmp_path, monkeypatch):
     for code, expected in _pairs(page.read_text()):
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
-            exec(compile(code, str(page), "exec"), namespace)  # noqa: S102 - our own docs
+            exec(compile(code, str(page), "exec"), namespace)
         if expected is not None:
-            assert out.getvalue().strip() == expected.strip(), f"{page.name}: output differs for\n{code}"
+            assert out.getvalue().strip() == expected.strip(), (
+                f"{page.name}: output differs for\n{code}"
+            )
 
 
 def test_ci_runs_exactly_the_readme_test_command():

@@ -21,9 +21,22 @@ from diffsample.forecast import (
     train,
 )
 
-TINY = ForecastConfig(lookback=24, horizon=12, n_variates=3, n_time_features=4, d_model=16, n_heads=2, n_layers=2,
-                      d_ff=24, dropout=0.0, denoiser_width=16, denoiser_layers=1, denoiser_heads=2,
-                      unet_channels=(8, 16), num_train_steps=50)  # fmt: skip
+TINY = ForecastConfig(
+    lookback=24,
+    horizon=12,
+    n_variates=3,
+    n_time_features=4,
+    d_model=16,
+    n_heads=2,
+    n_layers=2,
+    d_ff=24,
+    dropout=0.0,
+    denoiser_width=16,
+    denoiser_layers=1,
+    denoiser_heads=2,
+    unet_channels=(8, 16),
+    num_train_steps=50,
+)
 
 
 def tiny_model(**changes) -> ITransformerDiffusion:
@@ -42,7 +55,9 @@ def reference_itransformer(m: ITransformer, x: torch.Tensor, marks: torch.Tensor
     B, L, N = x.shape
     mu = x.mean(1, keepdim=True)
     sd = torch.sqrt(((x - mu) ** 2).mean(1, keepdim=True) + m.norm_eps)
-    tokens = torch.cat([((x - mu) / sd).transpose(1, 2), marks.transpose(1, 2)], dim=1)  # [B, N + F, L]
+    tokens = torch.cat(
+        [((x - mu) / sd).transpose(1, 2), marks.transpose(1, 2)], dim=1
+    )  # [B, N + F, L]
     h = tokens @ m.embed.weight.T + m.embed.bias
     for layer in m.layers:
         D = h.shape[-1]
@@ -51,7 +66,9 @@ def reference_itransformer(m: ITransformer, x: torch.Tensor, marks: torch.Tensor
         heads = []
         for i in range(nh):
             sl = slice(i * D // nh, (i + 1) * D // nh)
-            att = torch.softmax(q[..., sl] @ k[..., sl].transpose(1, 2) / math.sqrt(D // nh), dim=-1)
+            att = torch.softmax(
+                q[..., sl] @ k[..., sl].transpose(1, 2) / math.sqrt(D // nh), dim=-1
+            )
             heads.append(att @ v[..., sl])
         a = torch.cat(heads, dim=-1) @ layer.proj.weight.T + layer.proj.bias
         h = F.layer_norm(h + a, (D,), layer.norm1.weight, layer.norm1.bias, layer.norm1.eps)
@@ -84,7 +101,9 @@ def test_point_forecast_is_equivariant_to_per_window_shift_and_scale():
     m = tiny_model().double()
     x, marks = (t.double() for t in inputs())
     g = torch.Generator().manual_seed(2)
-    a = torch.rand(5, 1, 3, generator=g, dtype=torch.float64) * 3 + 0.5  # per window and variate, > 0
+    a = (
+        torch.rand(5, 1, 3, generator=g, dtype=torch.float64) * 3 + 0.5
+    )  # per window and variate, > 0
     b = torch.randn(5, 1, 3, generator=g, dtype=torch.float64) * 10
     y, _ = m(x, marks)
     y_t, _ = m(a * x + b, marks)
@@ -96,8 +115,15 @@ def test_point_forecast_is_equivariant_to_per_window_shift_and_scale():
 @pytest.mark.parametrize("horizon", [12, 13])
 def test_denoisers_shapes_and_identity_start(horizon):
     g = torch.Generator().manual_seed(3)
-    x, t, z = torch.randn(4, horizon, 3, generator=g), torch.randint(0, 50, (4,), generator=g), torch.randn(4, 3, 16, generator=g)
-    for net in (TokenDenoiser(horizon, 16, d_model=16, n_heads=2, n_layers=1), UNet1DDenoiser(horizon, 16, channels=(8, 16), emb_dim=16, n_heads=2)):
+    x, t, z = (
+        torch.randn(4, horizon, 3, generator=g),
+        torch.randint(0, 50, (4,), generator=g),
+        torch.randn(4, 3, 16, generator=g),
+    )
+    for net in (
+        TokenDenoiser(horizon, 16, d_model=16, n_heads=2, n_layers=1),
+        UNet1DDenoiser(horizon, 16, channels=(8, 16), emb_dim=16, n_heads=2),
+    ):
         with torch.no_grad():
             out = net(x, t, z=z)
         assert out.shape == x.shape and out.dtype == x.dtype
@@ -107,7 +133,9 @@ def test_denoisers_shapes_and_identity_start(horizon):
     emb = torch.randn(12, 16, generator=g)
     with torch.no_grad():
         gamma, beta = block.film(emb).chunk(2, dim=1)
-    assert float(gamma.abs().max()) == 0.0 and float(beta.abs().max()) == 0.0  # FiLM starts as the identity
+    assert (
+        float(gamma.abs().max()) == 0.0 and float(beta.abs().max()) == 0.0
+    )  # FiLM starts as the identity
 
 
 @pytest.mark.parametrize("denoiser", ["token", "unet"])
@@ -135,7 +163,15 @@ def test_losses_and_forecast_shapes(prediction, denoiser):
     loss.backward()
     assert all(p.grad is None for p in m.backbone.parameters())  # stage 2 never trains the backbone
     for sampler in ("ddim", "ddpm", "dpmpp_2m"):
-        s, y_det = m.forecast(x, 6, time_features=marks, sampler=sampler, num_steps=5, return_point=True, progress=False)
+        s, y_det = m.forecast(
+            x,
+            6,
+            time_features=marks,
+            sampler=sampler,
+            num_steps=5,
+            return_point=True,
+            progress=False,
+        )
         assert s.shape == (6, 4, 12, 3) and s.dtype == torch.float32 and y_det.shape == (4, 12, 3)
         assert bool(torch.isfinite(s).all())
 
@@ -145,7 +181,9 @@ def test_forecast_is_the_point_forecast_plus_rescaled_residual_samples():
     for p in m.denoiser.parameters():
         torch.nn.init.normal_(p, std=0.05)
     x, marks = inputs(B=3)
-    run = lambda: m.forecast(x, 4, time_features=marks, num_steps=3, return_point=True, progress=False)  # noqa: E731
+    run = lambda: m.forecast(
+        x, 4, time_features=marks, num_steps=3, return_point=True, progress=False
+    )
     s1, y_det = run()
     mean, std = torch.tensor([0.5, -1.0, 0.0]), torch.tensor([2.0, 0.5, 1.0])
     m.set_residual_stats(mean, std)
@@ -163,12 +201,33 @@ def test_forecast_identical_across_max_batch_and_test_batches():
     ids = torch.arange(100, 106)
     ref = m.forecast(x, 5, time_features=marks, num_steps=4, window_ids=ids, seed=3, progress=False)
     for mb in (1, 7, 30):
-        got = m.forecast(x, 5, time_features=marks, num_steps=4, window_ids=ids, seed=3, max_batch=mb, progress=False)
+        got = m.forecast(
+            x,
+            5,
+            time_features=marks,
+            num_steps=4,
+            window_ids=ids,
+            seed=3,
+            max_batch=mb,
+            progress=False,
+        )
         torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
-    parts = [m.forecast(x[i:i + 3], 5, time_features=marks[i:i + 3], num_steps=4, window_ids=ids[i:i + 3], seed=3,
-                        progress=False) for i in (0, 3)]  # fmt: skip
+    parts = [
+        m.forecast(
+            x[i : i + 3],
+            5,
+            time_features=marks[i : i + 3],
+            num_steps=4,
+            window_ids=ids[i : i + 3],
+            seed=3,
+            progress=False,
+        )
+        for i in (0, 3)
+    ]
     torch.testing.assert_close(torch.cat(parts, dim=1), ref, rtol=1e-5, atol=1e-5)
-    other = m.forecast(x, 5, time_features=marks, num_steps=4, window_ids=ids, seed=4, progress=False)
+    other = m.forecast(
+        x, 5, time_features=marks, num_steps=4, window_ids=ids, seed=4, progress=False
+    )
     assert not torch.allclose(other, ref)
 
 
@@ -213,8 +272,10 @@ def test_save_load_round_trip_and_bad_files(tmp_path):
     for (k, v), (k2, v2) in zip(m.state_dict().items(), back.state_dict().items()):
         assert k == k2 and torch.equal(v, v2)
     x, marks = inputs()
-    torch.testing.assert_close(back.forecast(x, 3, time_features=marks, num_steps=3, progress=False),
-                               m.forecast(x, 3, time_features=marks, num_steps=3, progress=False))  # fmt: skip
+    torch.testing.assert_close(
+        back.forecast(x, 3, time_features=marks, num_steps=3, progress=False),
+        m.forecast(x, 3, time_features=marks, num_steps=3, progress=False),
+    )
 
     broken = tmp_path / "broken.pt"
     broken.write_bytes(path.read_bytes()[:200])
@@ -228,7 +289,9 @@ def test_save_load_round_trip_and_bad_files(tmp_path):
     payload["config"]["d_model"] = 32
     mismatched = tmp_path / "mismatched.pt"
     torch.save(payload, mismatched)
-    with pytest.raises(ValueError, match="mismatched.pt: weights do not match the config.*shape mismatches"):
+    with pytest.raises(
+        ValueError, match="mismatched.pt: weights do not match the config.*shape mismatches"
+    ):
         ITransformerDiffusion.load(mismatched)
     with pytest.raises(FileNotFoundError):
         ITransformerDiffusion.load(tmp_path / "missing.pt")
@@ -242,22 +305,41 @@ def test_a_few_training_steps_lower_both_losses(prediction):
     per-chunk differences, not just come out lower by chance."""
     torch.manual_seed(0)
     data = synthetic_dataset(n_steps=1500, n_variates=3, lookback=24, horizon=12, seed=0)
-    m = ITransformerDiffusion(dataclasses.replace(TINY, n_time_features=data.n_marks, prediction=prediction))
+    m = ITransformerDiffusion(
+        dataclasses.replace(TINY, n_time_features=data.n_marks, prediction=prediction)
+    )
     chunks = [data.val.windows(torch.arange(i, len(data.val), 8)) for i in range(8)]
 
     def losses(model):
         with torch.no_grad():
             point = torch.tensor([float(model.point_loss(b.x, b.y, b.x_mark)) for b in chunks])
-            diff = torch.tensor([float(model.diffusion_loss(b.x, b.y, b.x_mark, generator=torch.Generator().manual_seed(i)))
-                                 for i, b in enumerate(chunks)])  # fmt: skip
+            diff = torch.tensor(
+                [
+                    float(
+                        model.diffusion_loss(
+                            b.x, b.y, b.x_mark, generator=torch.Generator().manual_seed(i)
+                        )
+                    )
+                    for i, b in enumerate(chunks)
+                ]
+            )
         return point, diff
 
     point0, _ = losses(m)
-    cfg = TrainConfig(batch_size=32, point_epochs=2, point_lr=3e-3, diffusion_epochs=2, diffusion_lr=1e-2,
-                      max_batches_per_epoch=25, seed=0)  # fmt: skip
+    cfg = TrainConfig(
+        batch_size=32,
+        point_epochs=2,
+        point_lr=3e-3,
+        diffusion_epochs=2,
+        diffusion_lr=1e-2,
+        max_batches_per_epoch=25,
+        seed=0,
+    )
     res = train(m, data, cfg, progress=False)
     point1, diff1 = losses(m)
-    fresh = ITransformerDiffusion(m.config)  # the same backbone and residual stats, an untrained denoiser
+    fresh = ITransformerDiffusion(
+        m.config
+    )  # the same backbone and residual stats, an untrained denoiser
     fresh.backbone.load_state_dict(m.backbone.state_dict())
     fresh.set_residual_stats(m.res_mean, m.res_std)
     _, diff0 = losses(fresh)

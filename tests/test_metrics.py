@@ -292,7 +292,7 @@ def test_invariants(xs, y, c, a):
     x = torch.tensor(xs, dtype=torch.float64)[:, None]
     yt = torch.tensor([y], dtype=torch.float64)
     base = crps(x, yt)
-    scale = max(map(abs, xs + [y, c])) + 1.0
+    scale = max(map(abs, [*xs, y, c])) + 1.0
     assert float(base) >= 0.0
     assert abs(float(crps(x + c, yt + c) - base)) <= 1e-12 * scale  # translation invariance
     assert (

@@ -46,7 +46,10 @@ def test_keys_depend_on_every_part_and_never_collide_within_a_condition():
     base = row_keys(0, torch.zeros(3, dtype=torch.long), torch.arange(3))
     assert not torch.equal(row_keys(1, torch.zeros(3, dtype=torch.long), torch.arange(3)), base)
     assert not torch.equal(row_keys(0, torch.ones(3, dtype=torch.long), torch.arange(3)), base)
-    assert not torch.equal(row_keys(0, torch.full((3,), 2**40), torch.arange(3)), row_keys(0, torch.zeros(3, dtype=torch.long), torch.arange(3)))
+    assert not torch.equal(
+        row_keys(0, torch.full((3,), 2**40), torch.arange(3)),
+        row_keys(0, torch.zeros(3, dtype=torch.long), torch.arange(3)),
+    )
     assert not torch.equal(row_keys(2**33, torch.zeros(3, dtype=torch.long), torch.arange(3)), base)
     many = row_keys(5, torch.full((200_000,), 12345), torch.arange(200_000))
     assert torch.unique(many).numel() == 200_000  # bijective chain: no two samples share a key
@@ -69,10 +72,12 @@ def test_keyed_normal_is_standard_normal():
 
 
 def test_no_correlation_between_rows_steps_and_elements():
-    keys = row_keys(3, torch.zeros(2000, dtype=torch.long), torch.arange(2000))  # 2000 samples, one condition
+    keys = row_keys(
+        3, torch.zeros(2000, dtype=torch.long), torch.arange(2000)
+    )  # 2000 samples, one condition
     a, b = keyed_normal(keys, 0, (256,)).double(), keyed_normal(keys, 1, (256,)).double()
     bound = 5 / math.sqrt(a.numel())
-    corr = lambda u, v: float(((u - u.mean()) * (v - v.mean())).mean() / (u.std() * v.std()))  # noqa: E731
+    corr = lambda u, v: float(((u - u.mean()) * (v - v.mean())).mean() / (u.std() * v.std()))
     assert abs(corr(a[:-1], a[1:])) < bound  # neighbouring samples
     assert abs(corr(a, b)) < bound  # consecutive steps
     assert abs(corr(a[:, :-1], a[:, 1:])) < bound  # neighbouring elements

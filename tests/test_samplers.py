@@ -8,7 +8,15 @@ import math
 import pytest
 import torch
 
-from diffsample import NoiseSchedule, sample_ddim, sample_ddpm, sample_dpmpp_2m, sample_many, to_x0_eps, training_target
+from diffsample import (
+    NoiseSchedule,
+    sample_ddim,
+    sample_ddpm,
+    sample_dpmpp_2m,
+    sample_many,
+    to_x0_eps,
+    training_target,
+)
 
 SCH = NoiseSchedule.cosine(1000)
 # Spreads of 0.5..2 in units of the noise. (Much sharper data, SD = 0.1, loses variance in the
@@ -52,8 +60,17 @@ DELTA = {"ddpm": 0.01, "ddim": 0.04, "dpmpp_2m": 0.03}
 
 @pytest.mark.parametrize("name,K", [("ddpm", 1000), ("ddim", 50), ("dpmpp_2m", 20)])
 def test_gaussian_oracle_recovers_mean_and_std(name, K):
-    y = sample_many(name, gaussian_oracle(), (3,), N_DRAWS, schedule=SCH, timesteps=SCH.timesteps(K),
-                    dtype=torch.float64, seed=123, progress=False)[:, 0]  # fmt: skip
+    y = sample_many(
+        name,
+        gaussian_oracle(),
+        (3,),
+        N_DRAWS,
+        schedule=SCH,
+        timesteps=SCH.timesteps(K),
+        dtype=torch.float64,
+        seed=123,
+        progress=False,
+    )[:, 0]
     se_mean, se_std = SD / math.sqrt(N_DRAWS), SD / math.sqrt(2 * N_DRAWS)
     tol_mean = 5 * se_mean + DELTA[name] * SD
     tol_std = 5 * se_std + DELTA[name] * SD
@@ -65,9 +82,20 @@ def test_gaussian_oracle_recovers_mean_and_std(name, K):
 def test_deterministic_samples_follow_their_exact_affine_map(sampler, K):
     """Sharper than the check above: the samples' moments equal the exact map's, up to sampling error only."""
     h, g = affine_map(sampler, K)
-    assert bool(((g.abs() - SD).abs() <= DELTA["ddim"] * SD).all()) and bool(((h - MU).abs() < 1e-3).all())
-    y = sample_many(sampler, gaussian_oracle(), (3,), N_DRAWS, schedule=SCH, timesteps=SCH.timesteps(K),
-                    dtype=torch.float64, seed=7, progress=False)[:, 0]  # fmt: skip
+    assert bool(((g.abs() - SD).abs() <= DELTA["ddim"] * SD).all()) and bool(
+        ((h - MU).abs() < 1e-3).all()
+    )
+    y = sample_many(
+        sampler,
+        gaussian_oracle(),
+        (3,),
+        N_DRAWS,
+        schedule=SCH,
+        timesteps=SCH.timesteps(K),
+        dtype=torch.float64,
+        seed=7,
+        progress=False,
+    )[:, 0]
     x_T = (y - h) / g  # the initial noise each sample came from
     torch.testing.assert_close(h + g * x_T.mean(0), y.mean(0), rtol=0, atol=1e-9)
     assert bool(((x_T.mean(0)).abs() < 5 / math.sqrt(N_DRAWS)).all())
@@ -76,7 +104,7 @@ def test_deterministic_samples_follow_their_exact_affine_map(sampler, K):
 
 def test_convergence_orders():
     """DDIM is first order (error halves when K doubles); DPM-Solver++(2M) is second order."""
-    err = lambda s, K: float(((affine_map(s, K)[1].abs() - SD) / SD).abs().max())  # noqa: E731
+    err = lambda s, K: float(((affine_map(s, K)[1].abs() - SD) / SD).abs().max())
     ddim = [err(sample_ddim, K) for K in (50, 100, 200)]
     dpm = [err(sample_dpmpp_2m, K) for K in (50, 100, 200)]
     for a, b in zip(ddim, ddim[1:]):
@@ -91,7 +119,14 @@ def test_convergence_orders():
 def test_prediction_types_give_the_same_deterministic_samples(prediction, sampler):
     x = torch.randn(64, 3, dtype=torch.float64)
     ref = sampler(gaussian_oracle("eps"), x, SCH, SCH.timesteps(20), progress=False)
-    got = sampler(gaussian_oracle(prediction), x, SCH, SCH.timesteps(20), prediction=prediction, progress=False)
+    got = sampler(
+        gaussian_oracle(prediction),
+        x,
+        SCH,
+        SCH.timesteps(20),
+        prediction=prediction,
+        progress=False,
+    )
     torch.testing.assert_close(got, ref, rtol=1e-9, atol=1e-9)
 
 
@@ -110,8 +145,16 @@ def test_prediction_conversions_round_trip():
 def _first_step(sampler, denoiser, x, grid, z, **kw):
     """x after step 0 of ``sampler`` on ``grid``, with the step noise fixed to ``z``."""
     seen = []
-    sampler(denoiser, x, SCH, grid, noise_sampler=lambda i: z, callback=lambda d: seen.append(d["x"]),
-            progress=False, **kw)  # fmt: skip
+    sampler(
+        denoiser,
+        x,
+        SCH,
+        grid,
+        noise_sampler=lambda i: z,
+        callback=lambda d: seen.append(d["x"]),
+        progress=False,
+        **kw,
+    )
     return seen
 
 
@@ -142,7 +185,9 @@ def test_ddim_step_matches_song_et_al(eta):
     ab, ab_s = float(SCH.alphas_cumprod[t]), float(SCH.alphas_cumprod[s])
     eps = _toy_eps(x, torch.full((6,), t))
     x0 = (x - math.sqrt(1 - ab) * eps) / math.sqrt(ab)
-    sigma = eta * math.sqrt((1 - ab_s) / (1 - ab)) * math.sqrt(1 - ab / ab_s)  # Song et al. (2021), eq. 16
+    sigma = (
+        eta * math.sqrt((1 - ab_s) / (1 - ab)) * math.sqrt(1 - ab / ab_s)
+    )  # Song et al. (2021), eq. 16
     ref = math.sqrt(ab_s) * x0 + math.sqrt(1 - ab_s - sigma**2) * eps + sigma * z  # eq. 12
     got = _first_step(sample_ddim, _toy_eps, x, grid, z, eta=eta)[0]
     torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
@@ -192,15 +237,22 @@ def test_dpmpp_2m_matches_k_diffusion_form():
 def test_final_step_returns_x0_estimate_and_callback_sees_every_step():
     x = torch.randn(3, 4, dtype=torch.float64)
     seen = []
-    out = sample_ddpm(_toy_eps, x, SCH, SCH.timesteps(7), callback=seen.append, progress=False,
-                      generator=torch.Generator().manual_seed(0))  # fmt: skip
+    out = sample_ddpm(
+        _toy_eps,
+        x,
+        SCH,
+        SCH.timesteps(7),
+        callback=seen.append,
+        progress=False,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert [d["i"] for d in seen] == list(range(7))
     assert [d["t_next"] for d in seen][-1] == -1
     assert torch.equal(out, seen[-1]["x0"])
 
 
 def test_clip_x0_clamps_and_is_off_by_default():
-    big = lambda x, t: -10 * torch.ones_like(x)  # noqa: E731 - eps pushing x0 far out
+    big = lambda x, t: -10 * torch.ones_like(x)
     x = torch.zeros(2, 3, dtype=torch.float64)
     free = sample_ddim(big, x, SCH, SCH.timesteps(5), progress=False)
     clipped = sample_ddim(big, x, SCH, SCH.timesteps(5), clip_x0=1.0, progress=False)
@@ -210,8 +262,14 @@ def test_clip_x0_clamps_and_is_off_by_default():
 
 def test_stochastic_samplers_reproducible_with_generator():
     x = torch.randn(8, 4, dtype=torch.float64)
-    run = lambda seed: sample_ddpm(_toy_eps, x, SCH, SCH.timesteps(20), progress=False,  # noqa: E731
-                                   generator=torch.Generator().manual_seed(seed))  # fmt: skip
+    run = lambda seed: sample_ddpm(
+        _toy_eps,
+        x,
+        SCH,
+        SCH.timesteps(20),
+        progress=False,
+        generator=torch.Generator().manual_seed(seed),
+    )
     assert torch.equal(run(1), run(1))
     assert not torch.equal(run(1), run(2))
 
@@ -236,7 +294,9 @@ def test_bad_input_messages():
         sample_ddim(_toy_eps, x, SCH, torch.tensor([1000, 5]))
     with pytest.raises(ValueError, match="timesteps: expected integer"):
         sample_ddim(_toy_eps, x, SCH, grid.double())
-    with pytest.raises(ValueError, match=r"denoiser: expected an output of shape \(4, 3\).*got \(4, 2\)"):
+    with pytest.raises(
+        ValueError, match=r"denoiser: expected an output of shape \(4, 3\).*got \(4, 2\)"
+    ):
         sample_ddim(lambda x, t: x[:, :2], x, SCH, grid)
     with pytest.raises(ValueError, match="clip_x0"):
         sample_ddim(_toy_eps, x, SCH, grid, clip_x0=0.0)

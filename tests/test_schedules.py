@@ -19,7 +19,9 @@ def test_linear_matches_formula():
 
 def test_scaled_linear_and_sigmoid_match_formulas():
     sl = NoiseSchedule.scaled_linear(50)
-    np.testing.assert_allclose(sl.betas.numpy(), np.linspace(0.00085**0.5, 0.012**0.5, 50) ** 2, rtol=1e-12)
+    np.testing.assert_allclose(
+        sl.betas.numpy(), np.linspace(0.00085**0.5, 0.012**0.5, 50) ** 2, rtol=1e-12
+    )
     sg = NoiseSchedule.sigmoid(50)
     ref = 1 / (1 + np.exp(-np.linspace(-6, 6, 50))) * (0.02 - 1e-4) + 1e-4
     np.testing.assert_allclose(sg.betas.numpy(), ref, rtol=1e-12)
@@ -28,7 +30,7 @@ def test_scaled_linear_and_sigmoid_match_formulas():
 def test_cosine_alpha_bar_follows_closed_form_until_clipping():
     T, s = 1000, 0.008
     sch = NoiseSchedule.cosine(T)
-    f = lambda t: math.cos((t / T + s) / (1 + s) * math.pi / 2) ** 2  # noqa: E731
+    f = lambda t: math.cos((t / T + s) / (1 + s) * math.pi / 2) ** 2
     ref = np.array([f(t + 1) / f(0) for t in range(T)])
     # the last betas are clipped at 0.999, which changes alpha_bar only at the very end
     np.testing.assert_allclose(sch.alphas_cumprod.numpy()[:-5], ref[:-5], rtol=1e-10)
@@ -70,7 +72,20 @@ def _paper_grid(T: int, N: int, spacing: str) -> np.ndarray:
 
 
 @pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
-@pytest.mark.parametrize("T,N", [(1000, 50), (1000, 10), (1000, 3), (1000, 7), (1000, 999), (1000, 1000), (10, 3), (10, 1), (7, 7)])
+@pytest.mark.parametrize(
+    "T,N",
+    [
+        (1000, 50),
+        (1000, 10),
+        (1000, 3),
+        (1000, 7),
+        (1000, 999),
+        (1000, 1000),
+        (10, 3),
+        (10, 1),
+        (7, 7),
+    ],
+)
 def test_grids_match_their_definitions(spacing, T, N):
     grid = NoiseSchedule.linear(T).timesteps(N, spacing)
     assert grid.dtype == torch.long and grid.shape == (N,)
@@ -113,4 +128,7 @@ def test_frozen_and_to():
     with pytest.raises(Exception):
         sch.betas = torch.zeros(10)  # frozen dataclass
     moved = sch.to("cpu")
-    assert torch.equal(moved.alphas_cumprod, sch.alphas_cumprod) and moved.alphas_cumprod.dtype == torch.float64
+    assert (
+        torch.equal(moved.alphas_cumprod, sch.alphas_cumprod)
+        and moved.alphas_cumprod.dtype == torch.float64
+    )

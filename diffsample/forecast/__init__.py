@@ -5,7 +5,15 @@ two-stage mixed-precision trainer and the ``diffsample`` command. The core (``di
 never imports this package.
 """
 
-from .data import ForecastDataset, ForecastSplit, StandardScaler, WindowBatch, download_ett, load_dataset, synthetic_dataset
+from .data import (
+    ForecastDataset,
+    ForecastSplit,
+    StandardScaler,
+    WindowBatch,
+    download_ett,
+    load_dataset,
+    synthetic_dataset,
+)
 from .denoisers import TokenDenoiser, UNet1DDenoiser
 from .itransformer import ITransformer
 from .model import ForecastConfig, ITransformerDiffusion
@@ -13,18 +21,18 @@ from .training import TrainConfig, TrainResult, train
 
 __all__ = [
     "ForecastConfig",
-    "ITransformerDiffusion",
-    "ITransformer",
-    "TokenDenoiser",
-    "UNet1DDenoiser",
-    "TrainConfig",
-    "TrainResult",
-    "train",
     "ForecastDataset",
     "ForecastSplit",
-    "WindowBatch",
+    "ITransformer",
+    "ITransformerDiffusion",
     "StandardScaler",
+    "TokenDenoiser",
+    "TrainConfig",
+    "TrainResult",
+    "UNet1DDenoiser",
+    "WindowBatch",
+    "download_ett",
     "load_dataset",
     "synthetic_dataset",
-    "download_ett",
+    "train",
 ]

@@ -15,8 +15,9 @@ import dataclasses
 import json
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
+from typing import Any
 
 import torch
 
@@ -26,7 +27,7 @@ from .data import ForecastDataset, ForecastSplit, load_dataset
 from .model import ForecastConfig, ITransformerDiffusion
 from .training import TrainConfig, train
 
-__all__ = ["main", "evaluate_split"]
+__all__ = ["evaluate_split", "main"]
 
 
 def evaluate_split(
@@ -37,11 +38,11 @@ def evaluate_split(
     num_steps: int = 50,
     sampler: str = "ddim",
     batch_size: int = 256,
-    max_windows: Optional[int] = None,
+    max_windows: int | None = None,
     seed: int = 0,
-    device: Optional[torch.device] = None,
-    progress: Optional[bool] = None,
-) -> Dict[str, float]:
+    device: torch.device | None = None,
+    progress: bool | None = None,
+) -> dict[str, float]:
     """Score a split window by window batch, streaming: samples are never all kept.
 
     Windows keep their split index as noise key, so the result does not depend on batch_size.
@@ -50,7 +51,11 @@ def evaluate_split(
     """
     device = device or next(model.parameters()).device
     split = split.to(device)
-    n = len(split) if max_windows is None else min(check_int("max_windows", max_windows), len(split))
+    n = (
+        len(split)
+        if max_windows is None
+        else min(check_int("max_windows", max_windows), len(split))
+    )
     metrics = ForecastMetrics()
     sq = ab = torch.zeros((), dtype=torch.float64, device=device)
     count, seconds = 0, 0.0
@@ -58,8 +63,17 @@ def evaluate_split(
     for lo in range(0, n, batch_size):
         b = split.windows(torch.arange(lo, min(lo + batch_size, n)))
         t0 = time.perf_counter()
-        samples, y_det = model.forecast(b.x, n_samples, time_features=b.x_mark, sampler=sampler, num_steps=num_steps,
-                                        seed=seed, window_ids=b.index, progress=progress, return_point=True)  # fmt: skip
+        samples, y_det = model.forecast(
+            b.x,
+            n_samples,
+            time_features=b.x_mark,
+            sampler=sampler,
+            num_steps=num_steps,
+            seed=seed,
+            window_ids=b.index,
+            progress=progress,
+            return_point=True,
+        )
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds += time.perf_counter() - t0
@@ -67,64 +81,139 @@ def evaluate_split(
         err = (y_det - b.y).double()
         sq, ab, count = sq + (err**2).sum(), ab + err.abs().sum(), count + err.numel()
     out = {k: float(v) for k, v in metrics.compute().items()}
-    out.update(point_mse=float(sq) / count, point_mae=float(ab) / count, windows=n, samples=n_samples,
-               steps=num_steps, sampler=sampler, sampling_seconds=round(seconds, 3))  # fmt: skip
+    out.update(
+        point_mse=float(sq) / count,
+        point_mae=float(ab) / count,
+        windows=n,
+        samples=n_samples,
+        steps=num_steps,
+        sampler=sampler,
+        sampling_seconds=round(seconds, 3),
+    )
     return out
 
 
 # ---------------------------------------------------------------------------------------- commands
-def _demo(a: argparse.Namespace) -> Dict[str, Any]:
+def _demo(a: argparse.Namespace) -> dict[str, Any]:
     data = load_dataset(None, lookback=a.lookback, horizon=a.horizon)
-    config = ForecastConfig(lookback=a.lookback, horizon=a.horizon, n_variates=data.n_variates,
-                            n_time_features=data.n_marks, d_model=64, d_ff=64, n_heads=4, denoiser_width=64)  # fmt: skip
-    tc = TrainConfig(point_epochs=a.epochs, point_lr=1e-3, diffusion_epochs=2 * a.epochs, diffusion_lr=2e-3,
-                     max_batches_per_epoch=a.batches_per_epoch, seed=a.seed)  # fmt: skip
+    config = ForecastConfig(
+        lookback=a.lookback,
+        horizon=a.horizon,
+        n_variates=data.n_variates,
+        n_time_features=data.n_marks,
+        d_model=64,
+        d_ff=64,
+        n_heads=4,
+        denoiser_width=64,
+    )
+    tc = TrainConfig(
+        point_epochs=a.epochs,
+        point_lr=1e-3,
+        diffusion_epochs=2 * a.epochs,
+        diffusion_lr=2e-3,
+        max_batches_per_epoch=a.batches_per_epoch,
+        seed=a.seed,
+    )
     return _train_and_report(a, data, config, tc, windows=a.windows)
 
 
-def _train(a: argparse.Namespace) -> Dict[str, Any]:
+def _train(a: argparse.Namespace) -> dict[str, Any]:
     data = load_dataset(a.data, lookback=a.lookback, horizon=a.horizon, download=a.download)
-    config = ForecastConfig(lookback=a.lookback, horizon=a.horizon, n_variates=data.n_variates,
-                            n_time_features=data.n_marks, d_model=a.d_model, d_ff=a.d_model, denoiser=a.denoiser,
-                            prediction=a.prediction)  # fmt: skip
-    tc = TrainConfig(point_epochs=a.epochs, diffusion_epochs=a.diffusion_epochs, batch_size=a.batch_size,
-                     max_batches_per_epoch=a.batches_per_epoch, amp=a.amp, seed=a.seed)  # fmt: skip
+    config = ForecastConfig(
+        lookback=a.lookback,
+        horizon=a.horizon,
+        n_variates=data.n_variates,
+        n_time_features=data.n_marks,
+        d_model=a.d_model,
+        d_ff=a.d_model,
+        denoiser=a.denoiser,
+        prediction=a.prediction,
+    )
+    tc = TrainConfig(
+        point_epochs=a.epochs,
+        diffusion_epochs=a.diffusion_epochs,
+        batch_size=a.batch_size,
+        max_batches_per_epoch=a.batches_per_epoch,
+        amp=a.amp,
+        seed=a.seed,
+    )
     return _train_and_report(a, data, config, tc, windows=a.windows)
 
 
-def _train_and_report(a: argparse.Namespace, data: ForecastDataset, config: ForecastConfig, tc: TrainConfig,
-                      *, windows: Optional[int]) -> Dict[str, Any]:  # fmt: skip
+def _train_and_report(
+    a: argparse.Namespace,
+    data: ForecastDataset,
+    config: ForecastConfig,
+    tc: TrainConfig,
+    *,
+    windows: int | None,
+) -> dict[str, Any]:
     torch.manual_seed(a.seed)
     device = _device(a.device)
     out_dir = Path(a.out)
     model = ITransformerDiffusion(config)
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"data: {data.source} | train/val/test windows {len(data.train)}/{len(data.val)}/{len(data.test)} | "
-          f"model: {n_params / 1e6:.2f}M parameters ({config.denoiser} denoiser) | device: {device}")  # fmt: skip
-    result = train(model, data, tc, device=device, checkpoint=out_dir / "model.pt", progress=a.progress,
-                   on_epoch=lambda r: print("  " + ", ".join(f"{k}={_fmt(v)}" for k, v in r.items())))  # fmt: skip
+    print(
+        f"data: {data.source} | train/val/test windows {len(data.train)}/{len(data.val)}/{len(data.test)} | "
+        f"model: {n_params / 1e6:.2f}M parameters ({config.denoiser} denoiser) | device: {device}"
+    )
+    result = train(
+        model,
+        data,
+        tc,
+        device=device,
+        checkpoint=out_dir / "model.pt",
+        progress=a.progress,
+        on_epoch=lambda r: print("  " + ", ".join(f"{k}={_fmt(v)}" for k, v in r.items())),
+    )
     print(f"trained in {result.seconds:.1f} s; checkpoint {out_dir / 'model.pt'}")
-    scores = evaluate_split(model, data.test, n_samples=a.samples, num_steps=a.steps, sampler=a.sampler,
-                            max_windows=windows, seed=a.seed, device=device, progress=a.progress)  # fmt: skip
-    report = {"data": data.source, "config": dataclasses.asdict(config), "train": dataclasses.asdict(tc),
-              "history": list(result.history), "test": scores}  # fmt: skip
+    scores = evaluate_split(
+        model,
+        data.test,
+        n_samples=a.samples,
+        num_steps=a.steps,
+        sampler=a.sampler,
+        max_windows=windows,
+        seed=a.seed,
+        device=device,
+        progress=a.progress,
+    )
+    report = {
+        "data": data.source,
+        "config": dataclasses.asdict(config),
+        "train": dataclasses.asdict(tc),
+        "history": list(result.history),
+        "test": scores,
+    }
     _print_scores(scores)
     _write_json(report, out_dir / "results.json")
     print(f"results: {out_dir / 'results.json'}")
     return report
 
 
-def _evaluate(a: argparse.Namespace) -> Dict[str, Any]:
+def _evaluate(a: argparse.Namespace) -> dict[str, Any]:
     device = _device(a.device)
     model = ITransformerDiffusion.load(a.checkpoint, map_location=device)
     c = model.config
     data = load_dataset(a.data, lookback=c.lookback, horizon=c.horizon, download=a.download)
-    scores = evaluate_split(model, getattr(data, a.split), n_samples=a.samples, num_steps=a.steps, sampler=a.sampler,
-                            batch_size=a.batch_size, max_windows=a.windows, seed=a.seed, device=device,
-                            progress=a.progress)  # fmt: skip
+    scores = evaluate_split(
+        model,
+        getattr(data, a.split),
+        n_samples=a.samples,
+        num_steps=a.steps,
+        sampler=a.sampler,
+        batch_size=a.batch_size,
+        max_windows=a.windows,
+        seed=a.seed,
+        device=device,
+        progress=a.progress,
+    )
     _print_scores(scores)
     out = Path(a.out) if a.out else Path(a.checkpoint).with_name(f"eval_{a.split}.json")
-    _write_json({"checkpoint": str(a.checkpoint), "data": data.source, "split": a.split, "scores": scores}, out)
+    _write_json(
+        {"checkpoint": str(a.checkpoint), "data": data.source, "split": a.split, "scores": scores},
+        out,
+    )
     print(f"results: {out}")
     return scores
 
@@ -140,16 +229,22 @@ def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-def _print_scores(s: Dict[str, Any]) -> None:
-    print(f"test set: {s['windows']} windows x {s['samples']} samples, {s['sampler']} {s['steps']} steps, "
-          f"sampled in {s['sampling_seconds']:.2f} s (scaled units)")  # fmt: skip
+def _print_scores(s: dict[str, Any]) -> None:
+    print(
+        f"test set: {s['windows']} windows x {s['samples']} samples, {s['sampler']} {s['steps']} steps, "
+        f"sampled in {s['sampling_seconds']:.2f} s (scaled units)"
+    )
     print(f"  point forecast (iTransformer)  mse {s['point_mse']:.4f}  mae {s['point_mae']:.4f}")
     print(f"  mean of the samples            mse {s['mse_mean']:.4f}  mae {s['mae_mean']:.4f}")
     print(f"  median of the samples          mse {s['mse_median']:.4f}  mae {s['mae_median']:.4f}")
-    print(f"  CRPS {s['crps']:.4f} | quantile CRPS {s['quantile_crps']:.4f} | CRPS-sum {s['quantile_crps_sum']:.4f}")
+    print(
+        f"  CRPS {s['crps']:.4f} | quantile CRPS {s['quantile_crps']:.4f} | CRPS-sum {s['quantile_crps_sum']:.4f}"
+    )
     for level in (50, 90):
-        print(f"  {level}% central interval: coverage {s[f'coverage_{level}']:.3f} (nominal {level / 100:.2f}), "
-              f"width {s[f'width_{level}']:.3f}")  # fmt: skip
+        print(
+            f"  {level}% central interval: coverage {s[f'coverage_{level}']:.3f} (nominal {level / 100:.2f}), "
+            f"width {s[f'width_{level}']:.3f}"
+        )
 
 
 def _write_json(obj: Any, path: Path) -> None:
@@ -157,19 +252,31 @@ def _write_json(obj: Any, path: Path) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="diffsample", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="diffsample", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
-    def common(q: argparse.ArgumentParser, *, samples: int, steps: int, windows: Optional[int]) -> None:
-        q.add_argument("--samples", type=int, default=samples, help="samples per window (default %(default)s)")
-        q.add_argument("--steps", type=int, default=steps, help="sampling steps (default %(default)s)")
+    def common(
+        q: argparse.ArgumentParser, *, samples: int, steps: int, windows: int | None
+    ) -> None:
+        q.add_argument(
+            "--samples", type=int, default=samples, help="samples per window (default %(default)s)"
+        )
+        q.add_argument(
+            "--steps", type=int, default=steps, help="sampling steps (default %(default)s)"
+        )
         q.add_argument("--sampler", choices=["ddim", "ddpm", "dpmpp_2m"], default="ddim")
-        q.add_argument("--windows", type=int, default=windows, help="score only the first N test windows")
+        q.add_argument(
+            "--windows", type=int, default=windows, help="score only the first N test windows"
+        )
         q.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
         q.add_argument("--seed", type=int, default=0)
         q.add_argument("--no-progress", dest="progress", action="store_false", default=None)
 
-    d = sub.add_parser("demo", help="train a small model on the built-in synthetic data and score it")
+    d = sub.add_parser(
+        "demo", help="train a small model on the built-in synthetic data and score it"
+    )
     d.add_argument("--out", default="runs/demo")
     d.add_argument("--lookback", type=int, default=96)
     d.add_argument("--horizon", type=int, default=96)
@@ -178,9 +285,17 @@ def _parser() -> argparse.ArgumentParser:
     common(d, samples=32, steps=20, windows=128)
     d.set_defaults(run=_demo)
 
-    t = sub.add_parser("train", help="train on a CSV (ETT protocol or 70/10/20) or the synthetic data")
-    t.add_argument("--data", default=None, help="ETTh1 | ETTh2 | ETTm1 | ETTm2 | a CSV path | synthetic (default)")
-    t.add_argument("--download", action="store_true", help="fetch a named ETT file into the cache if missing")
+    t = sub.add_parser(
+        "train", help="train on a CSV (ETT protocol or 70/10/20) or the synthetic data"
+    )
+    t.add_argument(
+        "--data",
+        default=None,
+        help="ETTh1 | ETTh2 | ETTm1 | ETTm2 | a CSV path | synthetic (default)",
+    )
+    t.add_argument(
+        "--download", action="store_true", help="fetch a named ETT file into the cache if missing"
+    )
     t.add_argument("--out", required=True)
     t.add_argument("--lookback", type=int, default=96)
     t.add_argument("--horizon", type=int, default=96)
@@ -207,7 +322,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         args.run(args)

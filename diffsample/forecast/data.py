@@ -28,10 +28,11 @@ import os
 import tempfile
 import urllib.error
 import urllib.request
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Iterator, List, Literal, Optional, Sequence, Tuple, TypeVar, Union
+from typing import Literal, TypeVar, Union
 
 import numpy as np
 import torch
@@ -41,12 +42,12 @@ from .._utils import describe
 __all__ = [
     "ForecastDataset",
     "ForecastSplit",
-    "WindowBatch",
     "StandardScaler",
-    "load_dataset",
-    "load_csv",
-    "synthetic_dataset",
+    "WindowBatch",
     "download_ett",
+    "load_csv",
+    "load_dataset",
+    "synthetic_dataset",
     "time_features",
 ]
 
@@ -56,8 +57,8 @@ PathLike = Union[str, "os.PathLike[str]"]
 ArrayOrTensor = TypeVar("ArrayOrTensor", np.ndarray, torch.Tensor)
 IndexLike = Union[int, Sequence[int], np.ndarray, torch.Tensor]
 
-ETT_COLUMNS: Tuple[str, ...] = ("date", "HUFL", "HULL", "MUFL", "MULL", "LUFL", "LULL", "OT")
-ETT_NAMES: Tuple[str, ...] = ("ETTh1", "ETTh2", "ETTm1", "ETTm2")
+ETT_COLUMNS: tuple[str, ...] = ("date", "HUFL", "HULL", "MUFL", "MULL", "LUFL", "LULL", "OT")
+ETT_NAMES: tuple[str, ...] = ("ETTh1", "ETTh2", "ETTm1", "ETTm2")
 ETT_BASE_URL = "https://raw.githubusercontent.com/zhouhaoyi/ETDataset/main/ETT-small/"
 _ETT_HOUR_BORDERS = (12 * 30 * 24, 12 * 30 * 24 + 4 * 30 * 24, 12 * 30 * 24 + 8 * 30 * 24)
 _ETT_MINUTE_BORDERS = tuple(4 * b for b in _ETT_HOUR_BORDERS)
@@ -144,7 +145,7 @@ class ForecastSplit:
     def n_variates(self) -> int:
         return self.values.shape[1]
 
-    def to(self, device: Union[str, torch.device]) -> "ForecastSplit":
+    def to(self, device: str | torch.device) -> ForecastSplit:
         """The same split with ``values`` and ``marks`` on ``device`` (once, before training)."""
         return dataclasses.replace(self, values=self.values.to(device), marks=self.marks.to(device))
 
@@ -167,13 +168,13 @@ class ForecastSplit:
     def _gather(self, idx: torch.Tensor) -> WindowBatch:
         """``windows`` for checked int64 indices ``[B]`` on the data's device (no host sync)."""
         L, H, dev = self.lookback, self.horizon, self.values.device
-        hist = idx[:, None] + torch.arange(L, device=dev)                                   # [B, L]
-        targ = idx[:, None] + (L + torch.arange(H, device=dev))                             # [B, H]
+        hist = idx[:, None] + torch.arange(L, device=dev)  # [B, L]
+        targ = idx[:, None] + (L + torch.arange(H, device=dev))  # [B, H]
         return WindowBatch(
-            x=self.values[hist],                                                         # [B, L, N]
-            y=self.values[targ],                                                         # [B, H, N]
-            x_mark=self.marks[hist],                                                     # [B, L, F]
-            y_mark=self.marks[targ],                                                     # [B, H, F]
+            x=self.values[hist],  # [B, L, N]
+            y=self.values[targ],  # [B, H, N]
+            x_mark=self.marks[hist],  # [B, L, F]
+            y_mark=self.marks[targ],  # [B, H, F]
             index=idx,
         )
 
@@ -182,7 +183,7 @@ class ForecastSplit:
         batch_size: int,
         *,
         shuffle: bool = False,
-        generator: Optional[torch.Generator] = None,
+        generator: torch.Generator | None = None,
     ) -> Iterator[WindowBatch]:
         """Iterate over all windows in batches; the last, partial batch is kept.
 
@@ -221,7 +222,7 @@ class ForecastSplit:
             raise TypeError(f"index: expected integer window indices, got {describe(idx)}")
         if idx.ndim > 1:
             raise ValueError(f"index: expected an int or a 1-D sequence [B], got {describe(idx)}")
-        idx = idx.reshape(-1).to(device=self.values.device, dtype=torch.long)                  # [B]
+        idx = idx.reshape(-1).to(device=self.values.device, dtype=torch.long)  # [B]
         if idx.numel() and bool(((idx < 0) | (idx >= len(self))).any()):
             bad = idx[(idx < 0) | (idx >= len(self))][0].item()
             raise IndexError(
@@ -263,7 +264,7 @@ class StandardScaler:
         object.__setattr__(self, "std", std)
 
     @classmethod
-    def fit(cls, values: np.ndarray) -> "StandardScaler":
+    def fit(cls, values: np.ndarray) -> StandardScaler:
         """Fit on ``[T, N]`` rows: mean and population std (ddof = 0) per variate, in float64."""
         v = np.asarray(values, dtype=np.float64)
         if v.ndim != 2 or v.shape[0] < 1:
@@ -287,7 +288,7 @@ class StandardScaler:
         mean, std = self._params_like(values, "inverse_transform")
         return values * std + mean
 
-    def _params_like(self, values: object, what: str) -> Tuple[object, object]:
+    def _params_like(self, values: object, what: str) -> tuple[object, object]:
         if isinstance(values, torch.Tensor):
             shape, like = tuple(values.shape), values
         elif isinstance(values, np.ndarray):
@@ -306,8 +307,8 @@ class StandardScaler:
             return self.mean, self.std
         dtype = like.dtype if like.is_floating_point() else torch.get_default_dtype()
         return (
-            torch.from_numpy(self.mean.copy()).to(dtype=dtype, device=like.device),            # [N]
-            torch.from_numpy(self.std.copy()).to(dtype=dtype, device=like.device),             # [N]
+            torch.from_numpy(self.mean.copy()).to(dtype=dtype, device=like.device),  # [N]
+            torch.from_numpy(self.std.copy()).to(dtype=dtype, device=like.device),  # [N]
         )
 
 
@@ -334,8 +335,8 @@ class ForecastDataset:
     val: ForecastSplit
     test: ForecastSplit
     scaler: StandardScaler
-    columns: Tuple[str, ...]
-    time_features: Tuple[str, ...]
+    columns: tuple[str, ...]
+    time_features: tuple[str, ...]
     lookback: int
     horizon: int
     freq: str
@@ -352,7 +353,7 @@ class ForecastDataset:
         """F."""
         return len(self.time_features)
 
-    def splits(self) -> Tuple[ForecastSplit, ForecastSplit, ForecastSplit]:
+    def splits(self) -> tuple[ForecastSplit, ForecastSplit, ForecastSplit]:
         """``(train, val, test)``."""
         return self.train, self.val, self.test
 
@@ -391,7 +392,7 @@ def time_features(dates: np.ndarray, *, freq: Freq = "h") -> np.ndarray:
     cols.append((yday - 1) / 365.0 - 0.5)
     if freq == "t":
         cols.insert(0, minute / 59.0 - 0.5)
-    return np.stack(cols, axis=1).astype(np.float32)                                        # [T, F]
+    return np.stack(cols, axis=1).astype(np.float32)  # [T, F]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -401,12 +402,12 @@ def time_features(dates: np.ndarray, *, freq: Freq = "h") -> np.ndarray:
 
 @dataclass(frozen=True)
 class _Table:
-    columns: Tuple[str, ...]  # the N variate names, in file order
+    columns: tuple[str, ...]  # the N variate names, in file order
     dates: np.ndarray  # [n] datetime64[s]
     values: np.ndarray  # [n, N] float64
 
 
-def _parse_date(text: str) -> Optional[datetime]:
+def _parse_date(text: str) -> datetime | None:
     s = text.strip()
     try:
         dt = datetime.fromisoformat(s)
@@ -430,11 +431,11 @@ def _read_table(path: PathLike, *, ett: bool) -> _Table:
     naming the file, the line and the column of the first bad cell.
     """
     p = str(path)
-    rows: List[List[str]] = []
-    lines: List[int] = []
+    rows: list[list[str]] = []
+    lines: list[int] = []
     with open(p, newline="", encoding="utf-8-sig") as fh:
         reader = csv.reader(fh)
-        header: Optional[List[str]] = None
+        header: list[str] | None = None
         for row in reader:
             if not row or all(not c.strip() for c in row):
                 continue
@@ -493,7 +494,7 @@ def _read_table(path: PathLike, *, ett: bool) -> _Table:
     vcols = [j for j in range(n_cols) if j != di]
     names = tuple(header[j] for j in vcols)
 
-    parsed: List[datetime] = []
+    parsed: list[datetime] = []
     for row, line in zip(rows, lines):
         dt = _parse_date(row[di])
         if dt is None:
@@ -502,7 +503,7 @@ def _read_table(path: PathLike, *, ett: bool) -> _Table:
                 f"expected ISO 8601 such as '2016-07-01 00:00:00' (or 'YYYY/MM/DD HH:MM:SS')"
             )
         parsed.append(dt)
-    dates = np.array(parsed, dtype="datetime64[s]")                                            # [n]
+    dates = np.array(parsed, dtype="datetime64[s]")  # [n]
     later = dates[1:] > dates[:-1]
     if not later.all():
         k = int(np.argmin(later)) + 1
@@ -514,7 +515,7 @@ def _read_table(path: PathLike, *, ett: bool) -> _Table:
 
     cells = [[row[j] for j in vcols] for row in rows]
     try:
-        values = np.array(cells, dtype=np.float64)                                          # [n, N]
+        values = np.array(cells, dtype=np.float64)  # [n, N]
     except ValueError:
         values = None
     if values is None or not np.isfinite(values).all():
@@ -534,7 +535,7 @@ def _read_table(path: PathLike, *, ett: bool) -> _Table:
                     )
                 out.append(v)
             parsed_values.append(out)
-        values = np.array(parsed_values, dtype=np.float64)                                  # [n, N]
+        values = np.array(parsed_values, dtype=np.float64)  # [n, N]
     return _Table(columns=names, dates=dates, values=values)
 
 
@@ -551,20 +552,20 @@ def _check_window_lengths(lookback: object, horizon: object) -> None:
             raise ValueError(f"{name}: expected a positive int (time steps), got {v}")
 
 
-def _custom_borders(n: int, lookback: int) -> Tuple[Tuple[int, int], ...]:
+def _custom_borders(n: int, lookback: int) -> tuple[tuple[int, int], ...]:
     num_train, num_test = int(n * 0.7), int(n * 0.2)
     num_val = n - num_train - num_test
     val = (num_train - lookback, num_train + num_val)
     return ((0, num_train), val, (n - num_test - lookback, n))
 
 
-def _borders_ok(borders: Sequence[Tuple[int, int]], lookback: int, horizon: int) -> bool:
+def _borders_ok(borders: Sequence[tuple[int, int]], lookback: int, horizon: int) -> bool:
     return all(lo >= 0 and hi - lo >= lookback + horizon for lo, hi in borders)
 
 
 def _split_borders(
     n: int, protocol: str, lookback: int, horizon: int, path: str
-) -> Tuple[Tuple[int, int], ...]:
+) -> tuple[tuple[int, int], ...]:
     names = ("train", "val", "test")
     if protocol in ("etth", "ettm"):
         b1, b2, b3 = _ETT_HOUR_BORDERS if protocol == "etth" else _ETT_MINUTE_BORDERS
@@ -603,8 +604,8 @@ def _build(
     dates: np.ndarray,
     raw: np.ndarray,
     *,
-    columns: Tuple[str, ...],
-    borders: Tuple[Tuple[int, int], ...],
+    columns: tuple[str, ...],
+    borders: tuple[tuple[int, int], ...],
     lookback: int,
     horizon: int,
     freq: str,
@@ -613,8 +614,8 @@ def _build(
 ) -> ForecastDataset:
     """Fit the scaler on the train rows, scale everything, cut the splits."""
     scaler = StandardScaler.fit(raw[borders[0][0] : borders[0][1]])
-    scaled = scaler.transform(raw[: borders[-1][1]]).astype(np.float32)                     # [n, N]
-    marks = time_features(dates[: borders[-1][1]], freq=freq)                               # [n, F]
+    scaled = scaler.transform(raw[: borders[-1][1]]).astype(np.float32)  # [n, N]
+    marks = time_features(dates[: borders[-1][1]], freq=freq)  # [n, F]
     splits = []
     for name, (lo, hi) in zip(("train", "val", "test"), borders):
         d = dates[lo:hi].copy()
@@ -622,8 +623,8 @@ def _build(
         splits.append(
             ForecastSplit(
                 name=name,
-                values=torch.from_numpy(scaled[lo:hi].copy()),                              # [T, N]
-                marks=torch.from_numpy(marks[lo:hi].copy()),                                # [T, F]
+                values=torch.from_numpy(scaled[lo:hi].copy()),  # [T, N]
+                marks=torch.from_numpy(marks[lo:hi].copy()),  # [T, F]
                 dates=d,
                 start=lo,
                 lookback=lookback,
@@ -665,7 +666,7 @@ def load_csv(
     lookback: int = 96,
     horizon: int = 96,
     protocol: Protocol = "auto",
-    freq: Optional[Freq] = None,
+    freq: Freq | None = None,
 ) -> ForecastDataset:
     """Load an ETT or custom CSV with the Time-Series-Library splits and a train-fitted scaler.
 
@@ -772,55 +773,55 @@ def synthetic_dataset(
     )
 
 
-def _synthetic_values(T: int, N: int, seed: int) -> Tuple[np.ndarray, np.ndarray]:
+def _synthetic_values(T: int, N: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Timestamps ``[T]`` and raw values ``[T, N]`` float64 of the synthetic series."""
     rng = np.random.default_rng(seed)
     dates = np.datetime64("2020-01-01T00:00:00", "s") + np.arange(T) * np.timedelta64(1, "h")  # [T]
     day = dates.astype("datetime64[D]")
-    hour = (dates.astype("datetime64[h]") - day).astype(np.int64).astype(np.float64)           # [T]
-    weekday = (day.astype(np.int64) + 3) % 7                                                   # [T]
-    t = np.arange(T, dtype=np.float64)                                                         # [T]
+    hour = (dates.astype("datetime64[h]") - day).astype(np.int64).astype(np.float64)  # [T]
+    weekday = (day.astype(np.int64) + 3) % 7  # [T]
+    t = np.arange(T, dtype=np.float64)  # [T]
 
     # shared latent AR(1) factors with unit stationary variance
-    phi = np.array([0.98, 0.85])                                                               # [K]
-    innov = rng.standard_normal((T, 2)) * np.sqrt(1.0 - phi**2)                             # [T, K]
+    phi = np.array([0.98, 0.85])  # [K]
+    innov = rng.standard_normal((T, 2)) * np.sqrt(1.0 - phi**2)  # [T, K]
     f = np.empty((T, 2))
     f[0] = rng.standard_normal(2)
     for i in range(1, T):
         f[i] = phi * f[i - 1] + innov[i]
 
     def col(lo: float, hi: float) -> np.ndarray:
-        return rng.uniform(lo, hi, N)[None, :]                                              # [1, N]
+        return rng.uniform(lo, hi, N)[None, :]  # [1, N]
 
-    ang = 2.0 * np.pi * hour[:, None] / 24.0                                                # [T, 1]
-    phase = 0.4 * rng.standard_normal(N)[None, :] - 0.5 * np.pi                             # [1, N]
+    ang = 2.0 * np.pi * hour[:, None] / 24.0  # [T, 1]
+    phase = 0.4 * rng.standard_normal(N)[None, :] - 0.5 * np.pi  # [1, N]
     daily = col(0.8, 1.5) * np.sin(ang + phase) + col(0.1, 0.4) * np.sin(2.0 * ang + 2.0 * phase)
     weekly = -col(0.3, 0.7) * (weekday[:, None] >= 5) + col(0.1, 0.3) * np.sin(
         2.0 * np.pi * t[:, None] / 168.0 + col(0.0, 2.0 * np.pi)
     )
-    u = t[:, None] / max(T - 1, 1)                                                          # [T, 1]
+    u = t[:, None] / max(T - 1, 1)  # [T, 1]
     trend = rng.normal(0.0, 0.8, N)[None, :] * u + col(0.2, 0.5) * np.sin(
         2.0 * np.pi * u * 1.5 + col(0.0, 2.0 * np.pi)
     )
-    loadings = rng.normal(0.0, 0.6, (N, 2)) + np.array([0.6, 0.0])                          # [N, K]
-    latent = f @ loadings.T                                                                 # [T, N]
+    loadings = rng.normal(0.0, 0.6, (N, 2)) + np.array([0.6, 0.0])  # [N, K]
+    latent = f @ loadings.T  # [T, N]
 
-    daytime = 0.5 * (1.0 - np.cos(2.0 * np.pi * (hour[:, None] - 3.0) / 24.0))   # [T, 1] peak 15:00
-    sigma = col(0.3, 0.5) * (0.5 + daytime) * np.exp(0.2 * f[:, :1])                        # [T, N]
+    daytime = 0.5 * (1.0 - np.cos(2.0 * np.pi * (hour[:, None] - 3.0) / 24.0))  # [T, 1] peak 15:00
+    sigma = col(0.3, 0.5) * (0.5 + daytime) * np.exp(0.2 * f[:, :1])  # [T, N]
     k = 1.0
     shocks = np.sqrt(0.2) * rng.standard_normal((T, N)) + np.sqrt(0.8) * (
         rng.gamma(k, 1.0, (T, N)) - k
-    ) / np.sqrt(k)                                                                          # [T, N]
+    ) / np.sqrt(k)  # [T, N]
 
-    base = daily + weekly + trend + latent + sigma * shocks                                 # [T, N]
+    base = daily + weekly + trend + latent + sigma * shocks  # [T, N]
     gamma = rng.uniform(0.3, 0.6, N)
     lags = rng.integers(1, 7, N)
     z = base.copy()
     for n in range(1, N):  # loop over variates; each step is vectorised over time
-        prev = np.concatenate([np.full(lags[n], z[0, n - 1]), z[: T - lags[n], n - 1]])        # [T]
+        prev = np.concatenate([np.full(lags[n], z[0, n - 1]), z[: T - lags[n], n - 1]])  # [T]
         z[:, n] += gamma[n] * prev
     level, scale = col(5.0, 50.0), col(0.5, 5.0)
-    return dates, level + scale * z                                                         # [T, N]
+    return dates, level + scale * z  # [T, N]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -828,7 +829,7 @@ def _synthetic_values(T: int, N: int, seed: int) -> Tuple[np.ndarray, np.ndarray
 # ----------------------------------------------------------------------------------------------
 
 
-def _cache_dir(cache_dir: Optional[PathLike]) -> Path:
+def _cache_dir(cache_dir: PathLike | None) -> Path:
     if cache_dir is not None:
         return Path(cache_dir)
     env = os.environ.get("DIFFSAMPLE_CACHE")
@@ -845,7 +846,7 @@ def _ett_name(name: str) -> str:
 def download_ett(
     name: str = "ETTh1",
     *,
-    cache_dir: Optional[PathLike] = None,
+    cache_dir: PathLike | None = None,
     base_url: str = ETT_BASE_URL,
     timeout: float = 60.0,
 ) -> Path:
@@ -912,7 +913,7 @@ def download_ett(
     return target
 
 
-def _find_ett(stem: str) -> Optional[Path]:
+def _find_ett(stem: str) -> Path | None:
     dirs = []
     if os.environ.get("DIFFSAMPLE_ETT_DIR"):
         dirs.append(Path(os.environ["DIFFSAMPLE_ETT_DIR"]))
@@ -924,12 +925,12 @@ def _find_ett(stem: str) -> Optional[Path]:
 
 
 def load_dataset(
-    source: Optional[PathLike] = None,
+    source: PathLike | None = None,
     *,
     lookback: int = 96,
     horizon: int = 96,
     protocol: Protocol = "auto",
-    freq: Optional[Freq] = None,
+    freq: Freq | None = None,
     download: bool = False,
 ) -> ForecastDataset:
     """One entry point: the synthetic default, a CSV path, or an ETT name.

@@ -18,7 +18,7 @@ Contract (the core's): ``denoiser(x_t [M, H, N], t [M] long, *, z [M, N, Dz]) ->
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +31,9 @@ __all__ = ["TokenDenoiser", "UNet1DDenoiser", "timestep_embedding"]
 def timestep_embedding(t: torch.Tensor, dim: int, *, max_period: float = 10_000.0) -> torch.Tensor:
     """Sinusoidal embedding of integer steps ``t [M]`` -> ``[M, dim]`` (float32)."""
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    freqs = torch.exp(
+        -math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half
+    )
     args = t.float()[:, None] * freqs[None]  # [M, dim/2]
     emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
     return F.pad(emb, (0, dim % 2))
@@ -62,7 +64,9 @@ class _AdaLNBlock(nn.Module):
         self.attn = nn.MultiheadAttention(d_model, n_heads, dropout=dropout, batch_first=True)
         self.norm2 = nn.LayerNorm(d_model, elementwise_affine=False, eps=1e-6)
         hidden = int(d_model * mlp_ratio)
-        self.mlp = nn.Sequential(nn.Linear(d_model, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, d_model))
+        self.mlp = nn.Sequential(
+            nn.Linear(d_model, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, d_model)
+        )
         self.ada = nn.Sequential(nn.SiLU(), nn.Linear(d_model, 6 * d_model))
         nn.init.zeros_(self.ada[1].weight)
         nn.init.zeros_(self.ada[1].bias)
@@ -98,7 +102,9 @@ class TokenDenoiser(nn.Module):
         self.embed = nn.Linear(horizon, d_model)
         self.cond = nn.Linear(cond_dim, d_model)
         self.step = StepEmbedding(d_model)
-        self.blocks = nn.ModuleList(_AdaLNBlock(d_model, n_heads, mlp_ratio, dropout) for _ in range(n_layers))
+        self.blocks = nn.ModuleList(
+            _AdaLNBlock(d_model, n_heads, mlp_ratio, dropout) for _ in range(n_layers)
+        )
         self.norm = nn.LayerNorm(d_model, elementwise_affine=False, eps=1e-6)
         self.final_ada = nn.Sequential(nn.SiLU(), nn.Linear(d_model, 2 * d_model))
         self.out = nn.Linear(d_model, horizon)
@@ -121,11 +127,17 @@ class _FiLMResBlock(nn.Module):
 
     def __init__(self, c_in: int, c_out: int, emb_dim: int, groups: int) -> None:
         super().__init__()
-        self.norm1, self.conv1 = nn.GroupNorm(min(groups, c_in), c_in), nn.Conv1d(c_in, c_out, 3, padding=1)
+        self.norm1, self.conv1 = (
+            nn.GroupNorm(min(groups, c_in), c_in),
+            nn.Conv1d(c_in, c_out, 3, padding=1),
+        )
         self.film = nn.Linear(emb_dim, 2 * c_out)
         nn.init.zeros_(self.film.weight)  # FiLM starts as the identity
         nn.init.zeros_(self.film.bias)
-        self.norm2, self.conv2 = nn.GroupNorm(min(groups, c_out), c_out), nn.Conv1d(c_out, c_out, 3, padding=1)
+        self.norm2, self.conv2 = (
+            nn.GroupNorm(min(groups, c_out), c_out),
+            nn.Conv1d(c_out, c_out, 3, padding=1),
+        )
         self.skip = nn.Conv1d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
@@ -141,7 +153,9 @@ class _CrossAttention(nn.Module):
     def __init__(self, channels: int, cond_dim: int, n_heads: int) -> None:
         super().__init__()
         self.norm = nn.GroupNorm(1, channels)
-        self.attn = nn.MultiheadAttention(channels, n_heads, kdim=cond_dim, vdim=cond_dim, batch_first=True)
+        self.attn = nn.MultiheadAttention(
+            channels, n_heads, kdim=cond_dim, vdim=cond_dim, batch_first=True
+        )
         nn.init.zeros_(self.attn.out_proj.weight)
         nn.init.zeros_(self.attn.out_proj.bias)
 
@@ -182,16 +196,23 @@ class UNet1DDenoiser(nn.Module):
         for i, c in enumerate(channels):
             self.down.append(_FiLMResBlock(channels[max(i - 1, 0)], c, emb_dim, groups))
             self.down_attn.append(_CrossAttention(c, cond_dim, n_heads) if i > 0 else nn.Identity())
-            self.pool.append(nn.Conv1d(c, c, 3, stride=2, padding=1) if i < len(channels) - 1 else nn.Identity())
+            self.pool.append(
+                nn.Conv1d(c, c, 3, stride=2, padding=1) if i < len(channels) - 1 else nn.Identity()
+            )
         self.mid = _FiLMResBlock(channels[-1], channels[-1], emb_dim, groups)
         self.mid_attn = _CrossAttention(channels[-1], cond_dim, n_heads)
         self.up, self.up_attn = nn.ModuleList(), nn.ModuleList()
         for i in reversed(range(len(channels))):
             c_out = channels[max(i - 1, 0)]
             self.up.append(_FiLMResBlock(2 * channels[i], c_out, emb_dim, groups))
-            self.up_attn.append(_CrossAttention(c_out, cond_dim, n_heads) if i > 1 else nn.Identity())
-        self.out = nn.Sequential(nn.GroupNorm(min(groups, channels[0]), channels[0]), nn.SiLU(),
-                                 nn.Conv1d(channels[0], 1, 3, padding=1))  # fmt: skip
+            self.up_attn.append(
+                _CrossAttention(c_out, cond_dim, n_heads) if i > 1 else nn.Identity()
+            )
+        self.out = nn.Sequential(
+            nn.GroupNorm(min(groups, channels[0]), channels[0]),
+            nn.SiLU(),
+            nn.Conv1d(channels[0], 1, 3, padding=1),
+        )
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)
 
@@ -200,9 +221,13 @@ class UNet1DDenoiser(nn.Module):
         mult = 2 ** (self.levels - 1)
         pad = -H % mult
         x = rearrange(F.pad(x_t, (0, 0, 0, pad)), "m h n -> (m n) 1 h")  # [M*N, 1, H + pad]
-        emb = self.step(t)[:, None] + self.own_token(z)  # [M, N, E]: the step plus the variate's own token
+        emb = self.step(t)[:, None] + self.own_token(
+            z
+        )  # [M, N, E]: the step plus the variate's own token
         emb = rearrange(emb, "m n e -> (m n) e")
-        z_rows = z.repeat_interleave(N, dim=0)  # [M*N, N, Dz]: every series reads its window's tokens
+        z_rows = z.repeat_interleave(
+            N, dim=0
+        )  # [M*N, N, Dz]: every series reads its window's tokens
         h, skips = self.inp(x), []
         for block, attn, pool in zip(self.down, self.down_attn, self.pool):
             h = block(h, emb)
@@ -212,7 +237,11 @@ class UNet1DDenoiser(nn.Module):
         h = self.mid_attn(self.mid(h, emb), z_rows)
         for block, attn in zip(self.up, self.up_attn):
             skip = skips.pop()
-            h = F.interpolate(h, size=skip.shape[-1], mode="nearest") if h.shape[-1] != skip.shape[-1] else h
+            h = (
+                F.interpolate(h, size=skip.shape[-1], mode="nearest")
+                if h.shape[-1] != skip.shape[-1]
+                else h
+            )
             h = block(torch.cat([h, skip], dim=1), emb)
             h = attn(h, z_rows) if isinstance(attn, _CrossAttention) else h
         out = self.out(h)[:, 0, :H]  # [M*N, H]

@@ -14,8 +14,6 @@ variate tokens z [B, N, D] that condition the residual diffusion.
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
-
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -39,7 +37,9 @@ class EncoderLayer(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, k, v = rearrange(self.qkv(x), "b t (three h d) -> three b h t d", three=3, h=self.n_heads)
+        q, k, v = rearrange(
+            self.qkv(x), "b t (three h d) -> three b h t d", three=3, h=self.n_heads
+        )
         p = self.dropout.p if self.training else 0.0
         attn = F.scaled_dot_product_attention(q, k, v, dropout_p=p)  # [B, heads, tokens, D/heads]
         x = self.norm1(x + self.dropout(self.proj(rearrange(attn, "b h t d -> b t (h d)"))))
@@ -70,23 +70,34 @@ class ITransformer(nn.Module):
         norm_eps: float = 1e-5,
     ) -> None:
         super().__init__()
-        self.lookback, self.horizon, self.n_time_features, self.norm_eps = lookback, horizon, n_time_features, norm_eps
+        self.lookback, self.horizon, self.n_time_features, self.norm_eps = (
+            lookback,
+            horizon,
+            n_time_features,
+            norm_eps,
+        )
         self.embed = nn.Linear(lookback, d_model)
         self.embed_dropout = nn.Dropout(dropout)
-        self.layers = nn.ModuleList(EncoderLayer(d_model, n_heads, d_ff, dropout) for _ in range(n_layers))
+        self.layers = nn.ModuleList(
+            EncoderLayer(d_model, n_heads, d_ff, dropout) for _ in range(n_layers)
+        )
         self.norm = nn.LayerNorm(d_model)
         self.head = nn.Linear(d_model, horizon)
 
     def forward(
-        self, history: torch.Tensor, time_features: Optional[torch.Tensor] = None
-    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        self, history: torch.Tensor, time_features: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """history ``[B, L, N]``, time_features ``[B, L, F]`` or None -> (y_det ``[B, H, N]``, z ``[B, N, D]``)."""
         B, L, N = history.shape
         mean = history.mean(dim=1, keepdim=True)  # [B, 1, N]
-        std = torch.sqrt(history.var(dim=1, keepdim=True, unbiased=False) + self.norm_eps)  # [B, 1, N]
+        std = torch.sqrt(
+            history.var(dim=1, keepdim=True, unbiased=False) + self.norm_eps
+        )  # [B, 1, N]
         tokens = rearrange((history - mean) / std, "b l n -> b n l")  # [B, N, L]
         if time_features is not None:
-            tokens = torch.cat([tokens, rearrange(time_features, "b l f -> b f l")], dim=1)  # [B, N + F, L]
+            tokens = torch.cat(
+                [tokens, rearrange(time_features, "b l f -> b f l")], dim=1
+            )  # [B, N + F, L]
         h = self.embed_dropout(self.embed(tokens))  # [B, N + F, D]
         for layer in self.layers:
             h = layer(h)

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -54,7 +55,7 @@ class ForecastConfig:
     denoiser_width: int = 128  # D of the token transformer; emb_dim of the U-Net
     denoiser_layers: int = 2
     denoiser_heads: int = 4
-    unet_channels: Tuple[int, ...] = (32, 64)
+    unet_channels: tuple[int, ...] = (32, 64)
     # v-prediction keeps x0 = alpha x_t - sigma v bounded at the noisiest steps, where
     # eps-prediction divides by alpha ~ 1e-4 (cosine, t = T - 1) and amplifies every error
     prediction: Literal["eps", "x0", "v"] = "v"
@@ -62,20 +63,38 @@ class ForecastConfig:
     num_train_steps: int = 1000
 
     def __post_init__(self) -> None:
-        for name in ("lookback", "horizon", "n_variates", "d_model", "n_heads", "n_layers", "d_ff",
-                     "denoiser_width", "denoiser_layers", "denoiser_heads", "num_train_steps"):  # fmt: skip
+        for name in (
+            "lookback",
+            "horizon",
+            "n_variates",
+            "d_model",
+            "n_heads",
+            "n_layers",
+            "d_ff",
+            "denoiser_width",
+            "denoiser_layers",
+            "denoiser_heads",
+            "num_train_steps",
+        ):
             check_int(name, getattr(self, name))
         check_int("n_time_features", self.n_time_features, minimum=0)
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout: expected a value in [0, 1), got {self.dropout!r}")
-        choices = {"denoiser": ("token", "unet"), "prediction": ("eps", "x0", "v"),
-                   "schedule": ("linear", "scaled_linear", "cosine", "sigmoid")}  # fmt: skip
+        choices = {
+            "denoiser": ("token", "unet"),
+            "prediction": ("eps", "x0", "v"),
+            "schedule": ("linear", "scaled_linear", "cosine", "sigmoid"),
+        }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
-                raise ValueError(f"{name}: expected one of {list(allowed)}, got {getattr(self, name)!r}")
+                raise ValueError(
+                    f"{name}: expected one of {list(allowed)}, got {getattr(self, name)!r}"
+                )
         object.__setattr__(self, "unet_channels", tuple(int(c) for c in self.unet_channels))
         if not self.unet_channels or min(self.unet_channels) < 1:
-            raise ValueError(f"unet_channels: expected positive channel counts, got {self.unet_channels!r}")
+            raise ValueError(
+                f"unet_channels: expected positive channel counts, got {self.unet_channels!r}"
+            )
 
 
 class ITransformerDiffusion(nn.Module):
@@ -87,31 +106,47 @@ class ITransformerDiffusion(nn.Module):
             raise TypeError(f"config: expected a ForecastConfig, got {type(config).__name__}")
         c = self.config = config
         self.backbone = ITransformer(
-            c.lookback, c.horizon, n_time_features=c.n_time_features, d_model=c.d_model,
-            n_heads=c.n_heads, n_layers=c.n_layers, d_ff=c.d_ff, dropout=c.dropout,  # fmt: skip
+            c.lookback,
+            c.horizon,
+            n_time_features=c.n_time_features,
+            d_model=c.d_model,
+            n_heads=c.n_heads,
+            n_layers=c.n_layers,
+            d_ff=c.d_ff,
+            dropout=c.dropout,
         )
         if c.denoiser == "token":
             self.denoiser: nn.Module = TokenDenoiser(
-                c.horizon, c.d_model, d_model=c.denoiser_width, n_heads=c.denoiser_heads, n_layers=c.denoiser_layers
+                c.horizon,
+                c.d_model,
+                d_model=c.denoiser_width,
+                n_heads=c.denoiser_heads,
+                n_layers=c.denoiser_layers,
             )
         else:
             self.denoiser = UNet1DDenoiser(
-                c.horizon, c.d_model, channels=c.unet_channels, emb_dim=c.denoiser_width, n_heads=c.denoiser_heads
+                c.horizon,
+                c.d_model,
+                channels=c.unet_channels,
+                emb_dim=c.denoiser_width,
+                n_heads=c.denoiser_heads,
             )
-        self.schedule = NoiseSchedule.by_name(c.schedule, c.num_train_steps)  # float64, kept off the module's dtype
+        self.schedule = NoiseSchedule.by_name(
+            c.schedule, c.num_train_steps
+        )  # float64, kept off the module's dtype
         self.register_buffer("res_mean", torch.zeros(c.n_variates))  # [N]
         self.register_buffer("res_std", torch.ones(c.n_variates))  # [N]
 
     # ------------------------------------------------------------------ pieces
     def forward(
-        self, history: torch.Tensor, time_features: Optional[torch.Tensor] = None
-    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        self, history: torch.Tensor, time_features: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The backbone: history ``[B, L, N]`` -> (y_det ``[B, H, N]``, z ``[B, N, D]``)."""
         self._check_inputs(history, time_features)
         return self.backbone(history, time_features if self.config.n_time_features else None)
 
     def point_loss(
-        self, history: torch.Tensor, target: torch.Tensor, time_features: Optional[torch.Tensor] = None
+        self, history: torch.Tensor, target: torch.Tensor, time_features: torch.Tensor | None = None
     ) -> torch.Tensor:
         """MSE of the point forecast (stage 1)."""
         y_det, _ = self(history, time_features)
@@ -121,9 +156,9 @@ class ITransformerDiffusion(nn.Module):
         self,
         history: torch.Tensor,
         target: torch.Tensor,
-        time_features: Optional[torch.Tensor] = None,
+        time_features: torch.Tensor | None = None,
         *,
-        generator: Optional[torch.Generator] = None,
+        generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """Denoising loss on normalised residuals (stage 2); the backbone is not trained here.
 
@@ -134,9 +169,13 @@ class ITransformerDiffusion(nn.Module):
             y_det, z = self(history, time_features)
             r0 = self.normalise_residual(target, y_det)  # [B, H, N]
             B = r0.shape[0]
-            t = torch.randint(0, self.config.num_train_steps, (B,), device=r0.device, generator=generator)
+            t = torch.randint(
+                0, self.config.num_train_steps, (B,), device=r0.device, generator=generator
+            )
             noise = torch.randn(r0.shape, device=r0.device, dtype=r0.dtype, generator=generator)
-            ab = self.schedule.alphas_cumprod.to(r0.device)[t].to(r0.dtype)[:, None, None]  # [B, 1, 1]
+            ab = self.schedule.alphas_cumprod.to(r0.device)[t].to(r0.dtype)[
+                :, None, None
+            ]  # [B, 1, 1]
             a, s = ab.sqrt(), (1 - ab).sqrt()
             r_t = a * r0 + s * noise
             goal = training_target(r0, noise, a, s, self.config.prediction)
@@ -150,7 +189,9 @@ class ITransformerDiffusion(nn.Module):
         """Fix the per-variate residual statistics ``[N]`` (computed on training data)."""
         N = self.config.n_variates
         if mean.shape != (N,) or std.shape != (N,):
-            raise ValueError(f"mean, std: expected shape [{N}] each, got {tuple(mean.shape)} and {tuple(std.shape)}")
+            raise ValueError(
+                f"mean, std: expected shape [{N}] each, got {tuple(mean.shape)} and {tuple(std.shape)}"
+            )
         if not bool((std > 0).all()) or not bool(torch.isfinite(mean).all()):
             raise ValueError(f"std: expected positive finite values, got {std.tolist()}")
         self.res_mean.copy_(mean)
@@ -163,17 +204,17 @@ class ITransformerDiffusion(nn.Module):
         history: torch.Tensor,
         n_samples: int,
         *,
-        time_features: Optional[torch.Tensor] = None,
+        time_features: torch.Tensor | None = None,
         sampler: Literal["ddim", "ddpm", "dpmpp_2m"] = "ddim",
         num_steps: int = 50,
-        max_batch: Optional[int] = None,
-        memory_budget: Optional[Union[int, float]] = None,
+        max_batch: int | None = None,
+        memory_budget: int | float | None = None,
         seed: int = 0,
-        window_ids: Optional[Union[torch.Tensor, Sequence[int]]] = None,
-        progress: Optional[bool] = None,
+        window_ids: torch.Tensor | Sequence[int] | None = None,
+        progress: bool | None = None,
         return_point: bool = False,
         **sampler_kwargs: Any,
-    ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Probabilistic forecast: ``n_samples`` samples per window, in the data's (scaled) units.
 
         Args:
@@ -198,10 +239,21 @@ class ITransformerDiffusion(nn.Module):
             y_det, z = self(history, time_features)
             c = self.config
             r = sample_many(
-                sampler, self.denoiser, (c.horizon, c.n_variates), n_samples, cond={"z": z}, cond_ids=window_ids,
-                max_batch=max_batch, memory_budget=memory_budget, seed=seed, dtype=y_det.dtype, progress=progress,
-                schedule=self.schedule, timesteps=self.schedule.timesteps(num_steps), prediction=c.prediction,
-                **sampler_kwargs,  # fmt: skip
+                sampler,
+                self.denoiser,
+                (c.horizon, c.n_variates),
+                n_samples,
+                cond={"z": z},
+                cond_ids=window_ids,
+                max_batch=max_batch,
+                memory_budget=memory_budget,
+                seed=seed,
+                dtype=y_det.dtype,
+                progress=progress,
+                schedule=self.schedule,
+                timesteps=self.schedule.timesteps(num_steps),
+                prediction=c.prediction,
+                **sampler_kwargs,
             )  # [S, B, H, N]
             samples = y_det + r * self.res_std + self.res_mean
         finally:
@@ -209,48 +261,79 @@ class ITransformerDiffusion(nn.Module):
         return (samples, y_det) if return_point else samples
 
     # ------------------------------------------------------------------ persistence
-    def save(self, path: Union[str, os.PathLike]) -> Path:
+    def save(self, path: str | os.PathLike) -> Path:
         """Write config + weights atomically (a temp file renamed into place)."""
-        payload = {"format": _FORMAT, "config": dataclasses.asdict(self.config), "state_dict": self.state_dict()}
+        payload = {
+            "format": _FORMAT,
+            "config": dataclasses.asdict(self.config),
+            "state_dict": self.state_dict(),
+        }
         return atomic_write(path, lambda f: torch.save(payload, f))
 
     @classmethod
-    def load(cls, path: Union[str, os.PathLike], *, map_location: Any = "cpu") -> "ITransformerDiffusion":
+    def load(cls, path: str | os.PathLike, *, map_location: Any = "cpu") -> ITransformerDiffusion:
         """Read a file written by :meth:`save` (``torch.load(weights_only=True)``)."""
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such checkpoint file")
         try:
             payload = torch.load(path, map_location=map_location, weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - any unpickling failure means a bad file
-            raise ValueError(f"{path}: not a readable diffsample checkpoint ({type(exc).__name__}: {exc})") from exc
+        except Exception as exc:
+            raise ValueError(
+                f"{path}: not a readable diffsample checkpoint ({type(exc).__name__}: {exc})"
+            ) from exc
         if not isinstance(payload, Mapping) or payload.get("format") != _FORMAT:
             got = payload.get("format") if isinstance(payload, Mapping) else type(payload).__name__
             raise ValueError(f"{path}: expected a checkpoint of format {_FORMAT!r}, got {got!r}")
         fields = {f.name for f in dataclasses.fields(ForecastConfig)}
         unknown = set(payload["config"]) - fields
         if unknown:
-            raise ValueError(f"{path}: config has unknown fields {sorted(unknown)} (written by a newer version?)")
+            raise ValueError(
+                f"{path}: config has unknown fields {sorted(unknown)} (written by a newer version?)"
+            )
         model = cls(ForecastConfig(**payload["config"]))
         state, own = payload["state_dict"], model.state_dict()
         missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-        wrong = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
-                 for k, v in own.items() if k in state and state[k].shape != v.shape]  # fmt: skip
+        wrong = [
+            f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+            for k, v in own.items()
+            if k in state and state[k].shape != v.shape
+        ]
         if missing or unexpected or wrong:
-            raise ValueError(f"{path}: weights do not match the config: missing {missing}, unexpected {unexpected}, "
-                             f"shape mismatches {wrong}")  # fmt: skip
+            raise ValueError(
+                f"{path}: weights do not match the config: missing {missing}, unexpected {unexpected}, "
+                f"shape mismatches {wrong}"
+            )
         model.load_state_dict(state)
         return model
 
     # ------------------------------------------------------------------ checks
-    def _check_inputs(self, history: torch.Tensor, time_features: Optional[torch.Tensor]) -> None:
+    def _check_inputs(self, history: torch.Tensor, time_features: torch.Tensor | None) -> None:
         c = self.config
-        if not isinstance(history, torch.Tensor) or history.ndim != 3 or history.shape[1:] != (c.lookback, c.n_variates):
-            got = tuple(history.shape) if isinstance(history, torch.Tensor) else type(history).__name__
-            raise ValueError(f"history: expected shape [B, {c.lookback}, {c.n_variates}] (B, lookback, variates), got {got}")
+        if (
+            not isinstance(history, torch.Tensor)
+            or history.ndim != 3
+            or history.shape[1:] != (c.lookback, c.n_variates)
+        ):
+            got = (
+                tuple(history.shape)
+                if isinstance(history, torch.Tensor)
+                else type(history).__name__
+            )
+            raise ValueError(
+                f"history: expected shape [B, {c.lookback}, {c.n_variates}] (B, lookback, variates), got {got}"
+            )
         if c.n_time_features and time_features is None:
-            raise ValueError(f"time_features: this model uses {c.n_time_features} time features; pass [B, {c.lookback}, "
-                             f"{c.n_time_features}] (or build it with n_time_features=0)")  # fmt: skip
-        if c.n_time_features and time_features.shape != (history.shape[0], c.lookback, c.n_time_features):
-            raise ValueError(f"time_features: expected shape [{history.shape[0]}, {c.lookback}, {c.n_time_features}], "
-                             f"got {tuple(time_features.shape)}")  # fmt: skip
+            raise ValueError(
+                f"time_features: this model uses {c.n_time_features} time features; pass [B, {c.lookback}, "
+                f"{c.n_time_features}] (or build it with n_time_features=0)"
+            )
+        if c.n_time_features and time_features.shape != (
+            history.shape[0],
+            c.lookback,
+            c.n_time_features,
+        ):
+            raise ValueError(
+                f"time_features: expected shape [{history.shape[0]}, {c.lookback}, {c.n_time_features}], "
+                f"got {tuple(time_features.shape)}"
+            )

@@ -19,7 +19,8 @@ import logging
 import math
 import os
 import time
-from typing import Any, Callable, Dict, Iterator, List, Literal, Optional, Tuple, Union
+from collections.abc import Callable, Iterator
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -29,10 +30,9 @@ from .._utils import check_int, progress_disabled
 from .data import ForecastDataset, ForecastSplit, WindowBatch
 from .model import ITransformerDiffusion
 
-__all__ = ["TrainConfig", "TrainResult", "train", "resolve_amp"]
+__all__ = ["TrainConfig", "TrainResult", "resolve_amp", "train"]
 
 log = logging.getLogger(__name__)
-
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,8 +47,8 @@ class TrainConfig:
     diffusion_lr: float = 1e-3
     weight_decay: float = 0.0
     patience: int = 3
-    max_batches_per_epoch: Optional[int] = None  # cap for quick runs; None = every window once
-    grad_clip: Optional[float] = 1.0
+    max_batches_per_epoch: int | None = None  # cap for quick runs; None = every window once
+    grad_clip: float | None = 1.0
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
     seed: int = 0
 
@@ -70,14 +70,14 @@ class TrainConfig:
 class TrainResult:
     """What training did: one record per epoch, and the best validation losses of each stage."""
 
-    history: Tuple[Dict[str, float], ...]
+    history: tuple[dict[str, float], ...]
     best_val_point: float
     best_val_diffusion: float
-    amp_dtype: Optional[str]
+    amp_dtype: str | None
     seconds: float
 
 
-def resolve_amp(amp: str, device: torch.device) -> Optional[torch.dtype]:
+def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for a setting on a device, or None for full precision."""
     if amp == "off" or (amp == "auto" and device.type != "cuda"):
         return None
@@ -91,10 +91,10 @@ def train(
     data: ForecastDataset,
     config: TrainConfig = TrainConfig(),
     *,
-    device: Optional[Union[str, torch.device]] = None,
-    checkpoint: Optional[Union[str, os.PathLike]] = None,
-    progress: Optional[bool] = None,
-    on_epoch: Optional[Callable[[Dict[str, float]], None]] = None,
+    device: str | torch.device | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    progress: bool | None = None,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
 ) -> TrainResult:
     """Train both stages in place and return what happened.
 
@@ -108,33 +108,64 @@ def train(
         on_epoch: called with each epoch's record, e.g. ``print``.
     """
     _check_compatible(model, data)
-    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = (
+        torch.device(device)
+        if device is not None
+        else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    )
     model.to(device)
     train_split, val_split = data.train.to(device), data.val.to(device)
     amp_dtype = resolve_amp(config.amp, device)
     g = torch.Generator().manual_seed(config.seed)  # batch order
     g_dev = torch.Generator(device=device).manual_seed(config.seed + 1)  # diffusion t and noise
-    history: List[Dict[str, float]] = []
+    history: list[dict[str, float]] = []
     t0 = time.perf_counter()
 
-    def record(rec: Dict[str, float]) -> None:
+    def record(rec: dict[str, float]) -> None:
         history.append(rec)
         log.info("epoch %s", rec)
         if on_epoch is not None:
             on_epoch(rec)
 
-    def fit(stage: int, module: nn.Module, opt: torch.optim.Optimizer, loss_fn, val_fn, epochs: int,
-            lr_decay: float, names: Tuple[str, str]) -> float:  # fmt: skip
+    def fit(
+        stage: int,
+        module: nn.Module,
+        opt: torch.optim.Optimizer,
+        loss_fn,
+        val_fn,
+        epochs: int,
+        lr_decay: float,
+        names: tuple[str, str],
+    ) -> float:
         """Train ``module`` for up to ``epochs`` with early stopping; keep and restore its best weights."""
         best, best_state, stale = math.inf, copy.deepcopy(module.state_dict()), 0
         scaler = _grad_scaler(device, enabled=amp_dtype == torch.float16)
         for epoch in range(epochs):
             module.train()
-            loss = _epoch(loss_fn, module, opt, scaler, train_split, config, g, amp_dtype, device, progress,
-                          f"stage {stage} epoch {epoch + 1}/{epochs}")  # fmt: skip
+            loss = _epoch(
+                loss_fn,
+                module,
+                opt,
+                scaler,
+                train_split,
+                config,
+                g,
+                amp_dtype,
+                device,
+                progress,
+                f"stage {stage} epoch {epoch + 1}/{epochs}",
+            )
             module.eval()
             val = _evaluate(val_fn(), val_split, config.batch_size, amp_dtype, device)
-            record({"stage": stage, "epoch": epoch + 1, names[0]: loss, names[1]: val, "lr": opt.param_groups[0]["lr"]})
+            record(
+                {
+                    "stage": stage,
+                    "epoch": epoch + 1,
+                    names[0]: loss,
+                    names[1]: val,
+                    "lr": opt.param_groups[0]["lr"],
+                }
+            )
             if val < best:
                 best, best_state, stale = val, copy.deepcopy(module.state_dict()), 0
             else:
@@ -147,10 +178,20 @@ def train(
         return best
 
     # stage 1: the point forecast
-    point = lambda b: model.point_loss(b.x, b.y, b.x_mark)  # noqa: E731
-    opt = torch.optim.Adam(model.backbone.parameters(), lr=config.point_lr, weight_decay=config.weight_decay)
-    best_point = fit(1, model.backbone, opt, point, lambda: point, config.point_epochs, config.point_lr_decay,
-                     ("train_point_mse", "val_point_mse"))  # fmt: skip
+    point = lambda b: model.point_loss(b.x, b.y, b.x_mark)
+    opt = torch.optim.Adam(
+        model.backbone.parameters(), lr=config.point_lr, weight_decay=config.weight_decay
+    )
+    best_point = fit(
+        1,
+        model.backbone,
+        opt,
+        point,
+        lambda: point,
+        config.point_epochs,
+        config.point_lr_decay,
+        ("train_point_mse", "val_point_mse"),
+    )
     model.backbone.requires_grad_(False).eval()
 
     # stage 2: the residual diffusion, on statistics fixed from the training windows
@@ -162,22 +203,37 @@ def train(
         g_val = torch.Generator(device=device).manual_seed(config.seed + 2)
         return lambda b: model.diffusion_loss(b.x, b.y, b.x_mark, generator=g_val)
 
-    opt = torch.optim.AdamW(model.denoiser.parameters(), lr=config.diffusion_lr, weight_decay=config.weight_decay)
-    best_diff = fit(2, model.denoiser, opt, lambda b: model.diffusion_loss(b.x, b.y, b.x_mark, generator=g_dev),
-                    diffusion_val, config.diffusion_epochs, 1.0, ("train_diffusion_loss", "val_diffusion_loss"))  # fmt: skip
+    opt = torch.optim.AdamW(
+        model.denoiser.parameters(), lr=config.diffusion_lr, weight_decay=config.weight_decay
+    )
+    best_diff = fit(
+        2,
+        model.denoiser,
+        opt,
+        lambda b: model.diffusion_loss(b.x, b.y, b.x_mark, generator=g_dev),
+        diffusion_val,
+        config.diffusion_epochs,
+        1.0,
+        ("train_diffusion_loss", "val_diffusion_loss"),
+    )
     model.backbone.requires_grad_(True)
     model.eval()
     if checkpoint is not None:
         model.save(checkpoint)
-    return TrainResult(tuple(history), best_point, best_diff, str(amp_dtype).replace("torch.", "") if amp_dtype else None,
-                       time.perf_counter() - t0)  # fmt: skip
+    return TrainResult(
+        tuple(history),
+        best_point,
+        best_diff,
+        str(amp_dtype).replace("torch.", "") if amp_dtype else None,
+        time.perf_counter() - t0,
+    )
 
 
 def _grad_scaler(device: torch.device, enabled: bool):
     """GradScaler for fp16 (a no-op when disabled); torch < 2.3 only has the CUDA one."""
     if hasattr(torch.amp, "GradScaler"):
         return torch.amp.GradScaler(device.type, enabled=enabled)
-    return getattr(torch.cuda, "amp").GradScaler(enabled=enabled)  # pragma: no cover - torch 2.2
+    return torch.cuda.amp.GradScaler(enabled=enabled)  # pragma: no cover - torch 2.2
 
 
 def _epoch(
@@ -188,20 +244,25 @@ def _epoch(
     split: ForecastSplit,
     config: TrainConfig,
     generator: torch.Generator,
-    amp_dtype: Optional[torch.dtype],
+    amp_dtype: torch.dtype | None,
     device: torch.device,
-    progress: Optional[bool],
+    progress: bool | None,
     desc: str,
 ) -> float:
     """One pass over (a capped number of) shuffled training batches; returns the mean loss."""
-    batches = _capped(split.batches(config.batch_size, shuffle=True, generator=generator), config.max_batches_per_epoch)
+    batches = _capped(
+        split.batches(config.batch_size, shuffle=True, generator=generator),
+        config.max_batches_per_epoch,
+    )
     n_batches = math.ceil(len(split) / config.batch_size)
     total = min(n_batches, config.max_batches_per_epoch or n_batches)
     total_loss = torch.zeros((), device=device)
     count = 0
     bar = tqdm(batches, total=total, desc=desc, leave=False, disable=progress_disabled(progress))
     for batch in bar:
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        with torch.autocast(
+            device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
+        ):
             loss = loss_fn(batch)
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -220,13 +281,15 @@ def _evaluate(
     loss_fn: Callable[[WindowBatch], torch.Tensor],
     split: ForecastSplit,
     batch_size: int,
-    amp_dtype: Optional[torch.dtype],
+    amp_dtype: torch.dtype | None,
     device: torch.device,
 ) -> float:
     """Window-weighted mean of a loss over every window of a split."""
     total, n = torch.zeros((), device=device, dtype=torch.float64), 0
     for batch in split.batches(batch_size):
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        with torch.autocast(
+            device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
+        ):
             total += loss_fn(batch).double() * batch.x.shape[0]
         n += batch.x.shape[0]
     return float(total) / n
@@ -235,7 +298,7 @@ def _evaluate(
 @torch.no_grad()
 def _residual_stats(
     model: ITransformerDiffusion, split: ForecastSplit, batch_size: int, device: torch.device
-) -> Tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-variate mean and std ``[N]`` of y - y_det over every training window (float64 sums)."""
     N = model.config.n_variates
     s1 = torch.zeros(N, dtype=torch.float64, device=device)
@@ -252,7 +315,7 @@ def _residual_stats(
     return mean.float(), std.float()
 
 
-def _capped(it: Iterator[WindowBatch], cap: Optional[int]) -> Iterator[WindowBatch]:
+def _capped(it: Iterator[WindowBatch], cap: int | None) -> Iterator[WindowBatch]:
     for i, batch in enumerate(it):
         if cap is not None and i >= cap:
             return
@@ -261,8 +324,12 @@ def _capped(it: Iterator[WindowBatch], cap: Optional[int]) -> Iterator[WindowBat
 
 def _check_compatible(model: ITransformerDiffusion, data: ForecastDataset) -> None:
     c = model.config
-    want = {"lookback": data.lookback, "horizon": data.horizon, "n_variates": data.n_variates,
-            "n_time_features": data.n_marks}  # fmt: skip
+    want = {
+        "lookback": data.lookback,
+        "horizon": data.horizon,
+        "n_variates": data.n_variates,
+        "n_time_features": data.n_marks,
+    }
     have = {k: getattr(c, k) for k in want}
     if c.n_time_features == 0:
         want["n_time_features"] = 0  # a model may ignore the time features
