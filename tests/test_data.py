@@ -1,11 +1,15 @@
 """Tests for diffsample.forecast.data: TSLib splits, scaler, time features, windows, bad files,
-the synthetic dataset and the download helper. ETTh1 is read in place (never copied into the
-repository); synthetic CSVs are written to tmp_path."""
+argument checks (TypeError for the wrong kind, ValueError for a bad value), the synthetic dataset
+and the download helper. ETTh1 is read in place (never copied into the repository); synthetic
+CSVs are written to tmp_path."""
 
 from __future__ import annotations
 
 import csv
+import http.client
+import os
 import shutil
+import stat
 import urllib.request
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -16,6 +20,7 @@ import torch
 
 from diffsample.forecast.data import (
     ForecastDataset,
+    ForecastSplit,
     StandardScaler,
     download_ett,
     load_csv,
@@ -156,7 +161,7 @@ def test_time_features_match_datetime_reference():
     dates = np.datetime64("1970-01-01T00:00:00", "s") + secs.astype("timedelta64[s]")
     got = time_features(dates, freq="t")
     assert got.min() >= -0.5 and got.max() <= 0.5
-    for row, d in zip(got, dates.tolist()):  # slow twin from datetime's own calendar
+    for row, d in zip(got, dates.tolist(), strict=True):  # slow twin from datetime's own calendar
         ref = [
             d.minute / 59 - 0.5,
             d.hour / 23 - 0.5,
@@ -229,7 +234,7 @@ def test_custom_split_sizes_and_contiguity(counting_csv: Path):
     num_val = n - num_train - num_test
     borders = [(0, num_train), (num_train - Lc, num_train + num_val), (n - num_test - Lc, n)]
     assert borders == [(0, 700), (676, 800), (776, 1000)]
-    for split, (lo, hi) in zip(ds.splits(), borders):
+    for split, (lo, hi) in zip(ds.splits(), borders, strict=True):
         assert split.start == lo and split.values.shape[0] == hi - lo
         assert len(split) == hi - lo - Lc - Hc + 1
         idx = torch.arange(len(split))
@@ -259,7 +264,7 @@ def test_batches_cover_every_window_once(counting_csv: Path):
     again = [
         b.index for b in split.batches(32, shuffle=True, generator=torch.Generator().manual_seed(5))
     ]
-    assert all(torch.equal(u, v) for u, v in zip(shuffled, again))
+    assert all(torch.equal(u, v) for u, v in zip(shuffled, again, strict=True))
     flat = torch.cat(shuffled)
     assert not torch.equal(flat, torch.arange(len(split)))
     assert torch.equal(flat.sort().values, torch.arange(len(split)))
@@ -290,6 +295,38 @@ def test_scaler_guards_zero_std():
     np.testing.assert_array_equal(s.mean, [1.0, 4.0])
     np.testing.assert_allclose(s.std, [1.0, np.sqrt(8 / 3)])
     assert np.isfinite(s.transform(np.array([[1.0, 4.0]]))).all()
+
+
+def test_scaler_bad_arguments():
+    with pytest.raises(TypeError, match=r"^StandardScaler\.mean: expected numbers \[N\], got list"):
+        StandardScaler(mean=["a"], std=[1.0])  # type: ignore[arg-type]
+    with pytest.raises(
+        ValueError,
+        match=r"^StandardScaler\.std: expected finite values > 0, got 0\.0 for variate 1$",
+    ):
+        StandardScaler(mean=np.zeros(2), std=np.array([1.0, 0.0]))
+    with pytest.raises(
+        ValueError, match=r"^StandardScaler\.mean: expected finite values, got nan for variate 0$"
+    ):
+        StandardScaler(mean=np.array([np.nan]), std=np.ones(1))
+    with pytest.raises(ValueError, match=r"StandardScaler: expected mean and std of shape \[N\]"):
+        StandardScaler(mean=np.zeros(2), std=np.ones(3))
+    with pytest.raises(
+        ValueError,
+        match=r"^StandardScaler\.fit\(values\): expected values \[T, N\] with T >= 1, got shape \(0, 3\)$",
+    ):
+        StandardScaler.fit(np.zeros((0, 3)))
+    s = StandardScaler(mean=np.zeros(2), std=np.ones(2))
+    with pytest.raises(
+        TypeError,
+        match=r"^StandardScaler\.transform: expected a tensor or array \[\.\.\., N\], got list$",
+    ):
+        s.transform([[1.0, 2.0]])  # type: ignore[type-var]
+    with pytest.raises(
+        ValueError,
+        match=r"^StandardScaler\.inverse_transform: expected .* N = 2 .* got shape \(\)$",
+    ):
+        s.inverse_transform(torch.tensor(1.0))
 
 
 def test_ettm_borders_and_minute_features(tmp_path: Path):
@@ -403,20 +440,45 @@ def test_custom_header_problems(tmp_path: Path):
     (tmp_path / "empty.csv").write_text("")
     with pytest.raises(ValueError, match=r"empty\.csv: the file is empty"):
         load_csv(tmp_path / "empty.csv")
-    with pytest.raises(FileNotFoundError, match="missing.csv"):
+    with pytest.raises(FileNotFoundError, match=r"missing\.csv"):
         load_csv(tmp_path / "missing.csv")
 
 
 @pytest.mark.parametrize(
-    "bad, exc", [(0, ValueError), (-3, ValueError), (1.5, TypeError), (True, TypeError)]
+    "bad, exc",
+    [
+        (0, ValueError),
+        (-3, ValueError),
+        (np.int64(0), ValueError),
+        (1.5, TypeError),
+        (2.0, TypeError),  # a whole float is still the wrong kind: TypeError, not ValueError
+        (True, TypeError),
+        ("96", TypeError),
+        (None, TypeError),
+    ],
 )
 def test_bad_lookback_and_horizon(counting_csv: Path, bad, exc):
-    with pytest.raises(exc, match="lookback"):
+    want = r": expected a positive integer, got "
+    with pytest.raises(exc, match="^lookback" + want):
         load_csv(counting_csv, lookback=bad)
-    with pytest.raises(exc, match="horizon"):
+    with pytest.raises(exc, match="^horizon" + want):
         load_csv(counting_csv, horizon=bad)
-    with pytest.raises(exc, match="lookback"):
+    with pytest.raises(exc, match="^lookback" + want):
         synthetic_dataset(lookback=bad)
+    with pytest.raises(exc, match="^horizon" + want):
+        load_dataset(horizon=bad)
+
+
+def test_lookback_messages_follow_the_one_grammar(counting_csv: Path):
+    with pytest.raises(TypeError, match=r"^lookback: expected a positive integer, got float 1\.5$"):
+        load_csv(counting_csv, lookback=1.5)
+    with pytest.raises(ValueError, match=r"^horizon: expected a positive integer, got int 0$"):
+        synthetic_dataset(horizon=0)
+    # numpy integers are integers: the same dataset as with Python ints, lengths stored as int
+    ds = load_csv(counting_csv, lookback=np.int64(24), horizon=np.int32(12))
+    ref = load_csv(counting_csv, lookback=24, horizon=12)
+    assert type(ds.lookback) is int and type(ds.test.horizon) is int
+    assert torch.equal(ds.test.windows([0, 5]).y, ref.test.windows([0, 5]).y)
 
 
 def test_bad_protocol_and_freq(counting_csv: Path):
@@ -424,6 +486,113 @@ def test_bad_protocol_and_freq(counting_csv: Path):
         load_csv(counting_csv, protocol="ett")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="freq"):
         load_csv(counting_csv, freq="d")  # type: ignore[arg-type]
+    with pytest.raises(
+        ValueError,
+        match=r"^protocol: expected one of 'auto', 'etth', 'ettm', 'custom', got str 'ett'$",
+    ):
+        load_dataset(protocol="ett")  # type: ignore[arg-type]  # checked for synthetic data too
+    with pytest.raises(TypeError, match=r"^protocol: expected one of .*, got NoneType None$"):
+        load_csv(counting_csv, protocol=None)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"^freq: expected one of 'h', 't', got int 1$"):
+        load_csv(counting_csv, freq=1)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"^freq: expected one of 'h', 't', got str 'd'$"):
+        load_dataset(freq="d")  # type: ignore[arg-type]
+
+
+def test_bad_paths_and_flags(counting_csv: Path):
+    with pytest.raises(TypeError, match=r"^path: expected a str or os\.PathLike path, got int 3$"):
+        load_csv(3)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"^source: expected a str or os\.PathLike path, got"):
+        load_dataset(3)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"^download: expected True or False, got str 'yes'$"):
+        load_dataset(counting_csv, download="yes")  # type: ignore[arg-type]
+
+
+def test_time_features_bad_arguments():
+    dates = np.array(["2020-01-01T00:00:00", "2020-01-01T01:00:00"], dtype="datetime64[s]")
+    with pytest.raises(ValueError, match=r"^freq: expected one of 'h', 't', got str 'd'$"):
+        time_features(dates, freq="d")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"^freq: expected one of 'h', 't', got NoneType None$"):
+        time_features(dates, freq=None)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"^dates: expected a 1-D numpy datetime64 array \[T\]"):
+        time_features(np.array(["2020-01-01"]))
+    with pytest.raises(
+        ValueError,
+        match=r"^dates: expected .*, got a datetime64\[s\] numpy array of shape \(1, 2\)$",
+    ):
+        time_features(dates[None, :])
+
+
+def test_batches_and_windows_bad_arguments(counting_csv: Path):
+    split = load_csv(counting_csv, lookback=24, horizon=12).val
+    with pytest.raises(
+        TypeError, match=r"^batch_size: expected a positive integer, got float 2\.0$"
+    ):
+        next(split.batches(2.0))  # type: ignore[arg-type]
+    with pytest.raises(
+        TypeError, match=r"^batch_size: expected a positive integer, got bool True$"
+    ):
+        next(split.batches(True))
+    with pytest.raises(ValueError, match=r"^batch_size: expected a positive integer, got int 0$"):
+        next(split.batches(0))
+    with pytest.raises(TypeError, match=r"^shuffle: expected True or False, got int 1$"):
+        next(split.batches(8, shuffle=1))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"^index: expected an int or integer window indices"):
+        split.windows(["a"])  # type: ignore[list-item]
+    with pytest.raises(TypeError, match=r"^index: expected .*, got a torch\.float32 tensor"):
+        split.windows(torch.tensor([0.0, 1.0]))
+    with pytest.raises(ValueError, match=r"^index: expected an int or a 1-D sequence \[B\]"):
+        split.windows(np.array([[0, 1]]))
+    assert split.windows([]).x.shape == (0, 24, 3)  # an empty request is not an error
+
+
+def test_forecast_split_checks_its_fields():
+    ok = {
+        "name": "test",
+        "values": torch.zeros(10, 2),
+        "marks": torch.zeros(10, 4),
+        "dates": np.arange(10).astype("datetime64[h]"),
+        "start": 0,
+        "lookback": 4,
+        "horizon": 2,
+    }
+    assert len(ForecastSplit(**ok)) == 10 - 4 - 2 + 1
+    for change, exc, message in [
+        (
+            {"values": torch.zeros(10, 2, dtype=torch.long)},
+            TypeError,
+            r"^ForecastSplit\.values: expected a floating-point tensor",
+        ),
+        (
+            {"values": np.zeros((10, 2))},
+            TypeError,
+            r"^ForecastSplit\.values: expected a torch\.Tensor",
+        ),
+        (
+            {"values": torch.zeros(10, 2, 1)},
+            ValueError,
+            r"^ForecastSplit\.values: expected a float tensor \[T, N\], got",
+        ),
+        (
+            {"marks": [[0.0] * 4] * 10},
+            TypeError,
+            r"^ForecastSplit\.marks: expected a torch\.Tensor",
+        ),
+        (
+            {"marks": torch.zeros(9, 4)},
+            ValueError,
+            r"^ForecastSplit\.marks: expected a tensor \[T, F\] with T = 10 rows",
+        ),
+        ({"lookback": 1.5}, TypeError, r"^lookback: expected a positive integer, got float 1\.5$"),
+        ({"horizon": 0}, ValueError, r"^horizon: expected a positive integer, got int 0$"),
+        (
+            {"lookback": 8, "horizon": 3},
+            ValueError,
+            r"'test': 10 rows hold no window of lookback \+ horizon = 8 \+ 3",
+        ),
+    ]:
+        with pytest.raises(exc, match=message):
+            ForecastSplit(**{**ok, **change})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -451,7 +620,7 @@ def test_synthetic_shapes_and_determinism(synth: ForecastDataset):
     assert all(bool(torch.isfinite(s.values).all()) for s in synth.splits())
     same = synthetic_dataset(seed=0)
     other = synthetic_dataset(seed=1)
-    for a, b, c in zip(synth.splits(), same.splits(), other.splits()):
+    for a, b, c in zip(synth.splits(), same.splits(), other.splits(), strict=True):
         assert torch.equal(a.values, b.values) and torch.equal(a.marks, b.marks)
         assert not torch.allclose(a.values, c.values)
     np.testing.assert_array_equal(synth.scaler.mean, same.scaler.mean)
@@ -493,12 +662,51 @@ def test_synthetic_statistical_properties(synth: ForecastDataset):
     assert off.max() > 0.5 and off.mean() > 0.2, corr
 
 
+@pytest.mark.parametrize(
+    "kwargs, exc, message",
+    [
+        (
+            {"n_steps": 3000.0},
+            TypeError,
+            r"^n_steps: expected a positive integer, got float 3000\.0$",
+        ),
+        (
+            {"n_variates": 3.0},
+            TypeError,
+            r"^n_variates: expected a positive integer, got float 3\.0$",
+        ),
+        (
+            {"n_variates": True},
+            TypeError,
+            r"^n_variates: expected a positive integer, got bool True$",
+        ),
+        ({"seed": 1.0}, TypeError, r"^seed: expected a non-negative integer, got float 1\.0$"),
+        ({"seed": "0"}, TypeError, r"^seed: expected a non-negative integer, got str '0'$"),
+        ({"n_variates": 0}, ValueError, r"^n_variates: expected a positive integer, got int 0$"),
+        ({"n_steps": -1}, ValueError, r"^n_steps: expected a positive integer, got int -1$"),
+        ({"seed": -1}, ValueError, r"^seed: expected a non-negative integer, got int -1$"),
+        ({"n_steps": 300}, ValueError, r"too few rows: 300 data rows .* at least \d+ data rows"),
+    ],
+)
+def test_synthetic_bad_arguments(kwargs, exc, message):
+    with pytest.raises(exc, match=message):
+        synthetic_dataset(**kwargs)
+
+
+def test_synthetic_accepts_numpy_integers():
+    kw = {"n_steps": 1500, "n_variates": 3, "lookback": 48, "horizon": 24, "seed": 2}
+    ref = synthetic_dataset(**kw)
+    got = synthetic_dataset(**{k: np.int64(v) for k, v in kw.items()})
+    assert got.source == ref.source == "synthetic(n_steps=1500, n_variates=3, seed=2)"
+    assert torch.equal(got.train.values, ref.train.values)  # the same computation, bit for bit
+
+
 def test_load_dataset_dispatch(counting_csv: Path, synth: ForecastDataset):
     ds = load_dataset()
     assert torch.equal(ds.test.values, synth.test.values)
     assert load_dataset("synthetic", lookback=24, horizon=24).lookback == 24
     assert load_dataset(counting_csv, lookback=24, horizon=12).columns == ("a", "row", "b")
-    with pytest.raises(FileNotFoundError, match="nowhere.csv"):
+    with pytest.raises(FileNotFoundError, match=r"nowhere\.csv"):
         load_dataset("nowhere.csv")
 
 
@@ -550,10 +758,101 @@ def test_download_ett_rejects_bad_files_and_names_the_url(tmp_path: Path, monkey
     with pytest.raises(ConnectionError, match=r"could not download file://.*/ETTm2\.csv"):
         download_ett("ETTm2", cache_dir=cache, base_url=remote.as_uri())
     assert list((cache / "ETT-small").iterdir()) == []
-    with pytest.raises(ValueError, match="ETTh1, ETTh2, ETTm1, ETTm2"):
-        download_ett("ETTh3", cache_dir=cache)
+    with pytest.raises(
+        ValueError,
+        match=r"^name: expected one of 'ETTh1', 'ETTh2', 'ETTm1', 'ETTm2', got str 'ETTh3'$",
+    ):
+        download_ett("ETTh3.csv", cache_dir=cache)
 
     monkeypatch.setenv("DIFFSAMPLE_CACHE", str(cache))
     monkeypatch.delenv("DIFFSAMPLE_ETT_DIR", raising=False)
     with pytest.raises(FileNotFoundError, match=r"ETTm2\.csv not found .* download_ett\('ETTm2'\)"):
         load_dataset("ETTm2")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_download_ett_file_gets_plain_permissions(tmp_path: Path, etth1_path: Path):
+    # read in place through a file:// URL: no copy, no network
+    got = download_ett("ETTh1", cache_dir=tmp_path, base_url=etth1_path.parent.as_uri())
+    assert got == tmp_path / "ETT-small" / "ETTh1.csv"
+    assert got.read_bytes() == etth1_path.read_bytes()
+    # what open(path, "w") gives, not mkstemp's 0600
+    assert stat.S_IMODE(got.stat().st_mode) == 0o666 & ~_umask()
+    assert sorted(p.name for p in got.parent.iterdir()) == ["ETTh1.csv"]
+
+
+class _BrokenResponse:
+    """A urlopen response that delivers ``head`` and then fails with ``error``."""
+
+    def __init__(self, head: bytes, error: BaseException):
+        self.parts: list[bytes | BaseException] = [head, error]
+
+    def read(self, size: int = -1) -> bytes:
+        part = self.parts.pop(0) if self.parts else b""
+        if isinstance(part, BaseException):
+            raise part
+        return part
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+
+@pytest.mark.parametrize(
+    "error",
+    [ConnectionResetError("connection reset by peer"), http.client.IncompleteRead(b"", 1000)],
+    ids=["reset", "incomplete"],
+)
+def test_download_ett_broken_off_leaves_no_partial_file(tmp_path: Path, monkeypatch, error):
+    head = ",".join(ETT_HEADER).encode() + b"\n2016-07-01 00:00:00,1,2,3,4,5,6,7\n"
+    seen = []
+
+    def urlopen(url, timeout):
+        seen.append((url, timeout))
+        return _BrokenResponse(head, error)
+
+    monkeypatch.setattr(urllib.request, "urlopen", urlopen)
+    with pytest.raises(
+        ConnectionError, match=r"^download of https://example\.test/ETTh1\.csv broke off"
+    ):
+        download_ett("ETTh1", cache_dir=tmp_path, base_url="https://example.test", timeout=5)
+    assert seen == [("https://example.test/ETTh1.csv", 5.0)]
+    assert list((tmp_path / "ETT-small").iterdir()) == []  # neither the file nor a temp file
+
+
+def test_download_ett_failed_write_leaves_no_partial_file(
+    tmp_path: Path, etth1_path: Path, monkeypatch
+):
+    def disk_full(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    # atomic_write fsyncs the temp file before the rename: a failure there, after the bytes went
+    # to disk, must still leave no temp file and no target
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        download_ett("ETTh1", cache_dir=tmp_path, base_url=etth1_path.parent.as_uri())
+    assert list((tmp_path / "ETT-small").iterdir()) == []
+
+
+def test_download_ett_bad_arguments(tmp_path: Path):
+    uri = tmp_path.as_uri()
+    with pytest.raises(TypeError, match=r"^name: expected one of 'ETTh1', .*, got int 1$"):
+        download_ett(1, cache_dir=tmp_path)  # type: ignore[arg-type]
+    with pytest.raises(
+        TypeError, match=r"^cache_dir: expected a str or os\.PathLike path, got int 5$"
+    ):
+        download_ett("ETTh1", cache_dir=5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"^base_url: expected a URL string, got NoneType None$"):
+        download_ett("ETTh1", cache_dir=tmp_path, base_url=None)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"^timeout: expected a finite number > 0, got str '60'$"):
+        download_ett("ETTh1", cache_dir=tmp_path, base_url=uri, timeout="60")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"^timeout: expected a finite number > 0, got int 0$"):
+        download_ett("ETTh1", cache_dir=tmp_path, base_url=uri, timeout=0)
+    assert not (tmp_path / "ETT-small").exists()  # nothing created before the checks passed

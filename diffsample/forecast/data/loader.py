@@ -1,0 +1,78 @@
+"""``load_dataset``: one entry point over the synthetic data, a CSV path and an ETT name.
+
+Dimensions: L lookback, H horizon (passed through to the loaders).
+"""
+
+from __future__ import annotations
+
+import os
+
+from ..._utils import check_bool, check_choice
+from .batches import ForecastDataset
+from .download import ETT_NAMES, cache_root, download_ett, find_ett
+from .reader import PathLike, check_path
+from .splits import Protocol, load_csv
+from .synthetic import synthetic_dataset
+from .timefeatures import Freq
+
+__all__ = ["load_dataset"]
+
+
+def load_dataset(
+    source: PathLike | None = None,
+    *,
+    lookback: int = 96,
+    horizon: int = 96,
+    protocol: Protocol = "auto",
+    freq: Freq | None = None,
+    download: bool = False,
+) -> ForecastDataset:
+    """One entry point: the synthetic default, a CSV path, or an ETT name.
+
+    Args:
+        source: ``None`` or ``"synthetic"`` -> ``synthetic_dataset(lookback=..., horizon=...)``;
+            a path to an existing CSV -> ``load_csv``; an ETT name (``"ETTh1"``, ``"ETTm2"``, ...)
+            -> that file from ``$DIFFSAMPLE_ETT_DIR`` or the download cache.
+        lookback: L.
+        horizon: H.
+        protocol: passed to ``load_csv`` (checked, unused, for the synthetic data).
+        freq: passed to ``load_csv`` (checked, unused, for the synthetic data).
+        download: for an ETT name not found locally, fetch it with ``download_ett`` (off by
+            default: nothing touches the network unless asked).
+
+    Returns:
+        ForecastDataset with splits values ``[T, N]`` and marks ``[T, F]``.
+
+    Raises:
+        FileNotFoundError: neither a file nor a locally available ETT name (the message says
+            where it looked and how to fetch it).
+        TypeError: ``source`` is not None, a str or a path; ``download`` not a bool; see
+            ``load_csv`` and ``synthetic_dataset`` for the rest.
+        ValueError: see ``load_csv`` and ``synthetic_dataset``.
+    """
+    download = check_bool("download", download)
+    check_choice("protocol", protocol, Protocol)
+    if freq is not None:
+        check_choice("freq", freq, Freq)
+    if source is None or (isinstance(source, str) and source == "synthetic"):
+        return synthetic_dataset(lookback=lookback, horizon=horizon)
+    p = check_path("source", source)
+    if p.is_file():
+        return load_csv(p, lookback=lookback, horizon=horizon, protocol=protocol, freq=freq)
+    stem = p.name.removesuffix(".csv")
+    # a bare name only: "data/ETTh1.csv" that is not a file is a wrong path, not a name
+    if isinstance(source, str) and stem in ETT_NAMES and str(p.parent) == ".":
+        found = find_ett(stem) or (download_ett(stem) if download else None)
+        if found is None:
+            env = os.environ.get("DIFFSAMPLE_ETT_DIR")
+            where = [f"$DIFFSAMPLE_ETT_DIR={env}"] if env else []
+            where.append(str(cache_root(None) / "ETT-small"))
+            raise FileNotFoundError(
+                f"{stem}.csv not found (looked in {', '.join(where)}); pass download=True, call "
+                f"download_ett({stem!r}), set DIFFSAMPLE_ETT_DIR, or pass the file's path"
+            )
+        return load_csv(found, lookback=lookback, horizon=horizon, protocol=protocol, freq=freq)
+    raise FileNotFoundError(
+        f"source: {str(source)!r} is not a file; expected None (synthetic data), a CSV path, "
+        f"or one of {', '.join(ETT_NAMES)}"
+    )
