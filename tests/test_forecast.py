@@ -1,16 +1,22 @@
-"""The reference forecaster: backbone against a hand-written forward, invariances, shapes through
-every path, reproducible forecasts, persistence, and training that lowers both losses."""
+"""The reference forecaster: backbone against a hand-written forward, invariances, the training
+loss against the forward process written out, shapes and layout through every path,
+reproducible forecasts, config checks, persistence, and training that lowers both losses.
+
+Dimensions: S samples, B windows, L lookback, H horizon, N variates, F time features."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from diffsample.forecast import (
+    Forecast,
     ForecastConfig,
     ITransformer,
     ITransformerDiffusion,
@@ -52,7 +58,7 @@ def inputs(B=5, seed=1):
 # ---------------------------------------------------------------- backbone
 def reference_itransformer(m: ITransformer, x: torch.Tensor, marks: torch.Tensor):
     """iTransformer forward written out with explicit matmuls from the module's weights."""
-    B, L, N = x.shape
+    N = x.shape[2]
     mu = x.mean(1, keepdim=True)
     sd = torch.sqrt(((x - mu) ** 2).mean(1, keepdim=True) + m.norm_eps)
     tokens = torch.cat(
@@ -156,24 +162,73 @@ def test_denoisers_read_the_step_and_the_tokens_once_trained_a_little(denoiser):
 def test_losses_and_forecast_shapes(prediction, denoiser):
     m = tiny_model(prediction=prediction, denoiser=denoiser)
     x, marks = inputs(B=4)
-    y = torch.randn(4, 12, 3)
+    y = torch.randn(4, 12, 3, generator=torch.Generator().manual_seed(5))
     assert m.point_loss(x, y, marks).shape == () and torch.isfinite(m.point_loss(x, y, marks))
     loss = m.diffusion_loss(x, y, marks, generator=torch.Generator().manual_seed(0))
     assert loss.shape == () and loss.requires_grad
     loss.backward()
     assert all(p.grad is None for p in m.backbone.parameters())  # stage 2 never trains the backbone
     for sampler in ("ddim", "ddpm", "dpmpp_2m"):
-        s, y_det = m.forecast(
-            x,
-            6,
-            time_features=marks,
-            sampler=sampler,
-            num_steps=5,
-            return_point=True,
-            progress=False,
-        )
-        assert s.shape == (6, 4, 12, 3) and s.dtype == torch.float32 and y_det.shape == (4, 12, 3)
-        assert bool(torch.isfinite(s).all())
+        fc = m.forecast(x, 6, time_features=marks, sampler=sampler, num_steps=5, progress=False)
+        assert isinstance(fc, Forecast)
+        assert fc.samples.shape == (6, 4, 12, 3) and fc.samples.dtype == torch.float32
+        assert fc.point.shape == (4, 12, 3)
+        assert bool(torch.isfinite(fc.samples).all())
+
+
+@pytest.mark.parametrize("denoiser", ["token", "unet"])
+def test_forecast_returns_one_named_tuple_of_contiguous_tensors(denoiser):
+    """The token denoiser answers in a permuted layout and the backbone's head ends in a
+    transpose; neither may reach the samples (strided samples made the metrics ~20x slower)."""
+    m = tiny_model(denoiser=denoiser)
+    for p in m.denoiser.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    x, marks = inputs(B=5)
+    fc = m.forecast(x, 4, time_features=marks, num_steps=3, progress=False)
+    assert type(fc) is Forecast and Forecast._fields == ("samples", "point")
+    samples, point = fc  # still a tuple
+    assert samples is fc.samples and point is fc.point
+    assert samples.is_contiguous() and samples.stride() == (5 * 12 * 3, 12 * 3, 3, 1)
+    assert point.is_contiguous() and point.stride() == (12 * 3, 3, 1)
+    y_det, _ = m(x, marks)
+    torch.testing.assert_close(point, y_det)  # the point field is the backbone's forecast
+    assert not torch.allclose(samples[0], point)  # and the samples field is not
+
+
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+def test_diffusion_loss_is_the_forward_process_written_out(prediction):
+    """The loss against x_t = sqrt(ab[t]) r0 + sqrt(1 - ab[t]) eps and the target of each
+    prediction type, written from the formulas with the same draws of t and eps."""
+    m = tiny_model(prediction=prediction)
+    mean, std = torch.tensor([0.1, -0.2, 0.3]), torch.tensor([1.5, 0.5, 2.0])
+    m.set_residual_stats(mean, std)
+    seen = {}
+
+    class Recorder(nn.Module):
+        def forward(self, x_t, t, *, z):
+            seen.update(x_t=x_t, t=t, z=z)
+            return 0.5 * x_t - 0.1
+
+    m.denoiser = Recorder()
+    x, marks = inputs(B=6)
+    y = torch.randn(6, 12, 3, generator=torch.Generator().manual_seed(6)) * 2
+    loss = m.diffusion_loss(x, y, marks, generator=torch.Generator().manual_seed(7))
+
+    g = torch.Generator().manual_seed(7)  # the loss draws t, then the noise
+    t = torch.randint(0, 50, (6,), generator=g)
+    noise = torch.randn(6, 12, 3, generator=g).double()
+    with torch.no_grad():  # as inside the loss: the same kernels, so z compares bitwise
+        y_det, z = m(x, marks)
+    r0 = ((y - y_det - mean) / std).double()
+    ab = m.schedule.alphas_cumprod[t][:, None, None]  # float64
+    x_t = ab.sqrt() * r0 + (1 - ab).sqrt() * noise
+    target = {"eps": noise, "x0": r0, "v": ab.sqrt() * noise - (1 - ab).sqrt() * r0}[prediction]
+    ref = ((0.5 * x_t - 0.1 - target) ** 2).mean()
+
+    assert torch.equal(seen["t"], t) and torch.equal(seen["z"], z)
+    assert seen["x_t"].dtype == torch.float32
+    torch.testing.assert_close(seen["x_t"].double(), x_t, rtol=1e-6, atol=1e-6)  # float32 r0
+    torch.testing.assert_close(loss.double(), ref, rtol=1e-5, atol=1e-6)
 
 
 def test_forecast_is_the_point_forecast_plus_rescaled_residual_samples():
@@ -181,9 +236,10 @@ def test_forecast_is_the_point_forecast_plus_rescaled_residual_samples():
     for p in m.denoiser.parameters():
         torch.nn.init.normal_(p, std=0.05)
     x, marks = inputs(B=3)
-    run = lambda: m.forecast(
-        x, 4, time_features=marks, num_steps=3, return_point=True, progress=False
-    )
+
+    def run() -> Forecast:
+        return m.forecast(x, 4, time_features=marks, num_steps=3, progress=False)
+
     s1, y_det = run()
     mean, std = torch.tensor([0.5, -1.0, 0.0]), torch.tensor([2.0, 0.5, 1.0])
     m.set_residual_stats(mean, std)
@@ -199,7 +255,9 @@ def test_forecast_identical_across_max_batch_and_test_batches():
         torch.nn.init.normal_(p, std=0.05)
     x, marks = inputs(B=6)
     ids = torch.arange(100, 106)
-    ref = m.forecast(x, 5, time_features=marks, num_steps=4, window_ids=ids, seed=3, progress=False)
+    ref = m.forecast(
+        x, 5, time_features=marks, num_steps=4, window_ids=ids, seed=3, progress=False
+    ).samples
     for mb in (1, 7, 30):
         got = m.forecast(
             x,
@@ -210,7 +268,7 @@ def test_forecast_identical_across_max_batch_and_test_batches():
             seed=3,
             max_batch=mb,
             progress=False,
-        )
+        ).samples
         torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
     parts = [
         m.forecast(
@@ -221,13 +279,13 @@ def test_forecast_identical_across_max_batch_and_test_batches():
             window_ids=ids[i : i + 3],
             seed=3,
             progress=False,
-        )
+        ).samples
         for i in (0, 3)
     ]
     torch.testing.assert_close(torch.cat(parts, dim=1), ref, rtol=1e-5, atol=1e-5)
     other = m.forecast(
         x, 5, time_features=marks, num_steps=4, window_ids=ids, seed=4, progress=False
-    )
+    ).samples
     assert not torch.allclose(other, ref)
 
 
@@ -241,25 +299,114 @@ def test_backbone_runs_once_per_window_not_per_sample():
 
 
 # ---------------------------------------------------------------- config, input checks, persistence
-def test_bad_config_and_inputs():
-    with pytest.raises(ValueError, match="lookback: expected a positive integer, got 0"):
-        ForecastConfig(lookback=0)
-    with pytest.raises(ValueError, match="denoiser: expected one of"):
-        ForecastConfig(denoiser="mlp")
-    with pytest.raises(ValueError, match="prediction: expected one of"):
-        ForecastConfig(prediction="score")
-    with pytest.raises(ValueError, match="n_heads: d_model=16 must be divisible by n_heads=3"):
-        ITransformerDiffusion(dataclasses.replace(TINY, n_heads=3))
+@pytest.mark.parametrize(
+    ("change", "error", "pattern"),
+    [
+        ({"lookback": 0}, ValueError, r"^lookback: expected a positive integer, got int 0$"),
+        ({"lookback": 1.5}, TypeError, r"^lookback: expected a positive integer, got float 1\.5$"),
+        ({"horizon": True}, TypeError, r"^horizon: expected a positive integer, got bool True$"),
+        ({"n_time_features": -1}, ValueError, r"^n_time_features: expected a non-negative"),
+        ({"dropout": 1.0}, ValueError, r"^dropout: expected a finite number in \[0, 1\)"),
+        ({"dropout": "0.1"}, TypeError, r"^dropout: expected a finite number"),
+        ({"dropout": math.nan}, ValueError, r"^dropout: expected a finite number"),
+        ({"denoiser": "mlp"}, ValueError, r"^denoiser: expected one of 'token', 'unet', got"),
+        ({"denoiser": 1}, TypeError, r"^denoiser: expected one of"),
+        ({"prediction": "score"}, ValueError, r"^prediction: expected one of 'eps', 'x0', 'v'"),
+        ({"schedule": "cos"}, ValueError, r"^schedule: expected one of 'linear', "),
+        ({"num_train_steps": 2.0}, TypeError, r"^num_train_steps: expected a positive integer"),
+        ({"unet_channels": ()}, ValueError, r"^unet_channels: expected at least one"),
+        ({"unet_channels": "32"}, TypeError, r"^unet_channels: expected a sequence"),
+        ({"unet_channels": (8, 0)}, ValueError, r"^unet_channels\[1\]: expected a positive"),
+        ({"n_heads": 3}, ValueError, r"^n_heads: expected a divisor of d_model=16, got int 3$"),
+        (
+            {"denoiser_heads": 3},
+            ValueError,
+            r"^denoiser_heads: expected a divisor of denoiser_width",
+        ),
+        (
+            {"denoiser": "unet", "unet_channels": (8, 12), "denoiser_heads": 8},
+            ValueError,
+            r"^denoiser_heads: expected a divisor of unet_channels\[1\]=12, got int 8$",
+        ),
+    ],
+)
+def test_forecast_config_checks_every_field(change, error, pattern):
+    with pytest.raises(error, match=pattern):
+        dataclasses.replace(TINY, **change)
+
+
+def test_forecast_config_stores_plain_python_numbers():
+    """numpy scalars (from a sweep, say) become int / float: a checkpoint must load with
+    torch.load(weights_only=True)."""
+    c = dataclasses.replace(
+        TINY, lookback=np.int64(24), dropout=np.float32(0.25), unet_channels=[8, 16]
+    )
+    assert type(c.lookback) is int and type(c.dropout) is float and c.unet_channels == (8, 16)
+    # widths that no GroupNorm group count divided before now build (groups = gcd)
+    m = ITransformerDiffusion(dataclasses.replace(TINY, denoiser="unet", unet_channels=(6, 10)))
+    x, marks = inputs(B=2)
+    fc = m.forecast(x, 2, time_features=marks, num_steps=2, progress=False)
+    assert fc.samples.shape == (2, 2, 12, 3)
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "pattern"),
+    [
+        # issue 8: each of these was accepted or failed only inside torch
+        (
+            {"grad_clip": -1.0},
+            ValueError,
+            r"^grad_clip: expected a finite number > 0, got float -1\.0$",
+        ),
+        (
+            {"point_lr": math.inf},
+            ValueError,
+            r"^point_lr: expected a finite number > 0, got float inf$",
+        ),
+        ({"seed": 1.5}, TypeError, r"^seed: expected a non-negative integer, got float 1\.5$"),
+        (
+            {"weight_decay": -1},
+            ValueError,
+            r"^weight_decay: expected a finite number >= 0, got int -1$",
+        ),
+        ({"diffusion_lr": "1e-3"}, TypeError, r"^diffusion_lr: expected a finite number"),
+        (
+            {"point_lr_decay": 1.5},
+            ValueError,
+            r"^point_lr_decay: expected a finite number in \(0, 1\]",
+        ),
+        ({"batch_size": 0}, ValueError, r"^batch_size: expected a positive integer, got int 0$"),
+        ({"point_epochs": -1}, ValueError, r"^point_epochs: expected a non-negative integer"),
+        ({"max_batches_per_epoch": 2.0}, TypeError, r"^max_batches_per_epoch: expected a positive"),
+        ({"amp": "fp8"}, ValueError, r"^amp: expected one of 'auto', 'bf16', 'fp16', 'off', got"),
+        ({"amp": None}, TypeError, r"^amp: expected one of"),
+    ],
+)
+def test_train_config_checks_every_field(change, error, pattern):
+    with pytest.raises(error, match=pattern):
+        TrainConfig(**change)
+
+
+def test_train_config_accepts_its_off_switches():
+    c = TrainConfig(grad_clip=None, max_batches_per_epoch=None, point_epochs=0, seed=np.int64(3))
+    assert c.grad_clip is None and c.max_batches_per_epoch is None and type(c.seed) is int
+
+
+def test_bad_inputs():
     m = tiny_model()
     x, marks = inputs()
     with pytest.raises(ValueError, match=r"history: expected shape \[B, 24, 3\].*got \(5, 24, 4\)"):
         m(torch.zeros(5, 24, 4), marks)
+    with pytest.raises(TypeError, match=r"^history: expected a torch\.Tensor"):
+        m(x.numpy(), marks)
     with pytest.raises(ValueError, match="time_features: this model uses 4 time features"):
         m(x)
     with pytest.raises(ValueError, match=r"time_features: expected shape \[5, 24, 4\]"):
         m(x, marks[:, :, :2])
     with pytest.raises(ValueError, match="std: expected positive"):
         m.set_residual_stats(torch.zeros(3), torch.tensor([1.0, 0.0, 1.0]))
+    with pytest.raises(TypeError, match=r"^config: expected a ForecastConfig"):
+        ITransformerDiffusion(dataclasses.asdict(TINY))
 
 
 def test_save_load_round_trip_and_bad_files(tmp_path):
@@ -269,28 +416,28 @@ def test_save_load_round_trip_and_bad_files(tmp_path):
     assert sorted(p.name for p in path.parent.iterdir()) == ["model.pt"]  # no temp file left behind
     back = ITransformerDiffusion.load(path)
     assert back.config == m.config
-    for (k, v), (k2, v2) in zip(m.state_dict().items(), back.state_dict().items()):
+    for (k, v), (k2, v2) in zip(m.state_dict().items(), back.state_dict().items(), strict=True):
         assert k == k2 and torch.equal(v, v2)
     x, marks = inputs()
     torch.testing.assert_close(
         back.forecast(x, 3, time_features=marks, num_steps=3, progress=False),
         m.forecast(x, 3, time_features=marks, num_steps=3, progress=False),
-    )
+    )  # both fields
 
     broken = tmp_path / "broken.pt"
     broken.write_bytes(path.read_bytes()[:200])
-    with pytest.raises(ValueError, match="broken.pt: not a readable diffsample checkpoint"):
+    with pytest.raises(ValueError, match=r"broken\.pt: not a readable diffsample checkpoint"):
         ITransformerDiffusion.load(broken)
     other = tmp_path / "other.pt"
     torch.save({"weights": torch.zeros(3)}, other)
-    with pytest.raises(ValueError, match="other.pt: expected a checkpoint of format"):
+    with pytest.raises(ValueError, match=r"other\.pt: expected a checkpoint of format"):
         ITransformerDiffusion.load(other)
     payload = torch.load(path, weights_only=True)
     payload["config"]["d_model"] = 32
     mismatched = tmp_path / "mismatched.pt"
     torch.save(payload, mismatched)
     with pytest.raises(
-        ValueError, match="mismatched.pt: weights do not match the config.*shape mismatches"
+        ValueError, match=r"mismatched\.pt: weights do not match the config.*shape mismatches"
     ):
         ITransformerDiffusion.load(mismatched)
     with pytest.raises(FileNotFoundError):

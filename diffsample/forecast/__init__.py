@@ -1,8 +1,11 @@
 """diffsample.forecast: the reference probabilistic forecaster built on the core.
 
 iTransformer point forecast + conditional residual diffusion, the ETT data pipeline, a
-two-stage mixed-precision trainer and the ``diffsample`` command. The core (``diffsample``)
-never imports this package.
+two-stage mixed-precision trainer, streaming evaluation of a split and the ``diffsample``
+command. The core (``diffsample``) never imports this package.
+
+Dimensions: S samples, B windows, L lookback, H horizon, N variates, F time features,
+D backbone width.
 """
 
 from .data import (
@@ -15,11 +18,14 @@ from .data import (
     synthetic_dataset,
 )
 from .denoisers import TokenDenoiser, UNet1DDenoiser
+from .evaluation import Evaluation, evaluate_split
 from .itransformer import ITransformer
-from .model import ForecastConfig, ITransformerDiffusion
+from .model import Forecast, ForecastConfig, ITransformerDiffusion
 from .training import TrainConfig, TrainResult, train
 
 __all__ = [
+    "Evaluation",
+    "Forecast",
     "ForecastConfig",
     "ForecastDataset",
     "ForecastSplit",
@@ -32,6 +38,7 @@ __all__ = [
     "UNet1DDenoiser",
     "WindowBatch",
     "download_ett",
+    "evaluate_split",
     "load_dataset",
     "synthetic_dataset",
     "train",

@@ -25,6 +25,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from .itransformer import _check_heads
+
 __all__ = ["TokenDenoiser", "UNet1DDenoiser", "timestep_embedding"]
 
 
@@ -51,6 +53,13 @@ class StepEmbedding(nn.Module):
         return self.mlp(timestep_embedding(t, self.dim))
 
 
+def _zero(layer: nn.Linear | nn.Conv1d) -> None:
+    """Zero a layer's weight and bias: the block it ends starts as the identity (or output 0)."""
+    nn.init.zeros_(layer.weight)
+    if layer.bias is not None:
+        nn.init.zeros_(layer.bias)
+
+
 def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return x * (1 + scale[:, None]) + shift[:, None]  # x [M, N, D], shift/scale [M, D]
 
@@ -67,9 +76,9 @@ class _AdaLNBlock(nn.Module):
         self.mlp = nn.Sequential(
             nn.Linear(d_model, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, d_model)
         )
-        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(d_model, 6 * d_model))
-        nn.init.zeros_(self.ada[1].weight)
-        nn.init.zeros_(self.ada[1].bias)
+        ada = nn.Linear(d_model, 6 * d_model)
+        _zero(ada)
+        self.ada = nn.Sequential(nn.SiLU(), ada)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(c).chunk(6, dim=-1)  # each [M, D]
@@ -99,6 +108,7 @@ class TokenDenoiser(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
+        _check_heads("n_heads", n_heads, "d_model", d_model)
         self.embed = nn.Linear(horizon, d_model)
         self.cond = nn.Linear(cond_dim, d_model)
         self.step = StepEmbedding(d_model)
@@ -106,11 +116,11 @@ class TokenDenoiser(nn.Module):
             _AdaLNBlock(d_model, n_heads, mlp_ratio, dropout) for _ in range(n_layers)
         )
         self.norm = nn.LayerNorm(d_model, elementwise_affine=False, eps=1e-6)
-        self.final_ada = nn.Sequential(nn.SiLU(), nn.Linear(d_model, 2 * d_model))
+        final_ada = nn.Linear(d_model, 2 * d_model)
+        self.final_ada = nn.Sequential(nn.SiLU(), final_ada)
         self.out = nn.Linear(d_model, horizon)
-        for layer in (self.final_ada[1], self.out):  # the whole network starts at output 0
-            nn.init.zeros_(layer.weight)
-            nn.init.zeros_(layer.bias)
+        for layer in (final_ada, self.out):  # the whole network starts at output 0
+            _zero(layer)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, *, z: torch.Tensor) -> torch.Tensor:
         tokens = self.embed(rearrange(x_t, "m h n -> m n h")) + self.cond(z)  # [M, N, D]
@@ -122,20 +132,32 @@ class TokenDenoiser(nn.Module):
         return rearrange(out, "m n h -> m h n")
 
 
+def unet_attention_levels(n_levels: int) -> list[int]:
+    """The levels whose width :class:`UNet1DDenoiser`'s cross-attention splits into heads: every
+    level below the top (down, middle and up paths), or the only one."""
+    return list(range(1, n_levels)) or [0]
+
+
+def _group_count(channels: int, groups: int) -> int:
+    """GroupNorm groups for ``channels``: ``min(groups, channels)`` where that divides them (what
+    every existing checkpoint uses), else the largest common divisor, so any width builds."""
+    g = min(groups, channels)
+    return g if channels % g == 0 else math.gcd(groups, channels)
+
+
 class _FiLMResBlock(nn.Module):
     """GroupNorm-SiLU-Conv twice, FiLM (1 + gamma, beta) from the embedding between them."""
 
     def __init__(self, c_in: int, c_out: int, emb_dim: int, groups: int) -> None:
         super().__init__()
         self.norm1, self.conv1 = (
-            nn.GroupNorm(min(groups, c_in), c_in),
+            nn.GroupNorm(_group_count(c_in, groups), c_in),
             nn.Conv1d(c_in, c_out, 3, padding=1),
         )
         self.film = nn.Linear(emb_dim, 2 * c_out)
-        nn.init.zeros_(self.film.weight)  # FiLM starts as the identity
-        nn.init.zeros_(self.film.bias)
+        _zero(self.film)  # FiLM starts as the identity
         self.norm2, self.conv2 = (
-            nn.GroupNorm(min(groups, c_out), c_out),
+            nn.GroupNorm(_group_count(c_out, groups), c_out),
             nn.Conv1d(c_out, c_out, 3, padding=1),
         )
         self.skip = nn.Conv1d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
@@ -156,8 +178,7 @@ class _CrossAttention(nn.Module):
         self.attn = nn.MultiheadAttention(
             channels, n_heads, kdim=cond_dim, vdim=cond_dim, batch_first=True
         )
-        nn.init.zeros_(self.attn.out_proj.weight)
-        nn.init.zeros_(self.attn.out_proj.bias)
+        _zero(self.attn.out_proj)  # the residual branch starts at 0
 
     def forward(self, x: torch.Tensor, z_rows: torch.Tensor) -> torch.Tensor:
         q = rearrange(self.norm(x), "r c l -> r l c")  # [R, L, C], R = M * N
@@ -188,6 +209,8 @@ class UNet1DDenoiser(nn.Module):
         groups: int = 8,
     ) -> None:
         super().__init__()
+        for i in unet_attention_levels(len(channels)):
+            _check_heads("n_heads", n_heads, f"channels[{i}]", channels[i])
         self.horizon, self.levels = horizon, len(channels)
         self.step = StepEmbedding(emb_dim)
         self.own_token = nn.Linear(cond_dim, emb_dim)
@@ -208,13 +231,11 @@ class UNet1DDenoiser(nn.Module):
             self.up_attn.append(
                 _CrossAttention(c_out, cond_dim, n_heads) if i > 1 else nn.Identity()
             )
+        out = nn.Conv1d(channels[0], 1, 3, padding=1)
+        _zero(out)  # starts at output 0, as the token denoiser
         self.out = nn.Sequential(
-            nn.GroupNorm(min(groups, channels[0]), channels[0]),
-            nn.SiLU(),
-            nn.Conv1d(channels[0], 1, 3, padding=1),
+            nn.GroupNorm(_group_count(channels[0], groups), channels[0]), nn.SiLU(), out
         )
-        nn.init.zeros_(self.out[-1].weight)
-        nn.init.zeros_(self.out[-1].bias)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, *, z: torch.Tensor) -> torch.Tensor:
         M, H, N = x_t.shape
@@ -229,13 +250,13 @@ class UNet1DDenoiser(nn.Module):
             N, dim=0
         )  # [M*N, N, Dz]: every series reads its window's tokens
         h, skips = self.inp(x), []
-        for block, attn, pool in zip(self.down, self.down_attn, self.pool):
+        for block, attn, pool in zip(self.down, self.down_attn, self.pool, strict=True):
             h = block(h, emb)
             h = attn(h, z_rows) if isinstance(attn, _CrossAttention) else h
             skips.append(h)
             h = pool(h)
         h = self.mid_attn(self.mid(h, emb), z_rows)
-        for block, attn in zip(self.up, self.up_attn):
+        for block, attn in zip(self.up, self.up_attn, strict=True):
             skip = skips.pop()
             h = (
                 F.interpolate(h, size=skip.shape[-1], mode="nearest")

@@ -1,7 +1,7 @@
 """ITransformerDiffusion: iTransformer point forecast + conditional residual diffusion.
 
 Dimensions: S samples, B windows, L lookback, H horizon, N variates, F time features,
-D backbone width, T train steps, K sampling steps.
+D backbone width, T train steps, K sampling steps, M rows (samples x windows).
 
     history [B, L, N] --backbone (once per window)--> y_det [B, H, N], z [B, N, D]
     residual r = (y - y_det - res_mean) / res_std            per variate, stats fixed after training
@@ -19,26 +19,36 @@ import dataclasses
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .. import NoiseSchedule, sample_many
-from .._utils import atomic_write, check_int
-from ..prediction import training_target
-from .denoisers import TokenDenoiser, UNet1DDenoiser
-from .itransformer import ITransformer
+from .._utils import atomic_write, check_choice, check_int, check_number, check_tensor, expected
+from ..prediction import Prediction, training_target
+from ..samplers import Sampler
+from .denoisers import TokenDenoiser, UNet1DDenoiser, unet_attention_levels
+from .itransformer import ITransformer, _check_heads
 
-__all__ = ["ForecastConfig", "ITransformerDiffusion"]
+__all__ = ["DenoiserName", "Forecast", "ForecastConfig", "ITransformerDiffusion", "ScheduleName"]
 
 _FORMAT = "diffsample.ITransformerDiffusion/1"
+
+DenoiserName = Literal["token", "unet"]
+ScheduleName = Literal["linear", "scaled_linear", "cosine", "sigmoid"]
 
 
 @dataclasses.dataclass(frozen=True)
 class ForecastConfig:
-    """Sizes of the forecaster. Defaults: the reference configuration for ETT (L = H = 96, N = 7)."""
+    """Sizes of the forecaster. Defaults: the reference configuration for ETT (L = H = 96, N = 7).
+
+    Every field is checked at construction: a value of the wrong kind (``1.5`` or ``True`` for
+    an integer, a number for a name) raises TypeError, a bad value ValueError, each naming the
+    field. Integers and floats are stored as plain Python ``int`` / ``float`` (a numpy scalar
+    would not survive ``torch.load(weights_only=True)`` of a checkpoint).
+    """
 
     lookback: int = 96
     horizon: int = 96
@@ -51,59 +61,95 @@ class ForecastConfig:
     d_ff: int = 128
     dropout: float = 0.1
     # residual diffusion
-    denoiser: Literal["token", "unet"] = "token"
+    denoiser: DenoiserName = "token"
     denoiser_width: int = 128  # D of the token transformer; emb_dim of the U-Net
     denoiser_layers: int = 2
     denoiser_heads: int = 4
     unet_channels: tuple[int, ...] = (32, 64)
     # v-prediction keeps x0 = alpha x_t - sigma v bounded at the noisiest steps, where
     # eps-prediction divides by alpha ~ 1e-4 (cosine, t = T - 1) and amplifies every error
-    prediction: Literal["eps", "x0", "v"] = "v"
-    schedule: Literal["linear", "scaled_linear", "cosine", "sigmoid"] = "cosine"
+    prediction: Prediction = "v"
+    schedule: ScheduleName = "cosine"
     num_train_steps: int = 1000
 
     def __post_init__(self) -> None:
-        for name in (
-            "lookback",
-            "horizon",
-            "n_variates",
-            "d_model",
-            "n_heads",
-            "n_layers",
-            "d_ff",
-            "denoiser_width",
-            "denoiser_layers",
-            "denoiser_heads",
-            "num_train_steps",
-        ):
-            check_int(name, getattr(self, name))
-        check_int("n_time_features", self.n_time_features, minimum=0)
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout: expected a value in [0, 1), got {self.dropout!r}")
-        choices = {
-            "denoiser": ("token", "unet"),
-            "prediction": ("eps", "x0", "v"),
-            "schedule": ("linear", "scaled_linear", "cosine", "sigmoid"),
-        }
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(
-                    f"{name}: expected one of {list(allowed)}, got {getattr(self, name)!r}"
-                )
-        object.__setattr__(self, "unet_channels", tuple(int(c) for c in self.unet_channels))
-        if not self.unet_channels or min(self.unet_channels) < 1:
-            raise ValueError(
-                f"unet_channels: expected positive channel counts, got {self.unet_channels!r}"
+        checked: dict[str, object] = {
+            name: check_int(name, getattr(self, name))
+            for name in (
+                "lookback",
+                "horizon",
+                "n_variates",
+                "d_model",
+                "n_heads",
+                "n_layers",
+                "d_ff",
+                "denoiser_width",
+                "denoiser_layers",
+                "denoiser_heads",
+                "num_train_steps",
             )
+        }
+        checked["n_time_features"] = check_int("n_time_features", self.n_time_features, minimum=0)
+        checked["dropout"] = check_number(
+            "dropout", self.dropout, minimum=0.0, maximum=1.0, open_max=True
+        )
+        checked["denoiser"] = check_choice("denoiser", self.denoiser, DenoiserName)
+        checked["prediction"] = check_choice("prediction", self.prediction, Prediction)
+        checked["schedule"] = check_choice("schedule", self.schedule, ScheduleName)
+        channels = self.unet_channels
+        if isinstance(channels, (str, bytes)) or not isinstance(channels, Sequence):
+            raise TypeError(expected("unet_channels", "a sequence of positive integers", channels))
+        if not channels:
+            raise ValueError(
+                f"unet_channels: expected at least one channel count, got {channels!r}"
+            )
+        checked["unet_channels"] = tuple(
+            check_int(f"unet_channels[{i}]", c) for i, c in enumerate(channels)
+        )
+        for name, value in checked.items():
+            object.__setattr__(self, name, value)
+        # the module sizes that must agree, checked here rather than when the model is built
+        _check_heads("n_heads", self.n_heads, "d_model", self.d_model)
+        if self.denoiser == "token":
+            _check_heads(
+                "denoiser_heads", self.denoiser_heads, "denoiser_width", self.denoiser_width
+            )
+        else:
+            for i in unet_attention_levels(len(self.unet_channels)):
+                _check_heads(
+                    "denoiser_heads",
+                    self.denoiser_heads,
+                    f"unet_channels[{i}]",
+                    self.unet_channels[i],
+                )
+
+
+class Forecast(NamedTuple):
+    """What :meth:`ITransformerDiffusion.forecast` returns, in the data's (scaled) units.
+
+    Attributes:
+        samples: ``[S, B, H, N]``, contiguous (row-major).
+        point: ``[B, H, N]``, the backbone's point forecast y_det.
+    """
+
+    samples: torch.Tensor
+    point: torch.Tensor
 
 
 class ITransformerDiffusion(nn.Module):
-    """Point forecast from an iTransformer, uncertainty from a diffusion model of its residuals."""
+    """Point forecast from an iTransformer, uncertainty from a diffusion model of its residuals.
+
+    Args:
+        config: the sizes (:class:`ForecastConfig`); the default is the ETT reference model.
+    """
+
+    res_mean: torch.Tensor  # [N] buffer
+    res_std: torch.Tensor  # [N] buffer
 
     def __init__(self, config: ForecastConfig = ForecastConfig()) -> None:
         super().__init__()
         if not isinstance(config, ForecastConfig):
-            raise TypeError(f"config: expected a ForecastConfig, got {type(config).__name__}")
+            raise TypeError(expected("config", "a ForecastConfig", config))
         c = self.config = config
         self.backbone = ITransformer(
             c.lookback,
@@ -131,9 +177,10 @@ class ITransformerDiffusion(nn.Module):
                 emb_dim=c.denoiser_width,
                 n_heads=c.denoiser_heads,
             )
-        self.schedule = NoiseSchedule.by_name(
-            c.schedule, c.num_train_steps
-        )  # float64, kept off the module's dtype
+        # float64 and on the CPU, not a buffer: samplers read their per-step coefficients on
+        # the host (no device sync in the step loop) and cast them only at use
+        self.schedule = NoiseSchedule.by_name(c.schedule, c.num_train_steps)
+        self._device_schedules: dict[torch.device, tuple[NoiseSchedule, NoiseSchedule]] = {}
         self.register_buffer("res_mean", torch.zeros(c.n_variates))  # [N]
         self.register_buffer("res_std", torch.ones(c.n_variates))  # [N]
 
@@ -141,14 +188,23 @@ class ITransformerDiffusion(nn.Module):
     def forward(
         self, history: torch.Tensor, time_features: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The backbone: history ``[B, L, N]`` -> (y_det ``[B, H, N]``, z ``[B, N, D]``)."""
+        """The backbone: history ``[B, L, N]`` (+ ``[B, L, F]``) -> (y_det ``[B, H, N]``, z ``[B, N, D]``)."""
         self._check_inputs(history, time_features)
         return self.backbone(history, time_features if self.config.n_time_features else None)
 
     def point_loss(
         self, history: torch.Tensor, target: torch.Tensor, time_features: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """MSE of the point forecast (stage 1)."""
+        """MSE of the point forecast (stage 1).
+
+        Args:
+            history: ``[B, L, N]``.
+            target: ``[B, H, N]``.
+            time_features: ``[B, L, F]`` or None.
+
+        Returns:
+            A float32 scalar.
+        """
         y_det, _ = self(history, time_features)
         return F.mse_loss(y_det.float(), target.float())
 
@@ -162,38 +218,50 @@ class ITransformerDiffusion(nn.Module):
     ) -> torch.Tensor:
         """Denoising loss on normalised residuals (stage 2); the backbone is not trained here.
 
-        Each window draws a uniform step t and noise; the loss is the MSE between the
-        denoiser's output and its target for ``config.prediction``.
+        Each window draws a uniform step t and noise; the forward process is the schedule's own
+        (:meth:`NoiseSchedule.add_noise`, :meth:`NoiseSchedule.alpha_sigma`) and the loss is the
+        MSE between the denoiser's output and its target for ``config.prediction``.
+
+        Args:
+            history: ``[B, L, N]``.
+            target: ``[B, H, N]``.
+            time_features: ``[B, L, F]`` or None.
+            generator: draws t ``[B]`` and the noise ``[B, H, N]``; on the data's device.
+
+        Returns:
+            A float32 scalar.
         """
         with torch.no_grad():
             y_det, z = self(history, time_features)
             r0 = self.normalise_residual(target, y_det)  # [B, H, N]
-            B = r0.shape[0]
+            schedule = self._schedule_on(r0.device)
             t = torch.randint(
-                0, self.config.num_train_steps, (B,), device=r0.device, generator=generator
-            )
+                0, schedule.num_train_steps, r0.shape[:1], device=r0.device, generator=generator
+            )  # [B]
             noise = torch.randn(r0.shape, device=r0.device, dtype=r0.dtype, generator=generator)
-            ab = self.schedule.alphas_cumprod.to(r0.device)[t].to(r0.dtype)[
-                :, None, None
-            ]  # [B, 1, 1]
-            a, s = ab.sqrt(), (1 - ab).sqrt()
-            r_t = a * r0 + s * noise
-            goal = training_target(r0, noise, a, s, self.config.prediction)
+            r_t = schedule.add_noise(r0, noise, t)  # [B, H, N]
+            alpha, sigma = (a[:, None, None] for a in schedule.alpha_sigma(t))  # [B, 1, 1] f64
+            goal = training_target(r0, noise, alpha, sigma, self.config.prediction)
         return F.mse_loss(self.denoiser(r_t, t, z=z).float(), goal.float())
 
     def normalise_residual(self, target: torch.Tensor, y_det: torch.Tensor) -> torch.Tensor:
+        """r = (target - y_det - res_mean) / res_std, per variate: ``[B, H, N]`` -> ``[B, H, N]``."""
         return (target - y_det - self.res_mean) / self.res_std
 
     @torch.no_grad()
     def set_residual_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         """Fix the per-variate residual statistics ``[N]`` (computed on training data)."""
         N = self.config.n_variates
+        check_tensor("mean", mean, floating=True)
+        check_tensor("std", std, floating=True)
         if mean.shape != (N,) or std.shape != (N,):
             raise ValueError(
                 f"mean, std: expected shape [{N}] each, got {tuple(mean.shape)} and {tuple(std.shape)}"
             )
-        if not bool((std > 0).all()) or not bool(torch.isfinite(mean).all()):
+        if not bool((std > 0).all()) or not bool(torch.isfinite(std).all()):
             raise ValueError(f"std: expected positive finite values, got {std.tolist()}")
+        if not bool(torch.isfinite(mean).all()):
+            raise ValueError(f"mean: expected finite values, got {mean.tolist()}")
         self.res_mean.copy_(mean)
         self.res_std.copy_(std)
 
@@ -205,38 +273,37 @@ class ITransformerDiffusion(nn.Module):
         n_samples: int,
         *,
         time_features: torch.Tensor | None = None,
-        sampler: Literal["ddim", "ddpm", "dpmpp_2m"] = "ddim",
+        sampler: str | Sampler = "ddim",
         num_steps: int = 50,
         max_batch: int | None = None,
         memory_budget: int | float | None = None,
         seed: int = 0,
         window_ids: torch.Tensor | Sequence[int] | None = None,
         progress: bool | None = None,
-        return_point: bool = False,
         **sampler_kwargs: Any,
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    ) -> Forecast:
         """Probabilistic forecast: ``n_samples`` samples per window, in the data's (scaled) units.
 
         Args:
             history: ``[B, L, N]``.
             n_samples: S.
             time_features: ``[B, L, F]`` for the history, if the model uses them.
-            sampler: "ddim" (default, deterministic given the noise), "ddpm" or "dpmpp_2m".
+            sampler: a name in :data:`diffsample.SAMPLERS` ("ddim", the default, is
+                deterministic given the noise; "ddpm"; "dpmpp_2m") or a sampler function.
             num_steps: K sampling steps on a trailing grid.
             max_batch, memory_budget, progress: see :func:`diffsample.sample_many`.
             seed, window_ids: key the noise: the same window id and seed give the same samples in
                 any test batch and at any chunking. Default ids 0..B-1; pass global indices.
-            return_point: also return the point forecast y_det ``[B, H, N]``.
             **sampler_kwargs: passed to the sampler, e.g. ``eta`` for DDIM or ``clip_x0``.
 
         Returns:
-            Samples ``[S, B, H, N]`` (and y_det if ``return_point``). Map them to the original units
-            with the dataset's scaler (``inverse_transform``).
+            ``Forecast(samples [S, B, H, N], point [B, H, N])``, both contiguous. Map them to
+            the original units with the dataset's scaler (``inverse_transform``).
         """
         was_training = self.training
         self.eval()
         try:
-            y_det, z = self(history, time_features)
+            y_det, z = self(history, time_features)  # [B, H, N], [B, N, D]
             c = self.config
             r = sample_many(
                 sampler,
@@ -255,14 +322,17 @@ class ITransformerDiffusion(nn.Module):
                 prediction=c.prediction,
                 **sampler_kwargs,
             )  # [S, B, H, N]
-            samples = y_det + r * self.res_std + self.res_mean
+            # a broadcast takes its operands' memory layout; a permuted one (from the backbone
+            # or a denoiser's output) made the metrics on these samples ~20x slower
+            point = y_det.contiguous()
+            samples = (point + r * self.res_std + self.res_mean).contiguous()  # [S, B, H, N]
         finally:
             self.train(was_training)
-        return (samples, y_det) if return_point else samples
+        return Forecast(samples, point)
 
     # ------------------------------------------------------------------ persistence
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write config + weights atomically (a temp file renamed into place)."""
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write config + weights atomically (a temp file renamed into place); returns the path."""
         payload = {
             "format": _FORMAT,
             "config": dataclasses.asdict(self.config),
@@ -271,8 +341,15 @@ class ITransformerDiffusion(nn.Module):
         return atomic_write(path, lambda f: torch.save(payload, f))
 
     @classmethod
-    def load(cls, path: str | os.PathLike, *, map_location: Any = "cpu") -> ITransformerDiffusion:
-        """Read a file written by :meth:`save` (``torch.load(weights_only=True)``)."""
+    def load(
+        cls, path: str | os.PathLike[str], *, map_location: Any = "cpu"
+    ) -> ITransformerDiffusion:
+        """Read a file written by :meth:`save` (``torch.load(weights_only=True)``).
+
+        Raises:
+            FileNotFoundError: no such file.
+            ValueError: not a checkpoint of this format, or weights that do not fit its config.
+        """
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such checkpoint file")
@@ -308,32 +385,36 @@ class ITransformerDiffusion(nn.Module):
         return model
 
     # ------------------------------------------------------------------ checks
+    def _schedule_on(self, device: torch.device) -> NoiseSchedule:
+        """``self.schedule`` on ``device``, copied once per device: the training loss indexes
+        it with t drawn there, and moving t to the host instead would sync at every step."""
+        if device == self.schedule.device:
+            return self.schedule
+        source, moved = self._device_schedules.get(device, (None, None))
+        if source is not self.schedule or moved is None:  # first use, or the schedule was replaced
+            moved = self.schedule.to(device)
+            self._device_schedules[device] = (self.schedule, moved)
+        return moved
+
     def _check_inputs(self, history: torch.Tensor, time_features: torch.Tensor | None) -> None:
         c = self.config
-        if (
-            not isinstance(history, torch.Tensor)
-            or history.ndim != 3
-            or history.shape[1:] != (c.lookback, c.n_variates)
-        ):
-            got = (
-                tuple(history.shape)
-                if isinstance(history, torch.Tensor)
-                else type(history).__name__
-            )
+        check_tensor("history", history, floating=True)
+        if history.ndim != 3 or history.shape[1:] != (c.lookback, c.n_variates):
             raise ValueError(
-                f"history: expected shape [B, {c.lookback}, {c.n_variates}] (B, lookback, variates), got {got}"
+                f"history: expected shape [B, {c.lookback}, {c.n_variates}] (B, lookback, variates), "
+                f"got {tuple(history.shape)}"
             )
-        if c.n_time_features and time_features is None:
+        if not c.n_time_features:
+            return  # a model built without time features ignores any it is given
+        if time_features is None:
             raise ValueError(
                 f"time_features: this model uses {c.n_time_features} time features; pass [B, {c.lookback}, "
                 f"{c.n_time_features}] (or build it with n_time_features=0)"
             )
-        if c.n_time_features and time_features.shape != (
-            history.shape[0],
-            c.lookback,
-            c.n_time_features,
-        ):
+        check_tensor("time_features", time_features, floating=True)
+        want = (history.shape[0], c.lookback, c.n_time_features)
+        if time_features.shape != want:
             raise ValueError(
-                f"time_features: expected shape [{history.shape[0]}, {c.lookback}, {c.n_time_features}], "
+                f"time_features: expected shape [{', '.join(map(str, want))}], "
                 f"got {tuple(time_features.shape)}"
             )

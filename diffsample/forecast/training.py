@@ -9,6 +9,8 @@ The best weights of each stage are kept, and written atomically when a path is g
 Mixed precision: one code path, ``torch.amp.autocast(device_type, dtype, enabled)`` and a
 GradScaler enabled only for fp16. "auto" picks bf16 on GPUs that support it, fp16 on other
 GPUs, and full fp32 on CPU.
+
+Dimensions: B windows per batch, L lookback, H horizon, N variates, F time features.
 """
 
 from __future__ import annotations
@@ -26,18 +28,26 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .._utils import check_int, progress_disabled
+from .._utils import check_choice, check_int, check_number, expected, progress_disabled
 from .data import ForecastDataset, ForecastSplit, WindowBatch
 from .model import ITransformerDiffusion
 
-__all__ = ["TrainConfig", "TrainResult", "resolve_amp", "train"]
+__all__ = ["AmpMode", "TrainConfig", "TrainResult", "resolve_amp", "train"]
 
 log = logging.getLogger(__name__)
 
 
+AmpMode = Literal["auto", "bf16", "fp16", "off"]
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Trainer settings. Defaults follow the iTransformer ETT recipe for stage 1."""
+    """Trainer settings. Defaults follow the iTransformer ETT recipe for stage 1.
+
+    Every field is checked at construction (TypeError for the wrong kind of value, ValueError
+    for a bad one, each naming the field), so a run fails before it starts, not epochs into it
+    or silently (a negative ``grad_clip`` would flip the gradients: gradient ascent).
+    """
 
     batch_size: int = 32
     point_epochs: int = 10
@@ -48,27 +58,50 @@ class TrainConfig:
     weight_decay: float = 0.0
     patience: int = 3
     max_batches_per_epoch: int | None = None  # cap for quick runs; None = every window once
-    grad_clip: float | None = 1.0
-    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
+    grad_clip: float | None = 1.0  # max global gradient norm; None = no clipping
+    amp: AmpMode = "auto"
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "patience"):
-            check_int(name, getattr(self, name))
-        for name in ("point_epochs", "diffusion_epochs"):
-            check_int(name, getattr(self, name), minimum=0)
-        for name in ("point_lr", "diffusion_lr", "point_lr_decay"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name}: expected a positive number, got {getattr(self, name)!r}")
+        checked: dict[str, object] = {
+            "batch_size": check_int("batch_size", self.batch_size),
+            "patience": check_int("patience", self.patience),
+            "point_epochs": check_int("point_epochs", self.point_epochs, minimum=0),
+            "diffusion_epochs": check_int("diffusion_epochs", self.diffusion_epochs, minimum=0),
+            "point_lr": check_number("point_lr", self.point_lr, minimum=0.0, open_min=True),
+            "diffusion_lr": check_number(
+                "diffusion_lr", self.diffusion_lr, minimum=0.0, open_min=True
+            ),
+            "point_lr_decay": check_number(
+                "point_lr_decay", self.point_lr_decay, minimum=0.0, maximum=1.0, open_min=True
+            ),
+            "weight_decay": check_number("weight_decay", self.weight_decay, minimum=0.0),
+            "amp": check_choice("amp", self.amp, AmpMode),
+            "seed": check_int("seed", self.seed, minimum=0),
+        }
         if self.max_batches_per_epoch is not None:
-            check_int("max_batches_per_epoch", self.max_batches_per_epoch)
-        if self.amp not in ("auto", "bf16", "fp16", "off"):
-            raise ValueError(f"amp: expected 'auto', 'bf16', 'fp16' or 'off', got {self.amp!r}")
+            checked["max_batches_per_epoch"] = check_int(
+                "max_batches_per_epoch", self.max_batches_per_epoch
+            )
+        if self.grad_clip is not None:
+            checked["grad_clip"] = check_number(
+                "grad_clip", self.grad_clip, minimum=0.0, open_min=True
+            )
+        for name, value in checked.items():  # plain int / float, as dataclasses.asdict reports
+            object.__setattr__(self, name, value)
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainResult:
-    """What training did: one record per epoch, and the best validation losses of each stage."""
+    """What training did.
+
+    Attributes:
+        history: one record per epoch: stage, epoch, train and validation loss, learning rate.
+        best_val_point: the best validation MSE of stage 1 (its weights are the ones kept).
+        best_val_diffusion: the best validation diffusion loss of stage 2.
+        amp_dtype: "bfloat16", "float16", or None for full precision.
+        seconds: wall time of both stages.
+    """
 
     history: tuple[dict[str, float], ...]
     best_val_point: float
@@ -77,8 +110,9 @@ class TrainResult:
     seconds: float
 
 
-def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
+def resolve_amp(amp: AmpMode, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for a setting on a device, or None for full precision."""
+    check_choice("amp", amp, AmpMode)
     if amp == "off" or (amp == "auto" and device.type != "cuda"):
         return None
     if amp == "auto":
@@ -92,7 +126,7 @@ def train(
     config: TrainConfig = TrainConfig(),
     *,
     device: str | torch.device | None = None,
-    checkpoint: str | os.PathLike | None = None,
+    checkpoint: str | os.PathLike[str] | None = None,
     progress: bool | None = None,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
 ) -> TrainResult:
@@ -106,7 +140,12 @@ def train(
         checkpoint: write the best model here (atomically) after each stage.
         progress: None or True: progress bars on a terminal; False: none.
         on_epoch: called with each epoch's record, e.g. ``print``.
+
+    Returns:
+        A :class:`TrainResult`; the model holds the best weights of each stage, in eval mode.
     """
+    if not isinstance(config, TrainConfig):
+        raise TypeError(expected("config", "a TrainConfig", config))
     _check_compatible(model, data)
     device = (
         torch.device(device)
@@ -131,8 +170,8 @@ def train(
         stage: int,
         module: nn.Module,
         opt: torch.optim.Optimizer,
-        loss_fn,
-        val_fn,
+        loss_fn: Callable[[WindowBatch], torch.Tensor],
+        val_fn: Callable[[], Callable[[WindowBatch], torch.Tensor]],
         epochs: int,
         lr_decay: float,
         names: tuple[str, str],
@@ -178,7 +217,9 @@ def train(
         return best
 
     # stage 1: the point forecast
-    point = lambda b: model.point_loss(b.x, b.y, b.x_mark)
+    def point(b: WindowBatch) -> torch.Tensor:
+        return model.point_loss(b.x, b.y, b.x_mark)
+
     opt = torch.optim.Adam(
         model.backbone.parameters(), lr=config.point_lr, weight_decay=config.weight_decay
     )
@@ -199,7 +240,7 @@ def train(
     if checkpoint is not None and config.point_epochs:
         model.save(checkpoint)
 
-    def diffusion_val():  # the same t and noise at every validation pass
+    def diffusion_val() -> Callable[[WindowBatch], torch.Tensor]:  # the same t, noise each pass
         g_val = torch.Generator(device=device).manual_seed(config.seed + 2)
         return lambda b: model.diffusion_loss(b.x, b.y, b.x_mark, generator=g_val)
 
@@ -229,7 +270,7 @@ def train(
     )
 
 
-def _grad_scaler(device: torch.device, enabled: bool):
+def _grad_scaler(device: torch.device, enabled: bool) -> Any:
     """GradScaler for fp16 (a no-op when disabled); torch < 2.3 only has the CUDA one."""
     if hasattr(torch.amp, "GradScaler"):
         return torch.amp.GradScaler(device.type, enabled=enabled)
@@ -323,6 +364,10 @@ def _capped(it: Iterator[WindowBatch], cap: int | None) -> Iterator[WindowBatch]
 
 
 def _check_compatible(model: ITransformerDiffusion, data: ForecastDataset) -> None:
+    if not isinstance(model, ITransformerDiffusion):
+        raise TypeError(expected("model", "an ITransformerDiffusion", model))
+    if not isinstance(data, ForecastDataset):
+        raise TypeError(expected("data", "a ForecastDataset (load_dataset)", data))
     c = model.config
     want = {
         "lookback": data.lookback,
