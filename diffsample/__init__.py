@@ -12,7 +12,7 @@ from .prediction import Denoiser, Prediction, to_x0_eps, training_target
 from .samplers import SAMPLERS, sample_ddim, sample_ddpm, sample_dpmpp_2m
 from .schedules import NoiseSchedule
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "SAMPLERS",

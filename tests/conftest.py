@@ -12,6 +12,13 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
+# One intra-op thread: the tests check values, not speed, and torch's OpenMP workers spin for
+# cores they share with whatever else the machine runs (on a busy 2-core machine the suite went
+# from 15 s to 6 minutes with 2 threads). DIFFSAMPLE_TEST_THREADS overrides.
+_THREADS = os.environ.get("DIFFSAMPLE_TEST_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", _THREADS)  # the same for the commands the tests start
+torch.set_num_threads(int(_THREADS))
+
 
 def ett_dir_candidates() -> list[Path]:
     env = os.environ.get("DIFFSAMPLE_ETT_DIR")

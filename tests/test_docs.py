@@ -45,3 +45,22 @@ def test_ci_runs_exactly_the_readme_test_command():
     test_cmd = [c for c in commands if "pytest" in c]
     assert len(test_cmd) == 1, commands
     assert test_cmd[0].strip() in [line.strip() for line in ci.splitlines()]
+
+
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+@pytest.mark.parametrize(
+    "page",
+    [p for p in [*PAGES, REPO / "CHANGELOG.md", REPO / "CONTRIBUTING.md"] if p.exists()],
+    ids=lambda p: p.name,
+)
+def test_relative_links_point_to_files_that_exist(page):
+    missing = []
+    for target in LINK.findall(page.read_text()):
+        if "://" in target or target.startswith(("#", "mailto:")):
+            continue
+        path = (page.parent / target.split("#", 1)[0]).resolve()
+        if not path.exists():
+            missing.append(target)
+    assert not missing, f"{page.name} links to files that do not exist: {missing}"
