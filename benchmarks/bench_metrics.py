@@ -14,7 +14,9 @@ samples, S first. float32 samples and observations, seeded. ``DIFFSAMPLE_BENCH_R
 What is timed is what a user runs: ``crps(samples, obs)`` on the sample-first tensor, and
 ``properscoring.crps_ensemble(obs, np.moveaxis(samples, 0, -1))`` on the same memory
 (``moveaxis`` is a view; the transposition happens inside properscoring's ``np.sort`` and is
-counted). Peak memory is measured in a fresh subprocess per call: the peak resident size
+counted). The ``*_transposed`` cases score the same values with the last two axes swapped in
+memory (``samples.transpose(-1, -2).contiguous().transpose(-1, -2)``), the layout the
+forecaster's ``forecast()`` returns: the cost must not depend on it (issue 9). Peak memory is measured in a fresh subprocess per call: the peak resident size
 (``VmHWM``, reset through ``/proc/self/clear_refs`` just before the call; Linux only) minus the
 resident size just before the call (input already resident), recorded as ``extra_peak_mib`` in
 ``extra_info``. tracemalloc cannot see torch's allocations, hence whole-process accounting.
@@ -32,8 +34,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffsample import metrics
-from diffsample.metrics import ForecastMetrics, crps, quantile_crps
+from diffsample.metrics import ForecastMetrics, _engine, crps, quantile_crps
 
 properscoring = pytest.importorskip("properscoring")
 
@@ -46,12 +47,25 @@ TIMES: dict[str, float] = {}  # best time per route in this run, for the speed r
 RESULTS: dict[str, float] = {}
 
 
-def make_data(shape: tuple[int, ...] = SHAPE) -> tuple[torch.Tensor, torch.Tensor]:
-    """samples [S, *E] and obs [*E], float32, seeded; allocated in place (no temporaries)."""
+def make_data(
+    shape: tuple[int, ...] = SHAPE, *, transposed: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """samples [S, *E] and obs [*E], float32, seeded; allocated in place (no temporaries).
+
+    ``transposed``: the same values with the last two axes swapped in memory (the copy is made
+    here, before anything is measured).
+    """
     g = torch.Generator().manual_seed(SEED)
     samples = torch.randn(shape, generator=g)
     obs = torch.randn(shape[1:], generator=g)
+    if transposed:
+        samples = transpose_memory(samples)
     return samples, obs
+
+
+def transpose_memory(samples: torch.Tensor) -> torch.Tensor:
+    """The same values and shape, the last two axes swapped in memory."""
+    return samples.transpose(-1, -2).contiguous().transpose(-1, -2)
 
 
 def run_properscoring(samples: torch.Tensor, obs: torch.Tensor) -> np.ndarray:
@@ -68,7 +82,7 @@ import json, sys
 sys.path.insert(0, {bench_dir!r})
 import bench_metrics as b
 shape = tuple(json.loads(sys.argv[2]))
-samples, obs = b.make_data(shape)
+samples, obs = b.make_data(shape, transposed=sys.argv[3] == "transposed")
 route = b.ROUTES[sys.argv[1]]
 route(samples[:, :1], obs[:1])                     # warm up (numba, thread pools) on a sliver
 def status_kib(key):
@@ -84,7 +98,9 @@ print(json.dumps({{"extra_kib": peak - before, "input_kib": input_kib, "rss_befo
 """
 
 
-def extra_peak(route: str, shape: tuple[int, ...] = SHAPE) -> dict[str, float]:
+def extra_peak(
+    route: str, shape: tuple[int, ...] = SHAPE, *, transposed: bool = False
+) -> dict[str, float]:
     """Extra peak resident memory of one call (MiB) in a fresh process, and the input size.
 
     Linux only: the peak resident size (VmHWM) is reset to the current one through
@@ -92,7 +108,8 @@ def extra_peak(route: str, shape: tuple[int, ...] = SHAPE) -> dict[str, float]:
     """
     code = _PEAK_SCRIPT.format(bench_dir=os.path.dirname(os.path.abspath(__file__)))
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    args = [sys.executable, "-c", code, route, json.dumps(shape)]
+    layout = "transposed" if transposed else "contiguous"
+    args = [sys.executable, "-c", code, route, json.dumps(shape), layout]
     res = subprocess.run(args, capture_output=True, text=True, check=True, cwd=repo)
     got = json.loads(res.stdout.strip().splitlines()[-1])
     return {
@@ -105,6 +122,12 @@ def extra_peak(route: str, shape: tuple[int, ...] = SHAPE) -> dict[str, float]:
 @pytest.fixture(scope="module")
 def data() -> tuple[torch.Tensor, torch.Tensor]:
     return make_data()
+
+
+@pytest.fixture(scope="module")
+def transposed(data) -> torch.Tensor:
+    """The samples of ``data`` with the last two axes swapped in memory."""
+    return transpose_memory(data[0])
 
 
 @pytest.fixture(scope="module")
@@ -161,10 +184,28 @@ def test_diffsample_crps(benchmark, data, reference):
     assert info["extra_peak_mib"] <= info["input_mib"]  # the memory bound of the issue
 
 
+def test_diffsample_crps_transposed(benchmark, data, transposed, reference):
+    """The same values as ``test_diffsample_crps``, last two axes swapped in memory."""
+    benchmark.group = f"CRPS ecdf, samples {list(SHAPE)} float32, CPU"
+    obs = data[1]
+    out = benchmark.pedantic(
+        lambda: crps(transposed, obs), rounds=ROUNDS, iterations=1, warmup_rounds=1
+    )
+    info = extra_peak("diffsample", transposed=True)
+    benchmark.extra_info.update(machine=_machine(), strides=list(transposed.stride()), **info)
+    if "diffsample" in TIMES:
+        benchmark.extra_info["time_vs_contiguous"] = round(
+            _best(benchmark) / TIMES["diffsample"], 3
+        )
+    assert not transposed.is_contiguous() and torch.equal(transposed, data[0])
+    np.testing.assert_allclose(out.numpy(), reference, rtol=1e-4, atol=1e-5)
+    assert info["extra_peak_mib"] <= info["input_mib"]  # the same memory bound
+
+
 def test_diffsample_crps_torch_sort_route(benchmark, data, reference, monkeypatch):
     """The route not taken on CPU: torch.sort (what tensors requiring grad get)."""
     benchmark.group = f"CRPS ecdf, samples {list(SHAPE)} float32, CPU"
-    monkeypatch.setattr(metrics, "_numpy_route", lambda t: False)
+    monkeypatch.setattr(_engine, "numpy_route", lambda t: False)
     samples, obs = data
     out = benchmark.pedantic(lambda: crps(samples, obs), rounds=1, iterations=1)
     np.testing.assert_allclose(out.numpy(), reference, rtol=1e-4, atol=1e-5)
@@ -187,20 +228,39 @@ def test_diffsample_quantile_crps(benchmark, data):
     assert np.isfinite(float(out)) and float(out) > 0
 
 
+def _forecast_metrics(samples: torch.Tensor, obs: torch.Tensor) -> dict[str, float]:
+    m = ForecastMetrics(variate_dim=1)  # [S, B, N, H]: variates are dim 1 of [B, N, H]
+    m.update(samples, obs)
+    return m.compute()
+
+
 def test_diffsample_forecast_metrics_update(benchmark, data, reference):
     benchmark.group = f"other metrics, samples {list(SHAPE)} float32, CPU"
     samples, obs = data
-
-    def score() -> dict[str, float]:
-        m = ForecastMetrics(variate_dim=1)  # [S, B, N, H]: variates are dim 1 of [B, N, H]
-        m.update(samples, obs)
-        return m.compute()
-
-    got = benchmark.pedantic(score, rounds=1, iterations=1)
+    got = benchmark.pedantic(lambda: _forecast_metrics(samples, obs), rounds=1, iterations=1)
+    TIMES["forecast_metrics"] = _best(benchmark)
+    RESULTS.update({f"forecast_metrics/{k}": v for k, v in got.items()})
     assert got["count"] == obs.numel() and all(np.isfinite(v) for v in got.values())
     assert got["crps"] == pytest.approx(float(np.mean(reference)), rel=1e-5)
     if "quantile_crps" in RESULTS:
         assert got["quantile_crps"] == pytest.approx(RESULTS["quantile_crps"], rel=1e-6)
+
+
+def test_diffsample_forecast_metrics_update_transposed(benchmark, data, transposed, reference):
+    """The same values as the contiguous case, last two axes swapped in memory."""
+    benchmark.group = f"other metrics, samples {list(SHAPE)} float32, CPU"
+    obs = data[1]
+    got = benchmark.pedantic(lambda: _forecast_metrics(transposed, obs), rounds=1, iterations=1)
+    benchmark.extra_info.update(machine=_machine(), strides=list(transposed.stride()))
+    if "forecast_metrics" in TIMES:
+        benchmark.extra_info["time_vs_contiguous"] = round(
+            _best(benchmark) / TIMES["forecast_metrics"], 3
+        )
+    assert got["count"] == obs.numel() and all(np.isfinite(v) for v in got.values())
+    assert got["crps"] == pytest.approx(float(np.mean(reference)), rel=1e-5)
+    for k, v in got.items():  # the same values: the same metrics up to float32 round-off
+        if f"forecast_metrics/{k}" in RESULTS:
+            assert v == pytest.approx(RESULTS[f"forecast_metrics/{k}"], rel=1e-5), k
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -225,8 +285,13 @@ def test_diffsample_crps_cuda(benchmark, data, reference):
 
 
 if __name__ == "__main__":  # quick manual check: python benchmarks/bench_metrics.py
-    s, o = make_data()
-    for name, fn in ROUTES.items():
-        t0 = time.perf_counter()
-        fn(s, o)
-        print(f"{name}: {time.perf_counter() - t0:.3f} s, {extra_peak(name)}")
+    for layout in ("contiguous", "transposed"):
+        s, o = make_data(transposed=layout == "transposed")
+        for name, fn in ROUTES.items():
+            if name == "properscoring" and layout == "transposed":
+                continue
+            t0 = time.perf_counter()
+            fn(s, o)
+            took = time.perf_counter() - t0
+            peak = extra_peak(name, transposed=layout == "transposed")
+            print(f"{name} ({layout}): {took:.3f} s, {peak}")

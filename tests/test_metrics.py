@@ -6,7 +6,9 @@ Dimensions: S samples, B windows, H horizon, N variates, E scored shape, Q quant
 
 from __future__ import annotations
 
+import itertools
 import math
+import typing
 import warnings
 
 import numpy as np
@@ -16,8 +18,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import diffsample.metrics as M
+from diffsample._utils import choices_of
 from diffsample.metrics import (
     ForecastMetrics,
+    _engine,
+    _kernels,
     coverage,
     crps,
     crps_sum,
@@ -25,6 +30,7 @@ from diffsample.metrics import (
     quantile_crps,
     sample_quantiles,
 )
+from diffsample.metrics._layout import Layout, _blocks
 
 properscoring = pytest.importorskip("properscoring")
 
@@ -55,7 +61,7 @@ def ref_integral(x, y, w=None):
     w = w / w.sum()
     points = np.sort(np.concatenate([x, [y]]))
     total = 0.0
-    for a, b in zip(points[:-1], points[1:]):
+    for a, b in itertools.pairwise(points):
         mid = 0.5 * (a + b)
         F = w[x <= mid].sum()
         H = 1.0 if y <= mid else 0.0
@@ -124,6 +130,13 @@ def gen(seed):
     return torch.Generator().manual_seed(seed)
 
 
+def roundoff(dtype, terms, scale=1.0):
+    """Tolerances for the same arithmetic evaluated another way (other chunk shapes, so other
+    BLAS blocking and vectorised/scalar splits): a few ulps per term of the longest sum."""
+    eps = torch.finfo(dtype).eps
+    return {"rtol": 4 * terms * eps, "atol": 4 * terms * eps * scale}
+
+
 def ps_crps(samples, obs, weights=None):
     """properscoring with the ensemble on the last axis, float64."""
     f = np.moveaxis(np.asarray(samples, dtype=np.float64), 0, -1)
@@ -145,11 +158,17 @@ def test_ecdf_energy_and_slow_references_agree_float64(S):
     assert ecdf.dtype == torch.float64 and ecdf.shape == (4, 6)
     assert torch.allclose(ecdf, energy, rtol=0, atol=1e-10)
     ref = np.array(
-        [ref_integral(lane, yy) for lane, yy in zip(lanes(x.numpy()), y.numpy().reshape(-1))]
+        [
+            ref_integral(lane, yy)
+            for lane, yy in zip(lanes(x.numpy()), y.numpy().reshape(-1), strict=True)
+        ]
     )
     np.testing.assert_allclose(ecdf.numpy().reshape(-1), ref, rtol=1e-12, atol=1e-12)
     ref2 = np.array(
-        [ref_energy(lane, yy) for lane, yy in zip(lanes(x.numpy()), y.numpy().reshape(-1))]
+        [
+            ref_energy(lane, yy)
+            for lane, yy in zip(lanes(x.numpy()), y.numpy().reshape(-1), strict=True)
+        ]
     )
     np.testing.assert_allclose(energy.numpy().reshape(-1), ref2, rtol=1e-12, atol=1e-12)
 
@@ -170,7 +189,9 @@ def test_ties_match_properscoring_and_references():
     out = crps(x, y)
     np.testing.assert_allclose(out.numpy(), ps_crps(x.numpy(), y.numpy()), rtol=1e-12, atol=1e-13)
     np.testing.assert_allclose(
-        out.numpy(), [ref_energy(l, v) for l, v in zip(lanes(x.numpy()), y.numpy())], atol=1e-12
+        out.numpy(),
+        [ref_energy(lane, v) for lane, v in zip(lanes(x.numpy()), y.numpy(), strict=True)],
+        atol=1e-12,
     )
     np.testing.assert_allclose(crps(x, y, estimator="energy").numpy(), out.numpy(), atol=1e-12)
 
@@ -220,7 +241,7 @@ def test_fair_matches_its_definition_and_differs_from_ecdf():
     x = torch.randn(9, 12, generator=gen(12), dtype=torch.float64)
     y = torch.randn(12, generator=gen(13), dtype=torch.float64)
     fair = crps(x, y, estimator="fair")
-    ref = [ref_fair(l, v) for l, v in zip(lanes(x.numpy()), y.numpy())]
+    ref = [ref_fair(lane, v) for lane, v in zip(lanes(x.numpy()), y.numpy(), strict=True)]
     np.testing.assert_allclose(fair.numpy(), ref, rtol=1e-12, atol=1e-13)
     ecdf = crps(x, y)
     # ecdf - fair = (1/S^2 - 1/(S(S-1))) * (-0.5 sum_{i!=j} |x_i - x_j|) < 0 unless all equal
@@ -228,9 +249,9 @@ def test_fair_matches_its_definition_and_differs_from_ecdf():
 
 
 def test_fair_edge_cases():
-    with pytest.raises(ValueError, match="fair.*at least 2 samples"):
+    with pytest.raises(ValueError, match=r"samples: expected at least 2 samples.*'fair'"):
         crps(torch.zeros(1, 3), torch.zeros(3), estimator="fair")
-    with pytest.raises(ValueError, match="fair.*weights"):
+    with pytest.raises(ValueError, match=r"weights: expected None for estimator='fair'"):
         crps(torch.zeros(4, 3), torch.zeros(3), estimator="fair", weights=torch.ones(4, 1))
     x = torch.tensor(
         [[1.0, 2.0], [float("nan"), 5.0], [float("nan"), 3.0]], dtype=torch.float64
@@ -259,7 +280,7 @@ def test_quantile_ensembles_converge_to_gaussian_closed_form():
         u = (torch.arange(1, S + 1, dtype=torch.float64) - 0.5) / S
         x = m + s * torch.special.ndtri(u)[:, None]  # [S, 4] deterministic "perfect" ensembles
         errors.append(float((crps(x, y) - exact).abs().max()))
-    assert all(a > b for a, b in zip(errors, errors[1:])), errors
+    assert all(a > b for a, b in itertools.pairwise(errors)), errors
     assert errors[-1] < 1e-3 * float(s.min())
 
 
@@ -357,7 +378,9 @@ def test_design_notes_formula_is_not_a_crps():
     for sd in (0.1, 10.0):
         xs = sd * torch.randn(S, P, generator=gen(23), dtype=torch.float64)
         ys = sd * torch.randn(P, generator=gen(24), dtype=torch.float64)
-        scores[sd] = np.mean([design_notes_score(l, v) for l, v in zip(xs.T.numpy(), ys.numpy())])
+        scores[sd] = np.mean(
+            [design_notes_score(lane, v) for lane, v in zip(xs.T.numpy(), ys.numpy(), strict=True)]
+        )
         crpss[sd] = float(crps(xs, ys).mean())
     assert abs(scores[0.1] - scores[10.0]) < 0.02  # blind to sharpness
     assert crpss[10.0] / crpss[0.1] == pytest.approx(100.0, rel=1e-9)  # CRPS: scale equivariant
@@ -420,11 +443,11 @@ def test_nan_propagate_and_raise():
     bad = torch.isnan(x).any(0) | torch.isnan(y)
     assert bool(torch.isnan(out[bad]).all()) and bool(torch.isfinite(out[~bad]).all())
     assert bool(bad.any() & (~bad).any())
-    with pytest.raises(ValueError, match=r"samples contains \d+ non-finite"):
+    with pytest.raises(ValueError, match=r"samples: expected finite values.*got \d+ non-finite"):
         crps(x, y, nan_policy="raise")
-    with pytest.raises(ValueError, match=r"obs contains 1 non-finite"):
+    with pytest.raises(ValueError, match=r"obs: expected finite .*got 1 non-finite.*\(5,\)"):
         crps(torch.zeros(3, 20, dtype=torch.float64), y, nan_policy="raise")
-    with pytest.raises(ValueError, match=r"samples contains 1 non-finite"):
+    with pytest.raises(ValueError, match=r"samples: expected finite .*got 1 non-finite"):
         crps(torch.tensor([[0.0], [float("inf")]]), torch.zeros(1), nan_policy="raise")
 
 
@@ -434,6 +457,9 @@ def test_nan_propagate_and_raise():
 
 
 def test_sample_dim_layouts_and_broadcasting_agree():
+    # Bitwise where the path is literally the same: every layout of the same values is
+    # gathered into the same contiguous [C, S] chunks (same lane ranges, checked by
+    # test_chunks_do_not_depend_on_memory_layout) and scored by the same kernels.
     x = torch.randn(11, 3, 5, 4, generator=gen(29), dtype=torch.float64)  # [S, B, H, N]
     y = torch.randn(3, 5, 4, generator=gen(30), dtype=torch.float64)
     base = crps(x, y)
@@ -444,9 +470,17 @@ def test_sample_dim_layouts_and_broadcasting_agree():
     torch.testing.assert_close(
         crps(x.movedim(0, 1).contiguous(), y, sample_dim=1), base, rtol=0, atol=0
     )
+    # other values order (E is [N, H, B] here): other chunk contents, so round-off may differ
     torch.testing.assert_close(
-        crps(x.transpose(1, 3), y.transpose(0, 2)), base.transpose(0, 2), rtol=0, atol=0
+        crps(x.transpose(1, 3), y.transpose(0, 2)),
+        base.transpose(0, 2),
+        **roundoff(torch.float64, 11, float(x.abs().max())),
     )
+    # the same values order in another memory layout: the forecaster's [S, B, H, N] with H and
+    # N swapped in memory
+    xt = x.transpose(2, 3).contiguous().transpose(2, 3)
+    assert xt.stride() != x.stride()
+    torch.testing.assert_close(crps(xt, y), base, rtol=0, atol=0)
     # obs broadcasting: one observation per (H, N) shared across B, and samples broadcast too
     yb = y[0]
     torch.testing.assert_close(
@@ -454,8 +488,12 @@ def test_sample_dim_layouts_and_broadcasting_agree():
     )
     xb = x[:, :1].expand(11, 3, 5, 4)
     torch.testing.assert_close(crps(xb, y), crps(xb.contiguous(), y), rtol=0, atol=0)
-    # a scalar element: samples [S], obs []
-    torch.testing.assert_close(crps(x[:, 0, 0, 0], y[0, 0, 0]), base[0, 0, 0], rtol=0, atol=0)
+    # a scalar element: samples [S], obs []; a 1-lane chunk instead of 60 lanes (another GEMV)
+    torch.testing.assert_close(
+        crps(x[:, 0, 0, 0], y[0, 0, 0]),
+        base[0, 0, 0],
+        **roundoff(torch.float64, 11, float(x.abs().max())),
+    )
 
 
 @pytest.mark.parametrize("estimator", ["ecdf", "fair", "energy"])
@@ -466,10 +504,9 @@ def test_chunking_and_threads_do_not_change_results(monkeypatch, estimator):
     one = crps(x, y, estimator=estimator)
     weighted = crps(x, y, weights=w) if estimator == "ecdf" else None
     q = sample_quantiles(x, [0.1, 0.5, 0.95])
-    monkeypatch.setattr(
-        M, "_CPU_CHUNK_ELEMENTS", 20 * 7
-    )  # 7 lanes per chunk: many chunks, thread pool
-    monkeypatch.setattr(M, "_ENERGY_CHUNK_PAIRS", 400 * 3)
+    # 7 lanes per chunk: many chunks, thread pool
+    monkeypatch.setattr(_engine, "CPU_CHUNK_ELEMENTS", 20 * 7)
+    monkeypatch.setattr(_engine, "ENERGY_CHUNK_PAIRS", 400 * 3)
     many = crps(x, y, estimator=estimator)
     # float32 reductions may round differently for other chunk sizes (BLAS blocking), no more
     torch.testing.assert_close(many, one, rtol=2e-6, atol=1e-7)
@@ -477,7 +514,99 @@ def test_chunking_and_threads_do_not_change_results(monkeypatch, estimator):
     torch.testing.assert_close(crps(x, y, estimator=estimator), many, rtol=0, atol=0)
     if weighted is not None:
         torch.testing.assert_close(crps(x, y, weights=w), weighted, rtol=2e-6, atol=1e-7)
-    torch.testing.assert_close(sample_quantiles(x, [0.1, 0.5, 0.95]), q, rtol=0, atol=0)
+    # no reduction, but chunks of another shape: torch may split an elementwise op between its
+    # vectorised (fused multiply-add) and scalar loops differently, one rounding apart
+    torch.testing.assert_close(
+        sample_quantiles(x, [0.1, 0.5, 0.95]), q, **roundoff(torch.float32, 1, float(x.abs().max()))
+    )
+
+
+@HYP
+@given(
+    shape=st.lists(st.integers(1, 5), min_size=1, max_size=4),
+    data=st.data(),
+)
+def test_blocks_cover_a_lane_range_in_order(shape, data):
+    p = math.prod(shape)
+    start = data.draw(st.integers(0, p))
+    stop = data.draw(st.integers(start, p))
+    positions = np.arange(p).reshape(shape)  # the slow twin: row-major positions
+    blocks = list(_blocks(tuple(shape), start, stop))
+    covered = [positions[b].reshape(-1) for b in blocks]
+    got = np.concatenate(covered) if covered else np.array([], dtype=int)
+    np.testing.assert_array_equal(got, np.arange(start, stop))
+    assert len(blocks) <= max(1, 2 * len(shape) - 1)  # a bounded number of copies per chunk
+
+
+def test_chunks_do_not_depend_on_memory_layout(monkeypatch):
+    # issue 9: the forecaster returns [S, B, H, N] with H and N swapped in memory; its chunks
+    # must be the lanes a contiguous tensor gives, not thousands of N-lane pieces
+    monkeypatch.setattr(_engine, "CPU_CHUNK_ELEMENTS", 9 * 7)  # 7 lanes: ranges cross rows
+    x = torch.randn(9, 4, 6, 5, generator=gen(54), dtype=torch.float64)  # [S, B, H, N]
+    w = torch.rand(9, 1, 6, 5, generator=gen(55), dtype=torch.float64) + 0.1
+    variants = {
+        "contiguous": x,
+        "H and N swapped in memory": x.transpose(2, 3).contiguous().transpose(2, 3),
+        "S last in memory": x.movedim(0, -1).contiguous().movedim(-1, 0),
+        "broadcast samples": x[:, :1].expand(9, 4, 6, 5),
+    }
+    for name, v in variants.items():
+        ref = v.movedim(0, -1).reshape(-1, 9)  # [P, S]: the definition of the lanes
+        for sort in (False, True):  # the torch route's gather and the numpy route's copy
+
+            def grab(c, sort=sort):
+                return c.offset, c.xs.clone(), None if c.w is None else c.w.clone()
+
+            got = list(_engine.map_chunks(Layout(v, None, 0, weights=w), grab, sort=sort))
+            assert [o for o, _, _ in got] == list(range(0, 120, 7)), name
+            xs = torch.cat([c for _, c, _ in got])
+            want = ref.sort(-1).values if sort else ref
+            assert torch.equal(xs, want), name  # copies and sorts are exact
+            if not sort:
+                assert torch.equal(
+                    torch.cat([c for _, _, c in got]),
+                    w.expand(9, 4, 6, 5).movedim(0, -1).reshape(-1, 9),
+                ), name
+    # gradients through the gathered blocks (the torch route concatenates them)
+    xg = x[:, :2, :3, :2].transpose(2, 3).contiguous().transpose(2, 3).requires_grad_()
+    yg = torch.randn(2, 3, 2, generator=gen(56), dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda a: crps(a, yg), (xg,))
+
+
+def test_metrics_of_a_transposed_forecast_equal_the_contiguous_ones():
+    x = torch.randn(16, 5, 8, 3, generator=gen(57), dtype=torch.float64)  # [S, B, H, N]
+    y = torch.randn(5, 8, 3, generator=gen(58), dtype=torch.float64)
+    xt = x.transpose(2, 3).contiguous().transpose(2, 3)  # the same values, N before H in memory
+    a, b = ForecastMetrics(), ForecastMetrics()
+    a.update(x, y)
+    b.update(xt, y)
+    ra, rb = a.compute(), b.compute()
+    assert ra.keys() == rb.keys()
+    for k in ra:
+        if k.endswith("_sum"):  # samples summed over N in another memory order: round-off
+            assert rb[k] == pytest.approx(ra[k], rel=roundoff(torch.float64, 3)["rtol"]), k
+        else:  # the same chunks and kernels: bitwise
+            assert rb[k] == ra[k], k
+    assert float(quantile_crps(xt, y)) == float(quantile_crps(x, y))
+    torch.testing.assert_close(
+        sample_quantiles(xt, [0.1, 0.9]), sample_quantiles(x, [0.1, 0.9]), rtol=0, atol=0
+    )
+
+
+def test_estimator_registry_is_the_one_dispatch(monkeypatch):
+    assert set(choices_of(M.Estimator)) == set(_kernels.ESTIMATORS)
+    assert typing.get_args(M.NanPolicy) == ("propagate", "omit", "raise")
+
+    # a new estimator is one kernel and one registry line
+    def median_error(xs, y, w, *, omit, scratch):  # |median - y| of sorted lanes, odd S
+        return (xs[:, xs.shape[1] // 2] - y).abs()
+
+    monkeypatch.setitem(_kernels.ESTIMATORS, "median_error", _kernels.EstimatorSpec(median_error))
+    x = torch.randn(9, 4, 3, generator=gen(59), dtype=torch.float64)
+    y = torch.randn(4, 3, generator=gen(60), dtype=torch.float64)
+    out = crps(x, y, estimator="median_error")  # type: ignore[arg-type]
+    # sorting is exact and the subtraction is the same elementwise operation: bitwise
+    torch.testing.assert_close(out, (x.median(0).values - y).abs(), rtol=0, atol=0)
 
 
 def test_torch_sort_route_matches_numpy_route(monkeypatch):
@@ -496,8 +625,8 @@ def test_torch_sort_route_matches_numpy_route(monkeypatch):
         ]
 
     via_numpy = results()
-    monkeypatch.setattr(M, "_numpy_route", lambda t: False)
-    for a, b in zip(results(), via_numpy):
+    monkeypatch.setattr(_engine, "numpy_route", lambda t: False)
+    for a, b in zip(results(), via_numpy, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-13, equal_nan=True)
 
 
@@ -513,7 +642,7 @@ def test_gradients(monkeypatch):
     # obs-only gradients through the numpy route, chunked over the thread pool, and the caller's
     # no_grad honoured inside the workers
     xs = torch.randn(30, 200, generator=gen(53), dtype=torch.float64)
-    monkeypatch.setattr(M, "_CPU_CHUNK_ELEMENTS", 30 * 16)
+    monkeypatch.setattr(_engine, "CPU_CHUNK_ELEMENTS", 30 * 16)
     with torch.no_grad():
         assert not crps(xs, y[:1]).requires_grad
     yy = y[:1].detach().clone().requires_grad_()
@@ -555,7 +684,7 @@ def test_sample_quantiles_match_numpy_torch_and_definition():
     )
     torch.testing.assert_close(out, torch.quantile(x, torch.tensor(qs, dtype=torch.float64), dim=0))
     for qi, q in enumerate(qs):
-        ref = [ref_quantile(l, q) for l in lanes(x.numpy())]
+        ref = [ref_quantile(lane, q) for lane in lanes(x.numpy())]
         np.testing.assert_allclose(out[qi].numpy().reshape(-1), ref, rtol=1e-14, atol=1e-14)
     assert sample_quantiles(x, 0.5).shape == (4, 6)
     torch.testing.assert_close(
@@ -579,7 +708,7 @@ def test_sample_quantiles_nan_policies():
         rtol=1e-14,
         equal_nan=True,
     )
-    with pytest.raises(ValueError, match="samples contains"):
+    with pytest.raises(ValueError, match="samples: expected finite values"):
         sample_quantiles(x, qs, nan_policy="raise")
 
 
@@ -590,6 +719,10 @@ def test_coverage_and_width_match_references():
         lo = np.quantile(x.numpy(), (1 - level) / 2, axis=0)
         hi = np.quantile(x.numpy(), (1 + level) / 2, axis=0)
         cov = coverage(x, y, level=level)
+        # numpy's quantiles are another computation: the exact comparison below is sound only
+        # because no observation lies within round-off of an interval end
+        margin = np.minimum(np.abs(y.numpy() - lo), np.abs(y.numpy() - hi)).min()
+        assert margin > 1e3 * np.finfo(np.float64).eps * float(x.abs().max())
         np.testing.assert_array_equal(
             cov.numpy(), ((lo <= y.numpy()) & (y.numpy() <= hi)).astype(float)
         )
@@ -641,6 +774,7 @@ def test_quantile_crps_sum_follows_csdi():
 
 
 def test_crps_sum_is_crps_of_the_sums():
+    # bitwise: crps_sum is literally this computation (the same sums, then the same crps call)
     x = torch.randn(12, 5, 7, generator=gen(51), dtype=torch.float64)
     y = torch.randn(5, 7, generator=gen(52), dtype=torch.float64)
     torch.testing.assert_close(crps_sum(x, y), crps(x.sum(-1), y.sum(-1)), rtol=0, atol=0)
@@ -724,6 +858,44 @@ def test_forecast_metrics_batches_merge_and_state_sum_equal_whole():
         ForecastMetrics().load_state_dict(reduced)  # 3 levels into a 2-level config
 
 
+def test_forecast_metrics_state_is_named_and_its_format_stable():
+    m = ForecastMetrics(levels=(0.5, 0.8, 0.975), quantiles=(0.1, 0.5))
+    x, y = _forecast_data(seed=65)
+    m.update(x, y)
+    state = m.state_dict()
+    assert {k: tuple(v.shape) for k, v in state.items()} == {
+        "count": (),
+        "crps": (),
+        "abs_obs": (),
+        "pinball": (2,),
+        "se_mean": (),
+        "ae_mean": (),
+        "se_median": (),
+        "ae_median": (),
+        "covered": (3,),
+        "width": (3,),
+        "count_sum": (),
+        "crps_sum": (),
+        "abs_obs_sum": (),
+        "pinball_sum": (2,),
+    }
+    assert all(v.dtype == torch.float64 and v.device.type == "cpu" for v in state.values())
+    assert float(state["count"]) == y.numel() and float(state["count_sum"]) == y[..., 0].numel()
+    state["crps"] += 1.0  # a copy: the accumulator is untouched
+    assert m.state_dict()["crps"] == state["crps"] - 1.0
+    back = ForecastMetrics(levels=(0.5, 0.8, 0.975), quantiles=(0.1, 0.5))
+    back.load_state_dict(m.state_dict())
+    assert back.compute() == m.compute()  # the same sums: bitwise
+    with pytest.raises(TypeError, match="state: expected a dict"):
+        back.load_state_dict([])  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"state\['count'\]: expected a tensor"):
+        back.load_state_dict({**m.state_dict(), "count": 3.0})  # type: ignore[dict-item]
+    with pytest.raises(ValueError, match="state: expected keys"):
+        back.load_state_dict({"count": torch.zeros(())})
+    with pytest.raises(TypeError, match="other: expected a ForecastMetrics"):
+        back.merge(1)  # type: ignore[arg-type]
+
+
 def test_forecast_metrics_mask_and_omit():
     x, y = _forecast_data(seed=70)
     mask = (torch.rand(y.shape, generator=gen(71)) < 0.7).double()
@@ -748,7 +920,7 @@ def test_forecast_metrics_mask_and_omit():
     p = ForecastMetrics()
     p.update(x, y_nan)
     assert math.isnan(p.compute()["crps"])
-    with pytest.raises(ValueError, match="obs contains"):
+    with pytest.raises(ValueError, match="obs: expected finite values"):
         ForecastMetrics(nan_policy="raise").update(x, y_nan)
 
 
@@ -768,50 +940,114 @@ def test_forecast_metrics_other_sample_dim_and_no_grad():
 
 def test_bad_input_messages():
     x = torch.zeros(10, 4, 5)
+    without = r"samples of shape \(10, 4, 5\) without its sample axis \(dim 0\), \(4, 5\)"
     with pytest.raises(
-        ValueError, match=r"obs of shape \(4, 6\).*samples of shape \(10, 4, 5\).*\(4, 5\)"
+        ValueError, match=rf"obs: expected a shape that broadcasts to {without}.*shape \(4, 6\)"
     ):
         crps(x, torch.zeros(4, 6))
-    with pytest.raises(ValueError, match=r"obs of shape \(10, 4, 5\) has more dimensions"):
+    with pytest.raises(
+        ValueError, match=r"obs: expected at most 2 dimension\(s\).*shape \(10, 4, 5\)"
+    ):
         crps(x, torch.zeros(10, 4, 5))
-    with pytest.raises(ValueError, match=r"empty sample axis.*\(0, 4, 5\)"):
+    with pytest.raises(ValueError, match=r"samples: expected at least one sample.*\(0, 4, 5\)"):
         crps(torch.zeros(0, 4, 5), torch.zeros(4, 5))
-    with pytest.raises(ValueError, match=r"sample_dim=3 is out of range.*\(10, 4, 5\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"sample_dim: expected an axis of samples of shape \(10, 4, 5\), in -3\.\.2, got int 3",
+    ):
         crps(x, torch.zeros(4, 5), sample_dim=3)
-    with pytest.raises(ValueError, match=r"sample_dim=-4"):
+    with pytest.raises(ValueError, match=r"sample_dim: .*got int -4"):
         sample_quantiles(x, 0.5, sample_dim=-4)
-    with pytest.raises(ValueError, match=r"weights must be >= 0; got 1 negative.*\(10, 1, 1\)"):
+    with pytest.raises(
+        ValueError, match=r"weights: expected non-negative values, got 1 negative.*\(10, 1, 1\)"
+    ):
         crps(
             x,
             torch.zeros(4, 5),
             weights=torch.ones(10, 1, 1).index_fill_(0, torch.tensor([3]), -1.0),
         )
-    with pytest.raises(ValueError, match=r"weights of shape \(3,\) do not broadcast.*\(10, 4, 5\)"):
+    with pytest.raises(
+        ValueError, match=r"weights: expected a shape that broadcasts to .*\(10, 4, 5\).*\(3,\)"
+    ):
         crps(x, torch.zeros(4, 5), weights=torch.ones(3))
-    with pytest.raises(ValueError, match="weights sum to zero"):
+    with pytest.raises(ValueError, match="weights: expected a positive total weight"):
         crps(x, torch.zeros(4, 5), weights=torch.zeros(10, 1, 1))
-    with pytest.raises(ValueError, match="estimator must be one of"):
+    with pytest.raises(
+        ValueError, match="estimator: expected one of 'ecdf', 'fair', 'energy', got str 'sorted'"
+    ):
         crps(x, torch.zeros(4, 5), estimator="sorted")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="nan_policy must be one of"):
+    with pytest.raises(
+        ValueError, match="nan_policy: expected one of 'propagate', 'omit', 'raise'"
+    ):
         crps(x, torch.zeros(4, 5), nan_policy="ignore")  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="samples must be a torch.Tensor.*as_tensor"):
+    with pytest.raises(
+        TypeError, match=r"samples: expected a torch.Tensor \(wrap it with torch.as_tensor\)"
+    ):
         crps(np.zeros((10, 4)), torch.zeros(4))  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="samples must be a floating-point tensor"):
+    with pytest.raises(
+        TypeError, match=r"samples: expected a floating-point tensor, got a torch.int64"
+    ):
         crps(torch.zeros(10, 4, dtype=torch.long), torch.zeros(4))
-    with pytest.raises(ValueError, match=r"samples must have a sample axis"):
+    with pytest.raises(ValueError, match=r"samples: expected a tensor with a sample axis"):
         crps(torch.tensor(1.0), torch.tensor(1.0))
-    with pytest.raises(ValueError, match=r"q must lie in 0 <= q <= 1; got 1.5"):
+    with pytest.raises(
+        ValueError, match=r"q\[1\]: expected a finite number in \[0, 1\], got float 1.5"
+    ):
         sample_quantiles(x, [0.5, 1.5])
-    with pytest.raises(ValueError, match=r"level must lie in 0 < level < 1"):
+    with pytest.raises(
+        ValueError, match=r"level: expected a finite number in \(0, 1\), got float 1.0"
+    ):
         coverage(x, torch.zeros(4, 5), level=1.0)
-    with pytest.raises(ValueError, match=r"mask of shape \(3,\) does not broadcast"):
+    with pytest.raises(
+        ValueError,
+        match=r"mask: expected a shape that broadcasts to the scored shape \(4, 5\).*\(3,\)",
+    ):
         quantile_crps(x, torch.ones(4, 5), mask=torch.ones(3))
-    with pytest.raises(ValueError, match=r"variate_dim=2 is out of range"):
+    with pytest.raises(
+        ValueError, match=r"variate_dim: expected an axis of .*\(4, 5\), in -2\.\.1, got int 2"
+    ):
         crps_sum(x, torch.zeros(4, 5), variate_dim=2)
-    with pytest.raises(ValueError, match=r"obs of shape \(4, 6\)"):
+    with pytest.raises(ValueError, match=r"obs: expected a shape that broadcasts .*\(4, 6\)"):
         ForecastMetrics().update(x, torch.zeros(4, 6))
-    with pytest.raises(ValueError, match=r"levels must lie in"):
+    with pytest.raises(
+        ValueError, match=r"levels\[1\]: expected a finite number in \(0, 1\), got float 0.0"
+    ):
         ForecastMetrics(levels=(0.5, 0.0))
+    with pytest.raises(ValueError, match=r"levels: expected distinct levels"):
+        ForecastMetrics(levels=(0.5, 0.5))
     # integer observations are fine (count data), and score like their float twins
     xi = torch.randn(10, 4, generator=gen(90))
     torch.testing.assert_close(crps(xi, torch.arange(4)), crps(xi, torch.arange(4.0)))
+
+
+def test_wrong_kind_is_a_type_error_bad_value_a_value_error():
+    x, y = torch.zeros(10, 4), torch.zeros(4)
+    with pytest.raises(TypeError, match="estimator: expected one of"):
+        crps(x, y, estimator=3)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="nan_policy: expected one of"):
+        crps(x, y, nan_policy=None)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"sample_dim: expected an integer, got float 0\.0"):
+        crps(x, y, sample_dim=0.0)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="sample_dim: expected an integer, got bool True"):
+        ForecastMetrics(sample_dim=True)
+    with pytest.raises(TypeError, match="variate_dim: expected an integer, got str '-1'"):
+        ForecastMetrics(variate_dim="-1")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"quantiles\[0\]: expected a finite number .*got str"):
+        quantile_crps(x, y, quantiles=["0.5"])  # type: ignore[list-item]
+    with pytest.raises(
+        TypeError, match=r"quantiles: expected a sequence of levels, got float 0\.5"
+    ):
+        ForecastMetrics(quantiles=0.5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="quantiles: expected at least one level"):
+        quantile_crps(x, y, quantiles=[])
+    with pytest.raises(TypeError, match=r"obs: expected a torch.Tensor \(wrap it"):
+        crps(x, [0.0] * 4)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"mask: expected a real tensor, got a torch\.bool"):
+        quantile_crps(x, y, mask=torch.ones(4, dtype=torch.bool))
+    with pytest.raises(TypeError, match=r"q: expected a sequence of levels, got str '0\.5'"):
+        sample_quantiles(x, "0.5")  # type: ignore[arg-type]
+    # levels as tensors and numpy numbers are numbers
+    torch.testing.assert_close(
+        sample_quantiles(x, torch.tensor([0.1, 0.9])), sample_quantiles(x, [0.1, 0.9])
+    )
+    assert sample_quantiles(x, np.float64(0.5)).shape == (4,)
