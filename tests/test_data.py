@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import http.client
+import json
 import os
 import shutil
 import stat
@@ -22,6 +23,7 @@ from diffsample.forecast.data import (
     ForecastDataset,
     ForecastSplit,
     StandardScaler,
+    check_data_spec,
     download_ett,
     load_csv,
     load_dataset,
@@ -856,3 +858,86 @@ def test_download_ett_bad_arguments(tmp_path: Path):
     with pytest.raises(ValueError, match=r"^timeout: expected a finite number > 0, got int 0$"):
         download_ett("ETTh1", cache_dir=tmp_path, base_url=uri, timeout=0)
     assert not (tmp_path / "ETT-small").exists()  # nothing created before the checks passed
+
+
+# ----------------------------------------------------------------------------------------------
+# Data provenance: spec() and check_data_spec
+# ----------------------------------------------------------------------------------------------
+
+
+def _reload(spec: dict) -> ForecastDataset:
+    return load_dataset(spec["source"], lookback=spec["lookback"], horizon=spec["horizon"])
+
+
+def test_spec_records_the_data_and_round_trips_through_load_dataset(
+    counting_csv: Path, monkeypatch, tmp_path: Path
+):
+    """issue 8: evaluate without --data scored the synthetic data for a model trained on
+    ETTh1. The spec says what the data were, in JSON, and its source reloads them."""
+    monkeypatch.chdir(counting_csv.parent)
+    csv_data = load_csv(counting_csv.name, lookback=24, horizon=12)  # a relative path
+    monkeypatch.chdir(tmp_path.parent)  # the spec's source still finds the file
+    synthetic = synthetic_dataset(n_steps=1500, n_variates=3, lookback=24, horizon=12, seed=2)
+    for ds in (csv_data, synthetic, load_dataset(None, lookback=24, horizon=12)):
+        spec = ds.spec()
+        assert json.loads(json.dumps(spec)) == spec  # plain JSON
+        back = _reload(spec)
+        check_data_spec(spec, back)
+        assert back.spec() == spec
+        assert torch.equal(back.test.values, ds.test.values)
+    spec = csv_data.spec()
+    assert spec["source"] == str(counting_csv) and spec["ett"] is None
+    assert spec["borders"] == [[0, 700], [676, 800], [776, 1000]]  # 70/10/20 of 1000 rows, L=24
+    assert spec["borders"] == [list(b) for b in csv_data.borders]
+    assert spec["columns"] == ["a", "row", "b"] and spec["protocol"] == "custom"
+    assert spec["scaler_mean"] == csv_data.scaler.mean.tolist()
+    assert synthetic.spec()["source"] == "synthetic(n_steps=1500, n_variates=3, seed=2)"
+
+
+def test_etth1_spec(etth1: ForecastDataset):
+    spec = etth1.spec()
+    assert spec["ett"] == "ETTh1" and spec["protocol"] == "etth" and spec["freq"] == "h"
+    assert spec["borders"] == [[0, 8640], [8640 - L, 11520], [11520 - L, 14400]]
+    assert spec["columns"] == ETT_HEADER[1:]
+    check_data_spec(spec, _reload(spec))
+
+
+def test_check_data_spec_names_the_first_field_that_differs(counting_csv: Path):
+    ds = synthetic_dataset(n_steps=1500, n_variates=3, lookback=24, horizon=12, seed=2)
+    spec = ds.spec()
+    cases = [
+        (load_csv(counting_csv, lookback=24, horizon=12), "borders"),  # same protocol and N
+        (
+            synthetic_dataset(n_steps=1500, n_variates=3, lookback=48, horizon=12, seed=2),
+            "lookback",
+        ),
+        (
+            synthetic_dataset(n_steps=1500, n_variates=3, lookback=24, horizon=12, seed=3),
+            "scaler_mean",
+        ),
+    ]
+    for other, field in cases:
+        with pytest.raises(ValueError) as info:
+            check_data_spec(spec, other)
+        message = str(info.value)
+        assert message.startswith(
+            "data: expected the data the model was trained on, got data that differ in "
+            f"{field}: trained with {spec[field]!r}, given {other.spec()[field]!r} (trained on "
+        ), message
+        assert "\n" not in message
+    # the scaler statistics within the tolerance (another numpy's summation order) still match
+    close = dict(spec, scaler_mean=[v * (1 + 1e-9) for v in spec["scaler_mean"]])
+    check_data_spec(close, ds)
+    far = dict(spec, scaler_std=[v * (1 + 1e-4) for v in spec["scaler_std"]])
+    with pytest.raises(ValueError, match=r"differ in scaler_std: "):
+        check_data_spec(far, ds)
+    with pytest.raises(ValueError, match=r"differ in columns: trained with \['x', 'y', 'z'\]"):
+        check_data_spec(dict(spec, columns=("x", "y", "z")), ds)
+    # the source says where the data came from, not what they are: a moved file still matches
+    check_data_spec(dict(spec, source="/elsewhere/data.csv"), ds)
+    with pytest.raises(ValueError, match=r"^data spec: the saved spec has no field 'freq'"):
+        check_data_spec({k: v for k, v in spec.items() if k != "freq"}, ds)
+    with pytest.raises(TypeError, match=r"^saved: expected a data spec dict"):
+        check_data_spec(None, ds)
+    with pytest.raises(TypeError, match=r"^data: expected a ForecastDataset"):
+        check_data_spec(spec, ds.train)

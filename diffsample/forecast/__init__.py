@@ -13,6 +13,7 @@ from .data import (
     ForecastSplit,
     StandardScaler,
     WindowBatch,
+    check_data_spec,
     download_ett,
     load_dataset,
     synthetic_dataset,
@@ -21,7 +22,7 @@ from .denoisers import TokenDenoiser, UNet1DDenoiser
 from .evaluation import Evaluation, evaluate_split
 from .itransformer import ITransformer
 from .model import Forecast, ForecastConfig, ITransformerDiffusion
-from .training import TrainConfig, TrainResult, train
+from .training import NonFiniteLossError, TrainConfig, TrainResult, train
 
 __all__ = [
     "Evaluation",
@@ -31,12 +32,14 @@ __all__ = [
     "ForecastSplit",
     "ITransformer",
     "ITransformerDiffusion",
+    "NonFiniteLossError",
     "StandardScaler",
     "TokenDenoiser",
     "TrainConfig",
     "TrainResult",
     "UNet1DDenoiser",
     "WindowBatch",
+    "check_data_spec",
     "download_ett",
     "evaluate_split",
     "load_dataset",

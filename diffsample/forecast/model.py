@@ -11,12 +11,22 @@ D backbone width, T train steps, K sampling steps, M rows (samples x windows).
 The backbone never runs per sample: ``forecast`` hands z to ``sample_many``, which folds the
 S samples into the batch. A researcher with another denoiser copies ``forecast`` and swaps
 ``self.denoiser``.
+
+Checkpoints (``save`` / ``load``, and the trainer's per-epoch files) are one ``torch.save``
+dict read back with ``weights_only=True``: ``format``, ``config``, ``state_dict``,
+``data_spec``, ``finished`` (False for a run still training, with its ``stage`` and ``epoch``)
+and a ``checksum``, the sha256 of everything else, so a damaged or edited file is refused
+instead of loading weights nobody trained.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
+import pickle
+import re
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
@@ -26,7 +36,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import NoiseSchedule, sample_many
-from .._utils import atomic_write, check_choice, check_int, check_number, check_tensor, expected
+from .._utils import (
+    atomic_write,
+    check_bool,
+    check_choice,
+    check_int,
+    check_number,
+    check_tensor,
+    expected,
+)
 from ..prediction import Prediction, training_target
 from ..samplers import Sampler
 from .denoisers import TokenDenoiser, UNet1DDenoiser, unet_attention_levels
@@ -34,7 +52,9 @@ from .itransformer import ITransformer, _check_heads
 
 __all__ = ["DenoiserName", "Forecast", "ForecastConfig", "ITransformerDiffusion", "ScheduleName"]
 
-_FORMAT = "diffsample.ITransformerDiffusion/1"
+_FORMAT = "diffsample.ITransformerDiffusion/2"
+# diffsample 0.1: no checksum, no data spec, and no record of whether training had finished
+_FORMAT_V1 = "diffsample.ITransformerDiffusion/1"
 
 DenoiserName = Literal["token", "unet"]
 ScheduleName = Literal["linear", "scaled_linear", "cosine", "sigmoid"]
@@ -145,6 +165,7 @@ class ITransformerDiffusion(nn.Module):
 
     res_mean: torch.Tensor  # [N] buffer
     res_std: torch.Tensor  # [N] buffer
+    data_spec: dict[str, Any] | None  # what it was trained on (ForecastDataset.spec()), or None
 
     def __init__(self, config: ForecastConfig = ForecastConfig()) -> None:
         super().__init__()
@@ -183,6 +204,7 @@ class ITransformerDiffusion(nn.Module):
         self._device_schedules: dict[torch.device, tuple[NoiseSchedule, NoiseSchedule]] = {}
         self.register_buffer("res_mean", torch.zeros(c.n_variates))  # [N]
         self.register_buffer("res_std", torch.ones(c.n_variates))  # [N]
+        self.data_spec = None  # set by train(); saved and loaded with the weights
 
     # ------------------------------------------------------------------ pieces
     def forward(
@@ -332,57 +354,87 @@ class ITransformerDiffusion(nn.Module):
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write config + weights atomically (a temp file renamed into place); returns the path."""
-        payload = {
-            "format": _FORMAT,
-            "config": dataclasses.asdict(self.config),
-            "state_dict": self.state_dict(),
-        }
-        return atomic_write(path, lambda f: torch.save(payload, f))
+        """Write a finished checkpoint atomically (a temp file renamed into place).
+
+        It holds the config, the weights, ``data_spec`` and a checksum; see the module
+        docstring. Returns the path.
+        """
+        return _write_checkpoint(path, {**self._checkpoint_payload(), "finished": True})
 
     @classmethod
     def load(
-        cls, path: str | os.PathLike[str], *, map_location: Any = "cpu"
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        map_location: Any = "cpu",
+        allow_unfinished: bool = False,
     ) -> ITransformerDiffusion:
-        """Read a file written by :meth:`save` (``torch.load(weights_only=True)``).
+        """Read a checkpoint written by :meth:`save` or by ``train`` (``weights_only=True``).
+
+        Args:
+            path: the file.
+            map_location: passed to ``torch.load`` (``"cpu"``, a device, ...).
+            allow_unfinished: also load the checkpoint of a run that has not finished (killed,
+                or stopped by an error): the best weights so far of the stage it was in; in
+                stage 1 the denoiser is still untrained. Also loads a checkpoint of diffsample
+                0.1 (format ``/1``), which has no checksum and no record of either.
+
+        Returns:
+            The model in eval mode, with ``data_spec`` as saved (None if it never trained).
 
         Raises:
             FileNotFoundError: no such file.
-            ValueError: not a checkpoint of this format, or weights that do not fit its config.
+            ValueError: (one line, naming the path) not a readable torch file, not a diffsample
+                checkpoint (another format, or Python objects a checkpoint never holds), a
+                checksum that does not match the contents, no or a bad config, weights that do
+                not fit the config, or an unfinished run without ``allow_unfinished``.
         """
+        allow_unfinished = check_bool("allow_unfinished", allow_unfinished)
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such checkpoint file")
-        try:
-            payload = torch.load(path, map_location=map_location, weights_only=True)
-        except Exception as exc:
+        payload = _read_checkpoint(path, map_location=map_location)
+        if payload.get("finished") is not True and not allow_unfinished:
+            if payload["format"] == _FORMAT_V1:
+                raise ValueError(
+                    f"checkpoint: {path} was written by diffsample 0.1 (format {_FORMAT_V1!r}: no "
+                    "checksum, no record of whether training finished or on which data); "
+                    "retrain, or pass allow_unfinished=True to load it anyway"
+                )
             raise ValueError(
-                f"{path}: not a readable diffsample checkpoint ({type(exc).__name__}: {exc})"
-            ) from exc
-        if not isinstance(payload, Mapping) or payload.get("format") != _FORMAT:
-            got = payload.get("format") if isinstance(payload, Mapping) else type(payload).__name__
-            raise ValueError(f"{path}: expected a checkpoint of format {_FORMAT!r}, got {got!r}")
-        fields = {f.name for f in dataclasses.fields(ForecastConfig)}
-        unknown = set(payload["config"]) - fields
-        if unknown:
-            raise ValueError(
-                f"{path}: config has unknown fields {sorted(unknown)} (written by a newer version?)"
+                f"checkpoint: {path} is from an unfinished training run (saved after stage "
+                f"{payload.get('stage')} epoch {payload.get('epoch')}); resume it with "
+                "train(..., checkpoint=path, resume=True), or pass allow_unfinished=True to load "
+                "its best weights so far"
             )
-        model = cls(ForecastConfig(**payload["config"]))
+        model = cls(_config_from(payload["config"], path))
         state, own = payload["state_dict"], model.state_dict()
+        if not isinstance(state, Mapping):
+            raise ValueError(f"checkpoint: {path} holds no state_dict of weights")
         missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
         wrong = [
-            f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+            f"{k}: file {tuple(getattr(state[k], 'shape', ()))} vs model {tuple(v.shape)}"
             for k, v in own.items()
-            if k in state and state[k].shape != v.shape
+            if k in state and getattr(state[k], "shape", None) != v.shape
         ]
         if missing or unexpected or wrong:
             raise ValueError(
-                f"{path}: weights do not match the config: missing {missing}, unexpected {unexpected}, "
-                f"shape mismatches {wrong}"
+                f"checkpoint: {path}: weights do not match the config: missing {missing}, "
+                f"unexpected {unexpected}, shape mismatches {wrong}"
             )
         model.load_state_dict(state)
-        return model
+        spec = payload.get("data_spec")
+        model.data_spec = dict(spec) if isinstance(spec, Mapping) else None
+        return model.eval()
+
+    def _checkpoint_payload(self, state_dict: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """format, config, weights (``state_dict`` or the model's own) and data spec."""
+        return {
+            "format": _FORMAT,
+            "config": dataclasses.asdict(self.config),
+            "state_dict": self.state_dict() if state_dict is None else state_dict,
+            "data_spec": self.data_spec,
+        }
 
     # ------------------------------------------------------------------ checks
     def _schedule_on(self, device: torch.device) -> NoiseSchedule:
@@ -397,24 +449,151 @@ class ITransformerDiffusion(nn.Module):
         return moved
 
     def _check_inputs(self, history: torch.Tensor, time_features: torch.Tensor | None) -> None:
+        """history ``[B, L, N]`` (B >= 1) and time features ``[B, L, F]`` of the parameters'
+        dtype and device. No implicit cast: a float64 history would only be rounded to float32
+        here, and an integer one is almost always a mistake upstream."""
         c = self.config
-        check_tensor("history", history, floating=True)
-        if history.ndim != 3 or history.shape[1:] != (c.lookback, c.n_variates):
-            raise ValueError(
-                f"history: expected shape [B, {c.lookback}, {c.n_variates}] (B, lookback, variates), "
-                f"got {tuple(history.shape)}"
-            )
+        param = next(self.backbone.parameters())
+        _check_input(
+            "history", history, (None, c.lookback, c.n_variates), param, "B windows >= 1, L, N"
+        )
         if not c.n_time_features:
             return  # a model built without time features ignores any it is given
         if time_features is None:
             raise ValueError(
-                f"time_features: this model uses {c.n_time_features} time features; pass [B, {c.lookback}, "
-                f"{c.n_time_features}] (or build it with n_time_features=0)"
+                f"time_features: this model uses {c.n_time_features} time features; pass [B, "
+                f"{c.lookback}, {c.n_time_features}] (or build it with n_time_features=0)"
             )
-        check_tensor("time_features", time_features, floating=True)
         want = (history.shape[0], c.lookback, c.n_time_features)
-        if time_features.shape != want:
-            raise ValueError(
-                f"time_features: expected shape [{', '.join(map(str, want))}], "
-                f"got {tuple(time_features.shape)}"
+        _check_input("time_features", time_features, want, param, "B, L, F")
+
+
+def _check_input(
+    name: str, x: object, shape: tuple[int | None, ...], param: torch.Tensor, legend: str
+) -> None:
+    """``x`` a tensor of ``shape`` (None: any size >= 1) with ``param``'s dtype and device."""
+    x = check_tensor(name, x)
+    dims = ", ".join("B" if n is None else str(n) for n in shape)
+    if x.ndim != len(shape) or any(
+        x.shape[i] != n if n is not None else x.shape[i] < 1 for i, n in enumerate(shape)
+    ):
+        raise ValueError(expected(name, f"a tensor [{dims}] ({legend})", x))
+    if x.dtype != param.dtype:
+        raise TypeError(
+            expected(
+                name,
+                f"a {param.dtype} tensor like the model's parameters (cast with .to({param.dtype}))",
+                x,
             )
+        )
+    if x.device != param.device:
+        raise ValueError(
+            f"{name}: expected a tensor on {param.device} (the model's device), got one on "
+            f"{x.device}"
+        )
+
+
+# ---------------------------------------------------------------------- checkpoint files
+def _digest(payload: Mapping[str, Any]) -> str:
+    """sha256 of a checkpoint's contents but its ``checksum``: every tensor's dtype, shape and
+    bytes and every plain value, walked in a fixed order (mapping keys sorted), so the same
+    contents give the same digest whatever device they were loaded to."""
+    h = hashlib.sha256()
+
+    def feed(obj: object) -> None:
+        if isinstance(obj, torch.Tensor):
+            t = obj.detach().to("cpu").contiguous()
+            h.update(f"T{t.dtype}{tuple(t.shape)}:".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().data)  # raw bytes, any dtype
+        elif isinstance(obj, Mapping):
+            h.update(f"M{len(obj)}:".encode())
+            for k in sorted(obj, key=repr):
+                feed(k)
+                feed(obj[k])
+        elif isinstance(obj, (list, tuple)):  # a tuple may come back as either
+            h.update(f"L{len(obj)}:".encode())
+            for x in obj:
+                feed(x)
+        elif obj is None or isinstance(obj, (bool, int, float, str)):
+            text = repr(obj)
+            h.update(f"{type(obj).__name__}{len(text)}:{text}".encode())
+        else:
+            raise TypeError(expected("checkpoint value", "tensors and plain data", obj))
+
+    feed({k: v for k, v in payload.items() if k != "checksum"})
+    return h.hexdigest()
+
+
+def _write_checkpoint(path: str | os.PathLike[str], payload: Mapping[str, Any]) -> Path:
+    """``payload`` plus its checksum, written atomically with ``torch.save``."""
+    full = {**payload, "checksum": _digest(payload)}
+    return atomic_write(path, lambda f: torch.save(full, f))
+
+
+def _read_checkpoint(path: Path, *, map_location: Any) -> dict[str, Any]:
+    """A checkpoint's payload, its format, checksum and config checked; one-line ValueErrors."""
+    try:
+        with warnings.catch_warnings():  # torch warns about foreign pickles before it fails
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # torch's message advises weights_only=False, i.e. running the file's code: never here
+        found = re.search(r"GLOBAL (\S+)", str(exc))
+        if found:
+            raise ValueError(
+                f"checkpoint: {path} is not a diffsample checkpoint (it refers to the Python "
+                f"object {found[1]}, which a checkpoint never holds; not loaded)"
+            ) from None
+        detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", str(exc))
+        raise ValueError(
+            f"checkpoint: {path} is not a readable diffsample checkpoint (not a file torch.save "
+            f"writes: {detail[1] if detail else 'an unknown pickle stream'})"
+        ) from None
+    except Exception as exc:
+        first = str(exc).strip().split("\n")[0].split(". ")[0][:200]
+        why = "an empty file" if path.stat().st_size == 0 else f"{type(exc).__name__}: {first}"
+        raise ValueError(
+            f"checkpoint: {path} is not a readable diffsample checkpoint ({why})"
+        ) from None
+    if not isinstance(payload, Mapping):
+        raise ValueError(
+            f"checkpoint: {path} is not a diffsample checkpoint (it holds a "
+            f"{type(payload).__name__}, not a dict)"
+        )
+    fmt = payload.get("format")
+    if fmt not in (_FORMAT, _FORMAT_V1):
+        raise ValueError(
+            f"checkpoint: {path} is not a diffsample checkpoint (format {fmt!r}; expected "
+            f"{_FORMAT!r})"
+        )
+    if fmt == _FORMAT:
+        stored = payload.get("checksum")
+        if not isinstance(stored, str):
+            raise ValueError(f"checkpoint: {path} has no checksum (written by hand?); not loaded")
+        try:
+            actual = _digest(payload)
+        except TypeError:
+            actual = None
+        if actual != stored:
+            raise ValueError(
+                f"checkpoint: {path} is damaged: its contents do not match the checksum it "
+                "was written with (a truncated copy, a disk error or an edited file)"
+            )
+    if not isinstance(payload.get("config"), Mapping):
+        raise ValueError(f"checkpoint: {path} holds no config (the model's sizes); not loaded")
+    return dict(payload)
+
+
+def _config_from(config: Mapping[str, Any], path: Path) -> ForecastConfig:
+    """A checkpoint's config as a ForecastConfig; ValueError naming the path and the field."""
+    fields = {f.name for f in dataclasses.fields(ForecastConfig)}
+    unknown = set(config) - fields
+    if unknown:
+        raise ValueError(
+            f"checkpoint: {path}: config has unknown fields {sorted(unknown)} (written by a "
+            "newer version?)"
+        )
+    try:
+        return ForecastConfig(**config)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"checkpoint: {path}: bad config: {exc}") from None

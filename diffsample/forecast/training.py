@@ -1,14 +1,26 @@
-"""Two-stage mixed-precision trainer for ITransformerDiffusion.
+"""Two-stage mixed-precision trainer for ITransformerDiffusion, with per-epoch checkpoints.
 
 Stage 1 trains the iTransformer backbone on the point MSE (Time-Series-Library protocol: Adam,
 learning rate halved every epoch, early stopping on validation MSE). Stage 2 freezes it, fixes
 the per-variate residual statistics on the training windows, and trains the denoiser on the
 diffusion loss (AdamW, early stopping on a validation diffusion loss drawn with fixed noise).
-The best weights of each stage are kept, and written atomically when a path is given.
+The best weights of each stage are kept.
 
 Mixed precision: one code path, ``torch.amp.autocast(device_type, dtype, enabled)`` and a
 GradScaler enabled only for fp16. "auto" picks bf16 on GPUs that support it, fp16 on other
 GPUs, and full fp32 on CPU.
+
+Trust: a non-finite training or validation loss stops the run with :class:`NonFiniteLossError`
+(naming stage, epoch and batch) and nothing is written for that epoch. With ``checkpoint=``
+every finished epoch is written atomically with all a run needs to go on (weights, optimizer,
+GradScaler, learning rate, every RNG, early-stopping state, history), marked unfinished;
+``resume=True`` continues from it and, on the same machine, ends with the same weights as a run
+never interrupted. Only the end of stage 2 writes a finished checkpoint.
+
+Randomness: the batch order draws from a CPU generator seeded ``seed``, the diffusion steps and
+noise from a device generator seeded ``seed + 1``, the validation noise from one seeded
+``seed + 2`` afresh each epoch, and dropout from the global RNG, seeded ``seed + 3`` inside
+``torch.random.fork_rng``: the caller's global RNG is as it was when ``train`` returns.
 
 Dimensions: B windows per batch, L lookback, H horizon, N variates, F time features.
 """
@@ -21,18 +33,33 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterator
-from typing import Any, Literal
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .._utils import check_choice, check_int, check_number, expected, progress_disabled
-from .data import ForecastDataset, ForecastSplit, WindowBatch
-from .model import ITransformerDiffusion
+from .._utils import (
+    check_bool,
+    check_choice,
+    check_int,
+    check_number,
+    expected,
+    progress_disabled,
+)
+from .data import ForecastDataset, ForecastSplit, WindowBatch, check_data_spec
+from .model import ITransformerDiffusion, _read_checkpoint, _write_checkpoint
 
-__all__ = ["AmpMode", "TrainConfig", "TrainResult", "resolve_amp", "train"]
+__all__ = [
+    "AmpMode",
+    "NonFiniteLossError",
+    "TrainConfig",
+    "TrainResult",
+    "resolve_amp",
+    "train",
+]
 
 log = logging.getLogger(__name__)
 
@@ -96,11 +123,12 @@ class TrainResult:
     """What training did.
 
     Attributes:
-        history: one record per epoch: stage, epoch, train and validation loss, learning rate.
+        history: one record per epoch: stage, epoch, train and validation loss, learning rate
+            (a resumed run's include the epochs before the interruption).
         best_val_point: the best validation MSE of stage 1 (its weights are the ones kept).
         best_val_diffusion: the best validation diffusion loss of stage 2.
         amp_dtype: "bfloat16", "float16", or None for full precision.
-        seconds: wall time of both stages.
+        seconds: wall time of both stages (of every session, for a resumed run).
     """
 
     history: tuple[dict[str, float], ...]
@@ -108,6 +136,34 @@ class TrainResult:
     best_val_diffusion: float
     amp_dtype: str | None
     seconds: float
+
+
+class NonFiniteLossError(RuntimeError):
+    """A training or validation loss became NaN or infinite: the run diverged and stopped.
+
+    Nothing was written for the epoch it happened in; a checkpoint from an earlier epoch stays
+    as it was (unfinished, so ``ITransformerDiffusion.load`` refuses it by default). The
+    model's weights in memory are those of the failed epoch: do not use them.
+
+    Attributes:
+        stage: 1 (point forecast) or 2 (diffusion).
+        epoch: the epoch of that stage, counted from 1.
+        batch: the first batch whose loss was not finite, counted from 1; None when only the
+            epoch's mean overflowed.
+        split: ``"train"`` or ``"val"``.
+        loss: the loss seen (nan, inf or -inf).
+    """
+
+    def __init__(
+        self, *, stage: int, epoch: int, batch: int | None, split: str, loss: float
+    ) -> None:
+        self.stage, self.epoch, self.batch, self.split, self.loss = stage, epoch, batch, split, loss
+        where = f"stage {stage} epoch {epoch}" + (f" batch {batch}" if batch is not None else "")
+        what = "training" if split == "train" else "validation"
+        super().__init__(
+            f"{where}: the {what} loss is {loss}; training diverged and stopped, nothing was "
+            "saved for this epoch (lower the learning rate, keep grad_clip on, or try amp='off')"
+        )
 
 
 def resolve_amp(amp: AmpMode, device: torch.device) -> torch.dtype | None:
@@ -120,6 +176,55 @@ def resolve_amp(amp: AmpMode, device: torch.device) -> torch.dtype | None:
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
 
 
+@dataclasses.dataclass(frozen=True)
+class _Stage:
+    """What differs between the two stages; ``_fit`` runs either."""
+
+    number: int
+    prefix: str  # the trained module's name in the model's state_dict
+    make_optimizer: Callable[[], torch.optim.Optimizer]
+    loss_fn: Callable[[WindowBatch], torch.Tensor]
+    val_fn: Callable[[], Callable[[WindowBatch], torch.Tensor]]  # called once per validation
+    epochs: int
+    lr_decay: float
+    names: tuple[str, str]  # the history's keys for the train and validation loss
+
+
+@dataclasses.dataclass
+class _Run:
+    """Everything one call of ``train`` shares between its stages (mutable: the history grows)."""
+
+    model: ITransformerDiffusion
+    config: TrainConfig
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    train_split: ForecastSplit
+    val_split: ForecastSplit
+    g: torch.Generator  # batch order (CPU)
+    g_dev: torch.Generator  # diffusion t and noise (on the device)
+    checkpoint: Path | None
+    progress: bool | None
+    on_epoch: Callable[[dict[str, float]], None] | None
+    history: list[dict[str, float]]
+    best_point: float
+    seconds_before: float  # of the sessions before a resume
+    t0: float
+
+    def seconds(self) -> float:
+        return self.seconds_before + time.perf_counter() - self.t0
+
+    def run_record(self, **extra: Any) -> dict[str, Any]:
+        """The checkpoint's ``run`` entry: what TrainResult reports, and the train config."""
+        return {
+            "train_config": dataclasses.asdict(self.config),
+            "history": [dict(r) for r in self.history],
+            "best_val_point": self.best_point,
+            "amp_dtype": _dtype_name(self.amp_dtype),
+            "seconds": self.seconds(),
+            **extra,
+        }
+
+
 def train(
     model: ITransformerDiffusion,
     data: ForecastDataset,
@@ -127,6 +232,7 @@ def train(
     *,
     device: str | torch.device | None = None,
     checkpoint: str | os.PathLike[str] | None = None,
+    resume: bool = False,
     progress: bool | None = None,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
 ) -> TrainResult:
@@ -134,140 +240,257 @@ def train(
 
     Args:
         model: the forecaster; its config must match the data (lookback, horizon, variates, F).
+            ``model.data_spec`` is set to ``data.spec()``.
         data: a ForecastDataset (``load_dataset``); train for fitting, val for early stopping.
         config: TrainConfig.
         device: default CUDA when available, else CPU.
-        checkpoint: write the best model here (atomically) after each stage.
+        checkpoint: after every epoch, write the run's state here atomically (an unfinished
+            checkpoint, which ``ITransformerDiffusion.load`` refuses by default); at the end,
+            the finished model. An existing file is overwritten unless ``resume``.
+        resume: continue the run saved in ``checkpoint`` from its last finished epoch, with the
+            same ``model`` config, ``config`` and data (each checked); the epoch that was in
+            flight is run again, so the result equals that of an uninterrupted run on the same
+            machine. The model's weights are replaced by the checkpoint's. A finished
+            checkpoint written by ``train`` is loaded and its result returned, untrained further.
         progress: None or True: progress bars on a terminal; False: none.
-        on_epoch: called with each epoch's record, e.g. ``print``.
+        on_epoch: called with each epoch's record, e.g. ``print`` (only epochs run by this call).
 
     Returns:
         A :class:`TrainResult`; the model holds the best weights of each stage, in eval mode.
+
+    Raises:
+        NonFiniteLossError: a training or validation loss became NaN or infinite.
+        ValueError: the model does not fit the data; ``resume`` without a checkpoint file, or
+            with one whose model config, train config or data differ (naming the field).
+        TypeError: an argument of the wrong kind.
     """
     if not isinstance(config, TrainConfig):
         raise TypeError(expected("config", "a TrainConfig", config))
     _check_compatible(model, data)
+    resume = check_bool("resume", resume)
+    if checkpoint is not None and not isinstance(checkpoint, (str, os.PathLike)):
+        raise TypeError(expected("checkpoint", "a str or os.PathLike path, or None", checkpoint))
+    path = Path(checkpoint) if checkpoint is not None else None
+    saved = _resume_state(path, model, data, config) if resume else None
     device = (
         torch.device(device)
         if device is not None
         else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     )
     model.to(device)
-    train_split, val_split = data.train.to(device), data.val.to(device)
+    if saved is not None and saved.get("finished") is True:
+        return _finished_result(model, saved)
+    model.data_spec = data.spec()
     amp_dtype = resolve_amp(config.amp, device)
-    g = torch.Generator().manual_seed(config.seed)  # batch order
-    g_dev = torch.Generator(device=device).manual_seed(config.seed + 1)  # diffusion t and noise
-    history: list[dict[str, float]] = []
-    t0 = time.perf_counter()
-
-    def record(rec: dict[str, float]) -> None:
-        history.append(rec)
-        log.info("epoch %s", rec)
-        if on_epoch is not None:
-            on_epoch(rec)
-
-    def fit(
-        stage: int,
-        module: nn.Module,
-        opt: torch.optim.Optimizer,
-        loss_fn: Callable[[WindowBatch], torch.Tensor],
-        val_fn: Callable[[], Callable[[WindowBatch], torch.Tensor]],
-        epochs: int,
-        lr_decay: float,
-        names: tuple[str, str],
-    ) -> float:
-        """Train ``module`` for up to ``epochs`` with early stopping; keep and restore its best weights."""
-        best, best_state, stale = math.inf, copy.deepcopy(module.state_dict()), 0
-        scaler = _grad_scaler(device, enabled=amp_dtype == torch.float16)
-        for epoch in range(epochs):
-            module.train()
-            loss = _epoch(
-                loss_fn,
-                module,
-                opt,
-                scaler,
-                train_split,
-                config,
-                g,
-                amp_dtype,
-                device,
-                progress,
-                f"stage {stage} epoch {epoch + 1}/{epochs}",
-            )
-            module.eval()
-            val = _evaluate(val_fn(), val_split, config.batch_size, amp_dtype, device)
-            record(
-                {
-                    "stage": stage,
-                    "epoch": epoch + 1,
-                    names[0]: loss,
-                    names[1]: val,
-                    "lr": opt.param_groups[0]["lr"],
-                }
-            )
-            if val < best:
-                best, best_state, stale = val, copy.deepcopy(module.state_dict()), 0
-            else:
-                stale += 1
-                if stale >= config.patience:
-                    break
-            for group in opt.param_groups:
-                group["lr"] *= lr_decay
-        module.load_state_dict(best_state)
-        return best
+    run = _Run(
+        model=model,
+        config=config,
+        device=device,
+        amp_dtype=amp_dtype,
+        train_split=data.train.to(device),
+        val_split=data.val.to(device),
+        g=torch.Generator().manual_seed(config.seed),
+        g_dev=torch.Generator(device=device).manual_seed(config.seed + 1),
+        checkpoint=path,
+        progress=progress,
+        on_epoch=on_epoch,
+        history=[],
+        best_point=math.inf,
+        seconds_before=0.0,
+        t0=time.perf_counter(),
+    )
 
     # stage 1: the point forecast
     def point(b: WindowBatch) -> torch.Tensor:
         return model.point_loss(b.x, b.y, b.x_mark)
 
-    opt = torch.optim.Adam(
-        model.backbone.parameters(), lr=config.point_lr, weight_decay=config.weight_decay
-    )
-    best_point = fit(
+    stage1 = _Stage(
         1,
-        model.backbone,
-        opt,
+        "backbone",
+        lambda: torch.optim.Adam(
+            model.backbone.parameters(), lr=config.point_lr, weight_decay=config.weight_decay
+        ),
         point,
         lambda: point,
         config.point_epochs,
         config.point_lr_decay,
         ("train_point_mse", "val_point_mse"),
     )
-    model.backbone.requires_grad_(False).eval()
 
     # stage 2: the residual diffusion, on statistics fixed from the training windows
-    model.set_residual_stats(*_residual_stats(model, train_split, config.batch_size, device))
-    if checkpoint is not None and config.point_epochs:
-        model.save(checkpoint)
-
     def diffusion_val() -> Callable[[WindowBatch], torch.Tensor]:  # the same t, noise each pass
         g_val = torch.Generator(device=device).manual_seed(config.seed + 2)
         return lambda b: model.diffusion_loss(b.x, b.y, b.x_mark, generator=g_val)
 
-    opt = torch.optim.AdamW(
-        model.denoiser.parameters(), lr=config.diffusion_lr, weight_decay=config.weight_decay
-    )
-    best_diff = fit(
+    stage2 = _Stage(
         2,
-        model.denoiser,
-        opt,
-        lambda b: model.diffusion_loss(b.x, b.y, b.x_mark, generator=g_dev),
+        "denoiser",
+        lambda: torch.optim.AdamW(
+            model.denoiser.parameters(), lr=config.diffusion_lr, weight_decay=config.weight_decay
+        ),
+        lambda b: model.diffusion_loss(b.x, b.y, b.x_mark, generator=run.g_dev),
         diffusion_val,
         config.diffusion_epochs,
         1.0,
         ("train_diffusion_loss", "val_diffusion_loss"),
     )
-    model.backbone.requires_grad_(True)
+
+    # dropout draws from the global RNG: forked, so the caller's stream is left alone
+    forked = []
+    if device.type == "cuda":
+        forked = [device.index if device.index is not None else torch.cuda.current_device()]
+    try:
+        with torch.random.fork_rng(devices=forked):
+            if saved is None:
+                _seed_global_rng(device, config.seed + 3)
+                start = 1
+            else:
+                start = _restore(run, saved)
+            if start == 1:
+                run.best_point = _fit(run, stage1, saved)
+            model.backbone.requires_grad_(False).eval()
+            if start == 1:  # a run resumed in stage 2 has its statistics in the checkpoint
+                model.set_residual_stats(
+                    *_residual_stats(model, run.train_split, config.batch_size, device)
+                )
+            best_diff = _fit(run, stage2, saved if start == 2 else None)
+    finally:  # an error or an interrupt leaves the model trainable, as it came
+        model.backbone.requires_grad_(True)
     model.eval()
-    if checkpoint is not None:
-        model.save(checkpoint)
+    if path is not None:
+        record = run.run_record(best_val_diffusion=best_diff)
+        _write_checkpoint(path, {**model._checkpoint_payload(), "finished": True, "run": record})
     return TrainResult(
-        tuple(history),
-        best_point,
-        best_diff,
-        str(amp_dtype).replace("torch.", "") if amp_dtype else None,
-        time.perf_counter() - t0,
+        tuple(run.history), run.best_point, best_diff, _dtype_name(amp_dtype), run.seconds()
     )
+
+
+def _fit(run: _Run, stage: _Stage, saved: Mapping[str, Any] | None) -> float:
+    """Train a stage's module with early stopping, from scratch or from ``saved`` (a checkpoint
+    of this stage); keep and restore its best weights and return its best validation loss."""
+    module: nn.Module = getattr(run.model, stage.prefix)
+    opt = stage.make_optimizer()
+    scaler = _grad_scaler(run.device, enabled=run.amp_dtype == torch.float16)
+    best_state = copy.deepcopy(module.state_dict())  # a resumed model holds the best weights now
+    best, stale, stopped, first = math.inf, 0, False, 0
+    if saved is not None:
+        state = saved["resume"]
+        best, stale, stopped = float(state["best"]), int(state["stale"]), bool(state["stopped"])
+        first = int(saved["epoch"])  # epochs of this stage already done
+        module.load_state_dict(state["current"])
+        opt.load_state_dict(state["optimizer"])
+        if state["scaler"] and scaler.is_enabled():  # a disabled scaler saves {}
+            scaler.load_state_dict(state["scaler"])
+    for epoch in range(first, 0 if stopped else stage.epochs):
+        module.train()
+        desc = f"stage {stage.number} epoch {epoch + 1}/{stage.epochs}"
+        loss = _epoch(stage.loss_fn, module, opt, scaler, run, desc)
+        _raise_if_bad(loss, stage.number, epoch + 1, "train")
+        module.eval()
+        val = _evaluate(stage.val_fn(), run.val_split, run.config.batch_size, run)
+        _raise_if_bad(val, stage.number, epoch + 1, "val")
+        record = {
+            "stage": stage.number,
+            "epoch": epoch + 1,
+            stage.names[0]: loss.mean,
+            stage.names[1]: val.mean,
+            "lr": opt.param_groups[0]["lr"],
+        }
+        run.history.append(record)
+        log.info("epoch %s", record)
+        if val.mean < best:
+            best, best_state, stale = val.mean, copy.deepcopy(module.state_dict()), 0
+        else:
+            stale += 1
+            stopped = stale >= run.config.patience
+        if not stopped:
+            for group in opt.param_groups:
+                group["lr"] *= stage.lr_decay
+        if stage.number == 1:
+            run.best_point = best  # what a checkpoint's run record reports so far
+        if run.checkpoint is not None:
+            resume = {
+                "stopped": stopped,
+                "best": best,
+                "stale": stale,
+                "current": module.state_dict(),
+                "optimizer": opt.state_dict(),
+                "scaler": scaler.state_dict(),
+                "rng": _rng_states(run),
+            }
+            _save_unfinished(run.checkpoint, run, stage, epoch + 1, best_state, resume)
+        if run.on_epoch is not None:  # after the write: an epoch reported is an epoch saved
+            run.on_epoch(record)
+        if stopped:
+            break
+    module.load_state_dict(best_state)
+    return best
+
+
+def _save_unfinished(
+    path: Path,
+    run: _Run,
+    stage: _Stage,
+    epoch: int,
+    best_state: Mapping[str, torch.Tensor],
+    resume: Mapping[str, Any],
+) -> None:
+    """The checkpoint after an epoch: ``state_dict`` is the model as it would stand if training
+    stopped here (this stage's best weights), ``resume`` what continuing needs."""
+    weights = {
+        **run.model.state_dict(),
+        **{f"{stage.prefix}.{k}": v for k, v in best_state.items()},
+    }
+    _write_checkpoint(
+        path,
+        {
+            **run.model._checkpoint_payload(weights),
+            "finished": False,
+            "stage": stage.number,
+            "epoch": epoch,
+            "run": run.run_record(),
+            "resume": dict(resume),
+        },
+    )
+
+
+class _Pass(NamedTuple):
+    """A pass over batches: the mean loss, and the first non-finite one (batch from 1), if any."""
+
+    mean: float
+    bad_batch: int | None
+    bad_loss: float
+
+
+def _raise_if_bad(p: _Pass, stage: int, epoch: int, split: str) -> None:
+    if p.bad_batch is not None or not math.isfinite(p.mean):
+        loss = p.bad_loss if p.bad_batch is not None else p.mean
+        raise NonFiniteLossError(
+            stage=stage, epoch=epoch, batch=p.bad_batch, split=split, loss=loss
+        )
+
+
+class _Watch:
+    """The first non-finite loss of a pass, tracked on the loss's device: a CUDA run learns
+    of it at the pass's one host sync instead of paying a sync per batch."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.total = torch.zeros((), device=device, dtype=torch.float64)
+        self.bad = torch.full((), -1, device=device, dtype=torch.int64)  # batch index, -1 none
+        self.bad_loss = torch.zeros((), device=device, dtype=torch.float64)
+
+    def add(self, loss: torch.Tensor, i: int, weight: int = 1) -> None:
+        loss = loss.detach().double()
+        new = ~torch.isfinite(loss) & (self.bad < 0)
+        self.bad = torch.where(new, i, self.bad)
+        self.bad_loss = torch.where(new, loss, self.bad_loss)
+        self.total += loss * weight
+
+    def result(self, count: int) -> _Pass:
+        total, bad, bad_loss = torch.stack(
+            [self.total, self.bad.double(), self.bad_loss]
+        ).tolist()  # the one sync
+        return _Pass(total / max(count, 1), int(bad) + 1 if bad >= 0 else None, bad_loss)
 
 
 def _grad_scaler(device: torch.device, enabled: bool) -> Any:
@@ -282,39 +505,55 @@ def _epoch(
     module: nn.Module,
     opt: torch.optim.Optimizer,
     scaler: Any,
-    split: ForecastSplit,
-    config: TrainConfig,
-    generator: torch.Generator,
-    amp_dtype: torch.dtype | None,
-    device: torch.device,
-    progress: bool | None,
+    run: _Run,
     desc: str,
-) -> float:
-    """One pass over (a capped number of) shuffled training batches; returns the mean loss."""
+) -> _Pass:
+    """One pass over (a capped number of) shuffled training batches; returns the mean loss.
+
+    On the CPU a non-finite loss ends the pass before its step (checking is free there); on
+    other devices the pass runs on and reports the first one at its end.
+    """
+    config, split = run.config, run.train_split
     batches = _capped(
-        split.batches(config.batch_size, shuffle=True, generator=generator),
+        split.batches(config.batch_size, shuffle=True, generator=run.g),
         config.max_batches_per_epoch,
     )
     n_batches = math.ceil(len(split) / config.batch_size)
     total = min(n_batches, config.max_batches_per_epoch or n_batches)
-    total_loss = torch.zeros((), device=device)
+    watch = _Watch(run.device)
     count = 0
-    bar = tqdm(batches, total=total, desc=desc, leave=False, disable=progress_disabled(progress))
-    for batch in bar:
-        with torch.autocast(
-            device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
-        ):
+    disable = progress_disabled(run.progress)
+    for i, batch in enumerate(tqdm(batches, total=total, desc=desc, leave=False, disable=disable)):
+        with _autocast(run):
             loss = loss_fn(batch)
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if config.grad_clip is not None:
-            scaler.unscale_(opt)
-            nn.utils.clip_grad_norm_(module.parameters(), config.grad_clip)
-        scaler.step(opt)
-        scaler.update()
-        total_loss += loss.detach()
+        watch.add(loss, i)
         count += 1
-    return float(total_loss) / max(count, 1)  # one sync per epoch
+        if _eager_checks(run.device) and not bool(torch.isfinite(loss)):
+            break  # before the step: the weights stay those of the last good batch
+        _step(loss, module, opt, scaler, config.grad_clip)
+    return watch.result(count)
+
+
+def _eager_checks(device: torch.device) -> bool:
+    """Check each loss as it comes (the CPU, where it costs no sync), else once per pass."""
+    return device.type == "cpu"
+
+
+def _step(
+    loss: torch.Tensor,
+    module: nn.Module,
+    opt: torch.optim.Optimizer,
+    scaler: Any,
+    grad_clip: float | None,
+) -> None:
+    """Backward pass and one optimizer step (through the GradScaler, clipped if asked)."""
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if grad_clip is not None:
+        scaler.unscale_(opt)
+        nn.utils.clip_grad_norm_(module.parameters(), grad_clip)
+    scaler.step(opt)
+    scaler.update()
 
 
 @torch.no_grad()
@@ -322,18 +561,20 @@ def _evaluate(
     loss_fn: Callable[[WindowBatch], torch.Tensor],
     split: ForecastSplit,
     batch_size: int,
-    amp_dtype: torch.dtype | None,
-    device: torch.device,
-) -> float:
+    run: _Run,
+) -> _Pass:
     """Window-weighted mean of a loss over every window of a split."""
-    total, n = torch.zeros((), device=device, dtype=torch.float64), 0
-    for batch in split.batches(batch_size):
-        with torch.autocast(
-            device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
-        ):
-            total += loss_fn(batch).double() * batch.x.shape[0]
+    watch, n = _Watch(run.device), 0
+    for i, batch in enumerate(split.batches(batch_size)):
+        with _autocast(run):
+            watch.add(loss_fn(batch), i, weight=batch.x.shape[0])
         n += batch.x.shape[0]
-    return float(total) / n
+    return watch.result(n)
+
+
+def _autocast(run: _Run) -> torch.autocast:
+    dtype = run.amp_dtype
+    return torch.autocast(run.device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
 @torch.no_grad()
@@ -361,6 +602,108 @@ def _capped(it: Iterator[WindowBatch], cap: int | None) -> Iterator[WindowBatch]
         if cap is not None and i >= cap:
             return
         yield batch
+
+
+def _dtype_name(dtype: torch.dtype | None) -> str | None:
+    return str(dtype).replace("torch.", "") if dtype is not None else None
+
+
+# ---------------------------------------------------------------------- RNG and resume
+def _seed_global_rng(device: torch.device, seed: int) -> None:
+    """Seed the global CPU RNG and, on CUDA, the device's own (not every GPU's)."""
+    torch.default_generator.manual_seed(seed)
+    if device.type == "cuda":
+        with torch.cuda.device(device):
+            torch.cuda.manual_seed(seed)
+
+
+def _rng_states(run: _Run) -> dict[str, torch.Tensor | None]:
+    """Every RNG a run draws from, as CPU byte tensors."""
+    cuda = run.device.type == "cuda"
+    return {
+        "batch_order": run.g.get_state(),
+        "diffusion": run.g_dev.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state(run.device) if cuda else None,
+    }
+
+
+def _restore(run: _Run, saved: Mapping[str, Any]) -> int:
+    """Load a checkpoint's weights, RNG states and history into ``run``; returns its stage."""
+    run.model.load_state_dict(saved["state_dict"])
+    rng = saved["resume"]["rng"]
+    run.g.set_state(rng["batch_order"])
+    run.g_dev.set_state(rng["diffusion"])
+    torch.set_rng_state(rng["torch"])
+    if run.device.type == "cuda" and rng["cuda"] is not None:
+        torch.cuda.set_rng_state(rng["cuda"], run.device)
+    record = saved["run"]
+    run.history = [dict(r) for r in record["history"]]
+    run.best_point = float(record["best_val_point"])
+    run.seconds_before = float(record["seconds"])
+    log.info("resuming after stage %s epoch %s", saved["stage"], saved["epoch"])
+    return int(saved["stage"])
+
+
+def _resume_state(
+    path: Path | None, model: ITransformerDiffusion, data: ForecastDataset, config: TrainConfig
+) -> dict[str, Any]:
+    """The checkpoint to resume from, checked against the model, the train config and data."""
+    if path is None:
+        raise ValueError("resume: expected a checkpoint path to resume from, got checkpoint=None")
+    if not path.is_file():
+        raise ValueError(
+            f"resume: expected the checkpoint of an interrupted run, but {path} does not exist "
+            "(start the run without resume)"
+        )
+    saved = _read_checkpoint(path, map_location="cpu")
+    record = saved.get("run")
+    if not isinstance(record, Mapping) or (
+        saved.get("finished") is not True and not isinstance(saved.get("resume"), Mapping)
+    ):
+        raise ValueError(f"resume: {path} holds no training state to resume (not written by train)")
+    _same(path, "model config", saved["config"], dataclasses.asdict(model.config))
+    _same(path, "train config", record.get("train_config"), dataclasses.asdict(config))
+    spec = saved.get("data_spec")
+    if not isinstance(spec, Mapping):
+        raise ValueError(f"resume: {path} records no data spec; cannot check the data")
+    try:
+        check_data_spec(spec, data)
+    except ValueError as exc:
+        raise ValueError(f"resume: {path}: {exc}") from None
+    return saved
+
+
+def _same(path: Path, what: str, saved: object, given: Mapping[str, Any]) -> None:
+    """ValueError naming the first field of ``given`` that ``saved`` does not match."""
+    if not isinstance(saved, Mapping):
+        raise ValueError(f"resume: {path} records no {what}")
+    for name, value in given.items():
+        old = saved.get(name)
+        if _plain(old) != _plain(value):
+            raise ValueError(
+                f"resume: {path} was trained with another {what}: {name}={old!r} there, "
+                f"{name}={value!r} here (resume with the run's own settings, or start afresh)"
+            )
+
+
+def _plain(v: object) -> object:
+    return [_plain(x) for x in v] if isinstance(v, (list, tuple)) else v
+
+
+def _finished_result(model: ITransformerDiffusion, saved: Mapping[str, Any]) -> TrainResult:
+    """A finished run resumed: its weights into ``model``, its record as the result."""
+    model.load_state_dict(saved["state_dict"])
+    model.data_spec = dict(saved["data_spec"])
+    model.eval()
+    record = saved["run"]
+    return TrainResult(
+        tuple(dict(r) for r in record["history"]),
+        float(record["best_val_point"]),
+        float(record["best_val_diffusion"]),
+        record["amp_dtype"],
+        float(record["seconds"]),
+    )
 
 
 def _check_compatible(model: ITransformerDiffusion, data: ForecastDataset) -> None:

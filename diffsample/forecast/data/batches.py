@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 import numpy as np
 import torch
@@ -222,7 +222,9 @@ class ForecastDataset:
         horizon: H.
         freq: ``"h"`` or ``"t"``, the time-feature set.
         protocol: ``"etth"``, ``"ettm"`` or ``"custom"`` (the synthetic data use ``"custom"``).
-        source: the CSV's path, or a description of the synthetic generator and its seed.
+        source: the CSV's absolute path, or the synthetic generator's call
+            (``"synthetic(n_steps=6000, n_variates=7, seed=0)"``); ``load_dataset(source)``
+            reloads either.
     """
 
     train: ForecastSplit
@@ -247,6 +249,19 @@ class ForecastDataset:
         """F."""
         return len(self.time_features)
 
+    @property
+    def borders(self) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
+        """``((lo, hi), ...)`` of train, val and test: the source rows each split covers."""
+        lo_hi = [(s.start, s.start + s.values.shape[0]) for s in self.splits()]
+        return lo_hi[0], lo_hi[1], lo_hi[2]
+
     def splits(self) -> tuple[ForecastSplit, ForecastSplit, ForecastSplit]:
         """``(train, val, test)``."""
         return self.train, self.val, self.test
+
+    def spec(self) -> dict[str, Any]:
+        """What the data are, as JSON (source, protocol, borders, names, scaler statistics):
+        see :func:`diffsample.forecast.data.spec.data_spec`; ``check_data_spec`` compares it."""
+        from .spec import data_spec  # spec.py imports this module
+
+        return data_spec(self)

@@ -12,7 +12,7 @@ from .batches import ForecastDataset
 from .download import ETT_NAMES, cache_root, download_ett, find_ett
 from .reader import PathLike, check_path
 from .splits import Protocol, load_csv
-from .synthetic import synthetic_dataset
+from .synthetic import synthetic_call, synthetic_dataset
 from .timefeatures import Freq
 
 __all__ = ["load_dataset"]
@@ -31,8 +31,10 @@ def load_dataset(
 
     Args:
         source: ``None`` or ``"synthetic"`` -> ``synthetic_dataset(lookback=..., horizon=...)``;
-            a path to an existing CSV -> ``load_csv``; an ETT name (``"ETTh1"``, ``"ETTm2"``, ...)
-            -> that file from ``$DIFFSAMPLE_ETT_DIR`` or the download cache.
+            ``"synthetic(n_steps=T, n_variates=N, seed=s)"`` (a synthetic dataset's ``source``)
+            -> ``synthetic_dataset`` with those arguments; a path to an existing CSV ->
+            ``load_csv``; an ETT name (``"ETTh1"``, ``"ETTm2"``, ...) -> that file from
+            ``$DIFFSAMPLE_ETT_DIR`` or the download cache.
         lookback: L.
         horizon: H.
         protocol: passed to ``load_csv`` (checked, unused, for the synthetic data).
@@ -56,6 +58,9 @@ def load_dataset(
         check_choice("freq", freq, Freq)
     if source is None or (isinstance(source, str) and source == "synthetic"):
         return synthetic_dataset(lookback=lookback, horizon=horizon)
+    call = synthetic_call(source) if isinstance(source, str) else None
+    if call is not None:
+        return synthetic_dataset(**call, lookback=lookback, horizon=horizon)
     p = check_path("source", source)
     if p.is_file():
         return load_csv(p, lookback=lookback, horizon=horizon, protocol=protocol, freq=freq)

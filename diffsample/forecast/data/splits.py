@@ -15,6 +15,7 @@ train rows only.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal, TypeAlias
 
@@ -232,5 +233,5 @@ def load_csv(
         horizon=horizon,
         freq=freq or ("t" if proto == "ettm" else "h"),
         protocol=proto,
-        source=str(p),
+        source=os.path.abspath(p),  # reloadable from any working directory
     )

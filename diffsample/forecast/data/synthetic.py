@@ -10,13 +10,27 @@ data every test and doc example was written against.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from ..._utils import check_int
 from .batches import ForecastDataset, check_window_lengths
 from .splits import build_dataset, split_borders
 
-__all__ = ["synthetic_dataset", "synthetic_values"]
+__all__ = ["synthetic_call", "synthetic_dataset", "synthetic_values"]
+
+# the dataset's ``source``: the call that makes it again (load_dataset reads it back)
+_SOURCE = "synthetic(n_steps={n_steps}, n_variates={n_variates}, seed={seed})"
+_SOURCE_RE = re.compile(r"synthetic\(n_steps=(\d+), n_variates=(\d+), seed=(\d+)\)")
+
+
+def synthetic_call(source: str) -> dict[str, int] | None:
+    """``{"n_steps", "n_variates", "seed"}`` from a synthetic dataset's ``source``, else None."""
+    m = _SOURCE_RE.fullmatch(source)
+    if m is None:
+        return None
+    return dict(zip(("n_steps", "n_variates", "seed"), map(int, m.groups()), strict=True))
 
 
 def synthetic_dataset(
@@ -67,7 +81,7 @@ def synthetic_dataset(
     n_steps = check_int("n_steps", n_steps)
     n_variates = check_int("n_variates", n_variates)
     seed = check_int("seed", seed, minimum=0)
-    source = f"synthetic(n_steps={n_steps}, n_variates={n_variates}, seed={seed})"
+    source = _SOURCE.format(n_steps=n_steps, n_variates=n_variates, seed=seed)
     borders = split_borders(n_steps, "custom", lookback, horizon, source)
     dates, raw = synthetic_values(n_steps, n_variates, seed)
     return build_dataset(
