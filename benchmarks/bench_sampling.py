@@ -12,6 +12,7 @@ DIFFSAMPLE_BENCH_S (samples per window in the batch benchmarks, default 32).
 
 from __future__ import annotations
 
+import functools
 import os
 
 import pytest
@@ -65,16 +66,15 @@ def test_batch_modes(benchmark, B, mode):
     benchmark.group = f"B={B}, S={S_BATCH}, DDIM-{K}"
     z, M = make_cond(B), B * S_BATCH
     if mode == "seed_loop":
-        fn, chunk = (lambda: seed_loop(NET, z, S_BATCH, K)), B
-    elif mode == "all_at_once":
-        fn, chunk = (lambda: folded(NET, z, S_BATCH, K, max_batch=M)), M
-    elif mode == "default":
-        chunk = plan_chunk(NET, EVENT, S_BATCH, cond={"z": z})
-        fn = lambda: folded(NET, z, S_BATCH, K)
+        fn, chunk = functools.partial(seed_loop, NET, z, S_BATCH, K), B
     else:
-        budget = budget_for_rows(NET, z, -(-M // 4))
-        chunk = plan_chunk(NET, EVENT, S_BATCH, cond={"z": z}, memory_budget=budget)
-        fn = lambda: folded(NET, z, S_BATCH, K, memory_budget=budget)
+        chunking: dict[str, int] = {}  # "default": automatic
+        if mode == "all_at_once":
+            chunking = {"max_batch": M}
+        elif mode == "quarter_budget":
+            chunking = {"memory_budget": budget_for_rows(NET, z, -(-M // 4))}
+        chunk = plan_chunk(NET, EVENT, S_BATCH, cond={"z": z}, **chunking)
+        fn = functools.partial(folded, NET, z, S_BATCH, K, **chunking)
     out = run(benchmark, fn, rows=M, chunk=chunk)
     assert out.shape == (S_BATCH, B, *EVENT) and bool(torch.isfinite(out).all())
     if mode in ("default", "quarter_budget"):  # chunking must not change the samples

@@ -11,19 +11,22 @@ without a copy. The noise of a row is keyed by (seed, condition id, sample index
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
+import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-from ._utils import check_int, describe, progress_disabled
-from .memory import fit_row_cost, free_bytes, is_oom
+from ._utils import check_choice, check_int, check_number, expected, progress_disabled
+from .memory import back_off, fit_row_cost, free_bytes, is_oom
 from .noise import keyed_normal, row_keys
 from .prediction import Denoiser, check_output
-from .samplers import SAMPLERS, Sampler, _check_grid
+from .samplers import SAMPLERS, Sampler, check_finite, check_grid
+from .schedules import NoiseSchedule
 
 __all__ = ["plan_chunk", "row_cost", "sample_many"]
 
@@ -45,7 +48,8 @@ SAMPLER_STATE_ROWS = 6
 # Share of free memory used when no budget is given (CUDA) or derived (CPU).
 DEFAULT_FRACTION = {"cuda": 0.8, "cpu": 0.5}
 
-_RESERVED = ("cond", "noise_sampler", "generator", "progress")
+# Sampler arguments that sample_many sets itself (cond and progress are its own parameters).
+_RESERVED = ("noise_sampler", "generator")
 
 
 def sample_many(
@@ -54,6 +58,8 @@ def sample_many(
     event_shape: Sequence[int],
     n_samples: int,
     *,
+    schedule: NoiseSchedule,
+    timesteps: torch.Tensor,
     cond: Mapping[str, Any] | None = None,
     cond_ids: torch.Tensor | Sequence[int] | None = None,
     max_batch: int | None = None,
@@ -74,14 +80,16 @@ def sample_many(
         y.shape                                                       # [100, B, 96, 7]
 
     Args:
-        sampler: a sampler function (``sample_ddpm``, ``sample_ddim``, ``sample_dpmpp_2m`` or one
-            with the same signature) or its name ("ddpm", "ddim", "dpmpp_2m").
+        sampler: a sampler function (``sample_ddpm``, ``sample_ddim``, ``sample_dpmpp_2m`` or any
+            :class:`~diffsample.samplers.Sampler`) or its name ("ddpm", "ddim", "dpmpp_2m").
         denoiser: ``denoiser(x_t [M, *E], t [M] long, **cond) -> [M, *E]``.
         event_shape: E, the shape of one sample.
         n_samples: S >= 1 samples per condition.
+        schedule: the training schedule (keyword-only, required).
+        timesteps: descending grid ``[K]`` from ``schedule.timesteps(K)`` (keyword-only, required).
         cond: keyword tensors for the denoiser, each ``[B, ...]`` (one row per condition); they
             are expanded (B = 1) or gathered per chunk, never repeated S times up front. Non-tensor
-            values are passed through.
+            values are passed through. Floating tensors must be finite (checked once).
         cond_ids: ``[B]`` integer ids keying each condition's noise (default ``0..B-1``). Pass
             global window indices to get the same samples for a window in any test batch.
         max_batch: rows per denoiser call (an upper bound when ``memory_budget`` is also given).
@@ -92,100 +100,96 @@ def sample_many(
             denoiser's parameters, else CPU.
         dtype: dtype of the samples (the noise is drawn in float32 and cast).
         progress: None or True: a progress bar when stderr is a terminal; False: none.
-        **sampler_kwargs: passed to the sampler: ``schedule``, ``timesteps`` (required),
-            ``prediction``, ``eta``, ``clip_x0``, ``callback``, ...
+        **sampler_kwargs: passed to the sampler: ``prediction``, ``eta``, ``clip_x0``,
+            ``variance``, ``callback``, ... (not ``generator`` or ``noise_sampler``: the noise
+            is keyed by ``seed``).
 
     Returns:
         Samples ``[S, B, *E]``. For a given seed x_T is bitwise identical whatever the chunking,
         and the outputs agree to the float round-off of the denoiser's kernels.
 
     Raises:
+        TypeError: an argument of the wrong kind (a float ``n_samples``, a non-tensor
+            ``timesteps``, float ``cond_ids``, ...).
         ValueError: bad sizes, a cond tensor whose first dimension is not B, cond_ids of the
-            wrong length, a denoiser output whose shape is not ``[M, *event_shape]``.
-        torch.OutOfMemoryError: if even one row does not fit. Smaller OOMs shrink the chunk and
-            redo only the chunk that failed.
+            wrong length, NaN/inf in a cond tensor, a denoiser output whose shape is not
+            ``[M, *event_shape]``, non-finite samples (the chunk's rows are named).
+        torch.OutOfMemoryError: (``torch.cuda.OutOfMemoryError`` on torch < 2.4) if even one row
+            does not fit. Smaller OOMs, in the memory probe or in a chunk, halve the rows per
+            call; a chunk that failed is redone, finished chunks are kept.
     """
     sample_fn = _resolve_sampler(sampler)
     E = _check_event_shape(event_shape)
-    check_int("n_samples", n_samples)
-    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-        raise TypeError(f"dtype: expected a floating-point torch.dtype, got {dtype!r}")
+    S = check_int("n_samples", n_samples)
+    seed = check_int("seed", seed, minimum=None)
+    _check_dtype(dtype)
+    if not isinstance(schedule, NoiseSchedule):
+        raise TypeError(expected("schedule", "a NoiseSchedule", schedule))
+    grid = check_grid(timesteps, schedule.num_train_steps)  # [K] host ints
     bad = [k for k in _RESERVED if k in sampler_kwargs]
     if bad:
         raise TypeError(
-            f"sample_many: {bad} are set by sample_many itself; pass cond= and progress= directly"
+            f"sample_many: {bad} are set by sample_many itself (the noise is keyed by seed=)"
         )
-    for k in ("schedule", "timesteps"):
-        if k not in sampler_kwargs:
-            raise TypeError(
-                f"sample_many: missing sampler argument {k}=... (e.g. schedule.timesteps(50))"
-            )
-    grid = _check_grid(
-        sampler_kwargs["timesteps"], getattr(sampler_kwargs["schedule"], "num_train_steps", 1 << 62)
-    )
-    cond = dict(cond or {})
-    B = _num_conditions(cond, cond_ids)
-    device = _resolve_device(device, cond, denoiser)
+    cond, B, device = _prepare_cond(cond, cond_ids, device, denoiser)
     ids = _check_cond_ids(cond_ids, B, device)
-    S, M = n_samples, n_samples * B
-    cond = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in cond.items()}
+    M = S * B
+    for k, v in cond.items():  # once, before sampling: NaN in a condition means NaN samples
+        if isinstance(v, torch.Tensor) and v.is_floating_point():
+            check_finite(f"cond[{k!r}]", v)
 
     user_callback = sampler_kwargs.pop("callback", None)
+    n_steps = len(grid)
     with torch.no_grad():
         chunk = _plan(
             denoiser, E, M, max_batch, memory_budget, device, dtype, cond, B, t_probe=grid[0]
         )
-        n_steps = len(grid)
         out = torch.empty((M, *E), dtype=dtype, device=device)  # [S * B, *E]
-        bar = tqdm(
+        with tqdm(
             total=math.ceil(M / chunk) * n_steps,
             desc="sample_many",
             unit="step",
             disable=progress_disabled(progress),
-        )
-        bar.set_postfix(rows=M, chunk=chunk)
+        ) as bar:
+            bar.set_postfix(rows=M, chunk=chunk)
 
-        def on_step(info: dict) -> None:
-            bar.update(1)
-            if user_callback is not None:
-                user_callback(info)
+            def on_step(info: dict[str, Any]) -> None:
+                bar.update(1)
+                if user_callback is not None:
+                    user_callback(info)
 
-        r0 = 0
-        while r0 < M:
-            r1 = min(r0 + chunk, M)
-            s_idx, b_idx = _rows(r0, r1, B, device)
-            keys = row_keys(seed, ids[b_idx], s_idx)  # [rows]
-            try:
-                out[r0:r1] = sample_fn(
-                    denoiser,
-                    keyed_normal(keys, -1, E, dtype=dtype),
-                    cond=_cond_rows(cond, B, b_idx),
-                    noise_sampler=lambda i, keys=keys: keyed_normal(keys, i, E, dtype=dtype),
-                    progress=False,
-                    callback=on_step,
-                    **sampler_kwargs,
-                )
-            except Exception as exc:
-                if not is_oom(exc) or r1 - r0 == 1:
-                    bar.close()
-                    raise
-                failed = True
-            else:
-                failed = False
-            if failed:  # outside the except block, so the failed chunk's tensors are released
-                chunk = max((r1 - r0) // 2, 1)
-                log.info(
-                    "sample_many: out of memory at %d rows per call; retrying with %d",
-                    r1 - r0,
-                    chunk,
-                )
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-                bar.total = bar.n + math.ceil((M - r0) / chunk) * n_steps
-                bar.set_postfix(rows=M, chunk=chunk)
-                continue
-            r0 = r1
-        bar.close()
+            r0 = 0
+            while r0 < M:
+                r1 = min(r0 + chunk, M)
+                s_idx, b_idx = _rows(r0, r1, B, device)
+                keys = row_keys(seed, ids[b_idx], s_idx)  # [rows]
+                try:
+                    y = sample_fn(
+                        denoiser,
+                        keyed_normal(keys, -1, E, dtype=dtype),  # x_T [rows, *E]
+                        schedule,
+                        timesteps,
+                        cond=_cond_rows(cond, B, b_idx),
+                        noise_sampler=functools.partial(
+                            keyed_normal, keys, event_shape=E, dtype=dtype
+                        ),
+                        progress=False,
+                        callback=on_step,
+                        **sampler_kwargs,
+                    )
+                except Exception as exc:
+                    if not is_oom(exc) or r1 - r0 == 1:
+                        raise
+                    failed = True
+                else:
+                    failed = False
+                if failed:  # outside the except block, so the failed chunk's tensors are released
+                    chunk = back_off(r1 - r0, device, "sample_many")
+                    bar.total = bar.n + math.ceil((M - r0) / chunk) * n_steps
+                    bar.set_postfix(rows=M, chunk=chunk)
+                    continue
+                out[r0:r1] = _check_samples(y, r0, r1, B)
+                r0 = r1
     return out.view(S, B, *E)
 
 
@@ -206,23 +210,24 @@ def plan_chunk(
     ``max_batch`` alone is taken as is. Otherwise two probe calls measure the per-row memory
     (:func:`row_cost`) and the chunk is the largest that fits the budget, also at most
     ``max_batch``; on CPU without an explicit budget, also at most what keeps one call's working set
-    near ``CPU_WORKING_SET`` bytes (speed), and at least ``CPU_MIN_ROWS``.
+    near ``CPU_WORKING_SET`` bytes (speed), and at least ``CPU_MIN_ROWS``. If a probe call ran
+    out of memory, the chunk is at most the largest probe that ran.
+
+    Args:
+        denoiser, event_shape, n_samples, cond, max_batch, memory_budget, device, dtype: as in
+            :func:`sample_many` (cond tensors ``[B, ...]``, so the rows are ``n_samples * B``).
+        t_probe: the timestep the probe calls see (sample_many uses the grid's first).
+
+    Returns:
+        Rows per call, ``1 <= chunk <= n_samples * B``.
     """
-    cond = dict(cond or {})
-    B = _num_conditions(cond, None)
-    device = _resolve_device(device, cond, denoiser)
-    cond = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in cond.items()}
+    E = _check_event_shape(event_shape)
+    S = check_int("n_samples", n_samples)
+    _check_dtype(dtype)
+    t_probe = check_int("t_probe", t_probe, minimum=0)
+    cond, B, device = _prepare_cond(cond, None, device, denoiser)
     return _plan(
-        denoiser,
-        _check_event_shape(event_shape),
-        n_samples * B,
-        max_batch,
-        memory_budget,
-        device,
-        dtype,
-        cond,
-        B,
-        t_probe=t_probe,
+        denoiser, E, S * B, max_batch, memory_budget, device, dtype, cond, B, t_probe=t_probe
     )
 
 
@@ -237,22 +242,44 @@ def row_cost(
 ) -> tuple[float, float]:
     """Memory of sampling as ``(fixed, per_row)`` bytes: two probe calls of the denoiser at
     ``PROBE_ROWS`` rows (cond rows gathered as sample_many gathers them) plus the sampler's own
-    state, ``SAMPLER_STATE_ROWS`` events per row."""
-    cond = dict(cond or {})
-    B = _num_conditions(cond, None)
-    device = _resolve_device(device, cond, denoiser)
+    state, ``SAMPLER_STATE_ROWS`` events per row. A probe that runs out of memory is retried
+    at half the rows (see :func:`diffsample.memory.fit_row_cost`).
+
+    Args:
+        denoiser, event_shape, cond, device, dtype: as in :func:`sample_many`.
+        t_probe: the timestep the probe calls see.
+
+    Returns:
+        ``(fixed, per_row)`` in bytes.
+    """
     E = _check_event_shape(event_shape)
+    _check_dtype(dtype)
+    t_probe = check_int("t_probe", t_probe, minimum=0)
+    cond, B, device = _prepare_cond(cond, None, device, denoiser)
+    fixed, per_row, _ = _probe(denoiser, E, cond, B, device, dtype, t_probe)
+    return fixed, per_row
+
+
+def _probe(
+    denoiser: Denoiser,
+    E: tuple[int, ...],
+    cond: Mapping[str, Any],
+    B: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    t_probe: int,
+) -> tuple[float, float, int | None]:
+    """(fixed, per_row, limit) of sampling: :func:`row_cost` plus the probe's OOM limit."""
 
     def call(n: int) -> None:
-        x = torch.zeros((n, *E), dtype=dtype, device=device)
-        t = torch.full((n,), t_probe, dtype=torch.long, device=device)
+        x = torch.zeros((n, *E), dtype=dtype, device=device)  # [n, *E]
+        t = torch.full((n,), t_probe, dtype=torch.long, device=device)  # [n]
         check_output(denoiser(x, t, **_cond_rows(cond, B, _rows(0, n, B, device)[1])), x)
 
     with torch.no_grad():
-        fixed, per_row = fit_row_cost(call, device, PROBE_ROWS)
-    return fixed, per_row + SAMPLER_STATE_ROWS * math.prod(E) * torch.empty(
-        (), dtype=dtype
-    ).element_size()
+        fixed, per_row, limit = fit_row_cost(call, device, PROBE_ROWS)
+    state = SAMPLER_STATE_ROWS * math.prod(E) * torch.empty((), dtype=dtype).element_size()
+    return fixed, per_row + state, limit
 
 
 def _plan(
@@ -269,52 +296,48 @@ def _plan(
     t_probe: int,
 ) -> int:
     if max_batch is not None:
-        check_int("max_batch", max_batch)
-    if memory_budget is not None:
-        ok = isinstance(memory_budget, (int, float)) and not isinstance(memory_budget, bool)
-        ok = ok and (
-            0 < memory_budget <= 1 if isinstance(memory_budget, float) else memory_budget > 0
-        )
-        if not ok:
-            raise ValueError(
-                f"memory_budget: expected bytes (int > 0) or a fraction of free memory (float in (0, 1]), "
-                f"got {memory_budget!r}"
-            )
+        max_batch = check_int("max_batch", max_batch)
+    budget_bytes, budget_fraction = _check_budget(memory_budget)
     cap = rows if max_batch is None else min(max_batch, rows)
     if max_batch is not None and memory_budget is None:
         return cap
     if cap <= CPU_MIN_ROWS and memory_budget is None and device.type != "cuda":
         return cap  # nothing to gain from a probe; OOM back-off still guards the call
-    if isinstance(memory_budget, int):
-        budget = float(memory_budget)
-    else:
-        fraction = (
-            memory_budget if memory_budget is not None else DEFAULT_FRACTION.get(device.type, 0.5)
-        )
-        budget = fraction * free_bytes(device)
-    fixed, per_row = row_cost(denoiser, E, cond=cond, device=device, dtype=dtype, t_probe=t_probe)
+    if budget_bytes is None:
+        fraction = budget_fraction or DEFAULT_FRACTION.get(device.type, 0.5)
+        budget_bytes = fraction * free_bytes(device)
+    fixed, per_row, limit = _probe(denoiser, E, cond, B, device, dtype, t_probe)
     if memory_budget is None and device.type != "cuda":  # speed: a cache-sized working set per call
         cap = min(cap, max(CPU_MIN_ROWS, int(CPU_WORKING_SET // per_row)))
-    fits = int((budget - fixed) // per_row)
+    if limit is not None:  # a probe ran out of memory above `limit` rows
+        cap = min(cap, limit)
+    fits = int((budget_bytes - fixed) // per_row)
     if fits < 1:
         raise ValueError(
-            f"memory_budget: {budget / 2**20:.1f} MiB does not fit one row: a row costs ~{per_row / 2**20:.2f} MiB "
-            f"plus ~{fixed / 2**20:.1f} MiB fixed on {device}"
+            f"memory_budget: {budget_bytes / 2**20:.1f} MiB does not fit one row: a row costs "
+            f"~{per_row / 2**20:.2f} MiB plus ~{fixed / 2**20:.1f} MiB fixed on {device}"
         )
     log.debug(
-        "plan_chunk: fixed=%d B, per_row=%d B, budget=%d B -> %d rows", fixed, per_row, budget, fits
+        "plan_chunk: fixed=%d B, per_row=%d B, budget=%d B, probe limit=%s -> %d rows",
+        fixed,
+        per_row,
+        budget_bytes,
+        limit,
+        fits,
     )
     return max(1, min(cap, fits))
 
 
 def _rows(r0: int, r1: int, B: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sample and condition index of rows r0..r1-1 (row r = sample r // B of condition r % B)."""
-    r = torch.arange(r0, r1, device=device)
+    """Sample and condition index ``[r1 - r0]`` each of rows r0..r1-1 (row r = sample r // B of
+    condition r % B)."""
+    r = torch.arange(r0, r1, device=device)  # [rows]
     return r // B, r % B
 
 
-def _cond_rows(cond: Mapping[str, Any], B: int, b_idx: torch.Tensor) -> dict:
-    """The cond tensors' rows for condition indices b_idx: a stride-0 view when B = 1, else a gather."""
+def _cond_rows(cond: Mapping[str, Any], B: int, b_idx: torch.Tensor) -> dict[str, Any]:
+    """The cond tensors' rows ``[rows, ...]`` for condition indices ``b_idx [rows]``: a stride-0
+    view when B = 1, else a gather."""
     if B == 1:
         return {
             k: v.expand(len(b_idx), *v.shape[1:]) if isinstance(v, torch.Tensor) else v
@@ -325,39 +348,84 @@ def _cond_rows(cond: Mapping[str, Any], B: int, b_idx: torch.Tensor) -> dict:
     }
 
 
+def _check_samples(y: object, r0: int, r1: int, B: int) -> torch.Tensor:
+    """The sampler's answer for rows r0..r1-1: a tensor ``[r1 - r0, *E]`` of finite values.
+
+    One ``isfinite().all()`` per chunk (a single device sync); the inputs were checked finite,
+    so a NaN here comes from the denoiser or the sampler.
+    """
+    if not isinstance(y, torch.Tensor):
+        raise TypeError(expected("sampler", f"a tensor of {r1 - r0} rows", y))
+    if bool(torch.isfinite(y).all()):
+        return y
+    bad = (~torch.isfinite(y)).reshape(y.shape[0], -1).any(1).nonzero().flatten().tolist()
+    first = r0 + bad[0]
+    raise ValueError(
+        f"denoiser: produced non-finite samples in rows {r0}..{r1 - 1} ({len(bad)} of "
+        f"{r1 - r0} rows hold NaN/inf; the first is row {first}, sample {first // B} of "
+        f"condition {first % B}) from finite x_T and cond; look for an overflow in the denoiser "
+        "(fp16?) or a wrong prediction= type"
+    )
+
+
 def _resolve_sampler(sampler: str | Sampler) -> Sampler:
     if isinstance(sampler, str):
-        if sampler not in SAMPLERS:
-            raise ValueError(
-                f"sampler: unknown sampler {sampler!r}; expected one of {sorted(SAMPLERS)} or a function"
-            )
-        return SAMPLERS[sampler]
+        return SAMPLERS[check_choice("sampler", sampler, SAMPLERS)]
     if not callable(sampler):
-        raise TypeError(f"sampler: expected a sampler function or name, got {describe(sampler)}")
+        raise TypeError(
+            expected(
+                "sampler", f"a sampler function or one of {', '.join(map(repr, SAMPLERS))}", sampler
+            )
+        )
     return sampler
 
 
-def _check_event_shape(event_shape: Sequence[int]) -> tuple[int, ...]:
+def _check_event_shape(event_shape: object) -> tuple[int, ...]:
+    if isinstance(event_shape, str) or not isinstance(event_shape, Sequence):
+        raise TypeError(expected("event_shape", "a sequence of positive integers", event_shape))
+    return tuple(check_int(f"event_shape[{i}]", d) for i, d in enumerate(event_shape))
+
+
+def _check_dtype(dtype: object) -> None:
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise TypeError(f"dtype: expected a floating-point torch.dtype, got {dtype!r}")
+
+
+def _check_budget(memory_budget: object) -> tuple[float | None, float | None]:
+    """(bytes, fraction) of a ``memory_budget``: an int is bytes, a float a fraction in (0, 1]."""
+    if memory_budget is None:
+        return None, None
     try:
-        E = tuple(int(d) for d in event_shape)
-        ok = all(d >= 1 for d in E) and all(float(d) == d for d in event_shape)
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise ValueError(
-            f"event_shape: expected a sequence of positive integers, got {event_shape!r}"
+        if isinstance(memory_budget, numbers.Integral) and not isinstance(memory_budget, bool):
+            return float(check_int("memory_budget", memory_budget)), None
+        return None, check_number(
+            "memory_budget", memory_budget, minimum=0, maximum=1, open_min=True
         )
-    return E
+    except (TypeError, ValueError) as exc:
+        hint = " (bytes as an int, or a fraction of free memory as a float)"
+        raise type(exc)(f"{exc}{hint}") from None
+
+
+def _prepare_cond(
+    cond: object, cond_ids: object, device: str | torch.device | None, denoiser: object
+) -> tuple[dict[str, Any], int, torch.device]:
+    """(cond on the sampling device, B, that device), after checking cond's shape."""
+    if cond is None:
+        cond = {}
+    if not isinstance(cond, Mapping):
+        raise TypeError(expected("cond", "a mapping of keyword tensors for the denoiser", cond))
+    B = _num_conditions(cond, cond_ids)
+    dev = _resolve_device(device, cond, denoiser)
+    moved = {k: v.to(dev) if isinstance(v, torch.Tensor) else v for k, v in cond.items()}
+    return moved, B, dev
 
 
 def _num_conditions(cond: Mapping[str, Any], cond_ids: Any) -> int:
-    sizes = {
-        k: v.shape[0] if v.ndim else None for k, v in cond.items() if isinstance(v, torch.Tensor)
-    }
-    if any(n is None for n in sizes.values()):
+    sizes = {k: v.shape[0] for k, v in cond.items() if isinstance(v, torch.Tensor) and v.ndim}
+    scalars = [k for k, v in cond.items() if isinstance(v, torch.Tensor) and not v.ndim]
+    if scalars:
         raise ValueError(
-            f"cond: every tensor needs a leading condition dimension B; got 0-d tensors for "
-            f"{[k for k, n in sizes.items() if n is None]}"
+            f"cond: every tensor needs a leading condition dimension B; got 0-d tensors for {scalars}"
         )
     if len(set(sizes.values())) > 1:
         raise ValueError(
@@ -374,10 +442,10 @@ def _check_cond_ids(cond_ids: Any, B: int, device: torch.device) -> torch.Tensor
         return torch.arange(B, device=device)
     ids = torch.as_tensor(cond_ids, device=device)
     if ids.dtype.is_floating_point or ids.dtype == torch.bool or ids.dtype.is_complex:
-        raise ValueError(f"cond_ids: expected integer ids, got dtype {ids.dtype}")
+        raise TypeError(expected("cond_ids", "integer ids", ids))
     if ids.shape != (B,):
         raise ValueError(
-            f"cond_ids: expected shape [{B}] (one id per condition, B from cond), got {tuple(ids.shape)}"
+            expected("cond_ids", f"shape [{B}] (one id per condition, B from cond)", ids)
         )
     return ids.long()
 

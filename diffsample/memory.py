@@ -8,10 +8,15 @@ statistics (``reset_peak_memory_stats`` / ``max_memory_allocated``); on other de
 dispatch-level tracker counts the bytes of every tensor storage the call creates and frees.
 Two calls at two row counts give a linear fit (fixed + per_row * rows), which predicts the
 largest chunk that fits a budget: memory grows linearly in rows for a per-row denoiser.
+
+Out of memory, the probe and the sampling loop back off the same way (``back_off``): free the
+allocator's cache and halve the row count, down to one row; an OOM at one row is re-raised.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
 from collections.abc import Callable
 from typing import Any
@@ -25,7 +30,9 @@ try:  # C++-side weak reference to a storage: expires when the memory is release
 except ImportError:  # pragma: no cover - very old torch
     StorageWeakRef = None  # type: ignore[assignment,misc]
 
-__all__ = ["fit_row_cost", "free_bytes", "is_oom", "peak_bytes"]
+__all__ = ["back_off", "fit_row_cost", "free_bytes", "is_oom", "peak_bytes"]
+
+log = logging.getLogger(__name__)
 
 _OOM_TYPES: tuple[type, ...] = tuple(
     t
@@ -38,8 +45,19 @@ _OOM_TYPES: tuple[type, ...] = tuple(
 
 
 def is_oom(exc: BaseException) -> bool:
-    """True for torch's out-of-memory errors (CUDA and the generic one)."""
+    """True for torch's out-of-memory errors (``torch.OutOfMemoryError`` from torch 2.4,
+    ``torch.cuda.OutOfMemoryError`` on every version)."""
     return isinstance(exc, _OOM_TYPES)
+
+
+def back_off(rows: int, device: torch.device, what: str) -> int:
+    """After an out-of-memory error at ``rows`` rows per call: release the CUDA allocator's
+    cached blocks and return the row count to try next, ``rows // 2`` (at least 1)."""
+    smaller = max(rows // 2, 1)
+    log.info("%s: out of memory at %d rows per call; retrying with %d", what, rows, smaller)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return smaller
 
 
 def free_bytes(device: str | torch.device) -> int:
@@ -118,16 +136,48 @@ def peak_bytes(fn: Callable[[], Any], device: str | torch.device) -> int:
 
 def fit_row_cost(
     call: Callable[[int], Any], device: str | torch.device, rows: tuple[int, int]
-) -> tuple[float, float]:
+) -> tuple[float, float, int | None]:
     """Fit peak memory of ``call(r)`` as ``fixed + per_row * r`` from two row counts.
 
+    A probe call that runs out of memory does not end the fit: both row counts are halved
+    (``back_off``; the smaller at least 1, the larger at least 2) and the pair is probed again
+    until both calls fit. When one row fits and two do not, the cost is that of one row.
+
+    Args:
+        call: ``call(r)`` runs the work for ``r`` rows (its result is dropped).
+        device: where ``call`` allocates.
+        rows: two increasing row counts ``(r1, r2)``.
+
     Returns:
-        (fixed bytes, bytes per row); per_row is at least 1 byte, fixed at least 0.
+        ``(fixed, per_row, limit)``: bytes (fixed >= 0, per_row >= 1) and ``limit``, None when
+        both probes ran at the row counts asked, else the largest row count that ran (a chunk
+        should not exceed it: more rows ran out of memory).
+
+    Raises:
+        torch's out-of-memory error if even one row does not fit.
     """
     r1, r2 = rows
     if not 0 < r1 < r2:
         raise ValueError(f"rows: expected two increasing positive row counts, got {rows!r}")
-    p1 = peak_bytes(lambda: call(r1), device)
-    p2 = peak_bytes(lambda: call(r2), device)
-    per_row = max((p2 - p1) / (r2 - r1), p2 / r2 / 2, 1.0)  # a flat fit would promise infinite rows
-    return max(p2 - per_row * r2, 0.0), per_row
+    device = torch.device(device)
+    largest_ran, oom_seen = 0, False
+    while True:
+        peaks: list[int] = []
+        for r in (r1, r2):
+            try:
+                peaks.append(peak_bytes(functools.partial(call, r), device))
+            except Exception as exc:
+                if not is_oom(exc) or r == 1:
+                    raise
+                break  # leaving the except block releases the failed call's tensors
+            largest_ran = max(largest_ran, r)
+        if len(peaks) == 2:
+            p1, p2 = peaks
+            # a flat fit would promise infinite rows: at least half the mean cost per row
+            per_row = max((p2 - p1) / (r2 - r1), p2 / r2 / 2, 1.0)
+            return max(p2 - per_row * r2, 0.0), per_row, largest_ran if oom_seen else None
+        oom_seen = True
+        if peaks and r2 == 2:  # one row ran, two did not: nothing left to fit
+            return 0.0, max(float(peaks[0]), 1.0), 1
+        back_off(r2 if peaks else r1, device, "memory probe")
+        r1, r2 = max(r1 // 2, 1), max(r2 // 2, 2)

@@ -34,6 +34,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from ._utils import check_int, check_tensor, expected
+
 __all__ = ["NoiseSampler", "keyed_normal", "row_keys"]
 
 NoiseSampler = Callable[[int], torch.Tensor]  # step index -> standard normal noise shaped like x
@@ -83,8 +85,17 @@ def row_keys(seed: int, cond_ids: torch.Tensor, sample_ids: torch.Tensor) -> tor
         seed: any Python int (taken modulo 2**64).
         cond_ids: ``[M]`` integer condition id of each row (e.g. a global window index).
         sample_ids: ``[M]`` integer sample index of each row, 0 <= s < 2**32.
+
+    Returns:
+        ``[M]`` int64 keys holding 32-bit words, for :func:`keyed_normal`.
     """
-    seed = int(seed) % (1 << 64)
+    seed = check_int("seed", seed, minimum=None) % (1 << 64)
+    _check_ids("cond_ids", cond_ids)
+    _check_ids("sample_ids", sample_ids)
+    if cond_ids.shape != sample_ids.shape:
+        raise ValueError(
+            expected("sample_ids", f"shape {tuple(cond_ids.shape)} (as cond_ids)", sample_ids)
+        )
     seed_key = mix_int(mix_int(seed ^ _C_SEED) ^ (seed >> 32))  # host int
     id_lo, id_hi = _words(cond_ids)
     key = mix(mix(id_lo ^ seed_key) ^ id_hi)  # [M] cond_key
@@ -102,15 +113,35 @@ def keyed_normal(
 
     Pure function of its arguments: the same key, step and element index give the same value
     on any call, in any batch.
+
+    Args:
+        keys: ``[M]`` row keys from :func:`row_keys`.
+        step: the sampler step, -1 for the initial noise x_T.
+        event_shape: E.
+        dtype: of the result; the noise is made in float32 and cast.
+
+    Returns:
+        ``[M, *E]`` standard normal noise (|z| < 5.3).
     """
-    P = math.prod(event_shape)
-    step_keys = mix(
-        keys ^ mix_int(step + 1 + _C_STEP)
-    )  # [M]; the step word stays a host int (no transfer)
+    _check_ids("keys", keys)
+    if keys.ndim != 1:
+        raise ValueError(expected("keys", "a 1-D tensor [M] from row_keys", keys))
+    step = check_int("step", step, minimum=-1)
+    E = tuple(check_int(f"event_shape[{i}]", d) for i, d in enumerate(event_shape))
+    P = math.prod(E)
+    # [M]; the step word stays a host int (no transfer)
+    step_keys = mix(keys ^ mix_int(step + 1 + _C_STEP))
     elem_keys = mix(
         (torch.arange(P, device=keys.device, dtype=torch.long) + _C_ELEMENT) & _MASK32
     )  # [P]
     bits = _mix_(step_keys[:, None] ^ elem_keys[None, :])  # [M, P]
     u = ((bits >> 9).to(torch.float32) + 0.5) * (2.0**-23)  # [M, P] in (0, 1), exact in float32
     z = torch.erfinv(u.mul_(2).sub_(1)).mul_(math.sqrt(2.0))
-    return z.reshape(keys.shape[0], *event_shape).to(dtype)
+    return z.reshape(keys.shape[0], *E).to(dtype)
+
+
+def _check_ids(name: str, ids: object) -> None:
+    """An integer tensor (host-side dtype check only: no device sync)."""
+    ids = check_tensor(name, ids)
+    if ids.is_floating_point():
+        raise TypeError(expected(name, "an integer tensor", ids))

@@ -2,7 +2,7 @@
 
 Dimensions: M rows, E event shape, K sampling steps, T train steps.
 
-Every sampler has the same shape::
+Every sampler has the same shape (the :class:`Sampler` protocol)::
 
     sample_X(denoiser, x, schedule, timesteps, *, cond=None, prediction="eps", ...) -> x0 estimate [M, *E]
 
@@ -11,30 +11,62 @@ Every sampler has the same shape::
 and then one explicit final step from its last entry to the clean data (t = -1); the previous
 step is never derived by arithmetic such as ``t - T // K`` (wrong on non-uniform grids).
 
-Per-step coefficients are computed once, in float64 on the host, before the loop; the loop
-itself makes no host-device synchronisation (no ``.item()``, no branching on tensor values).
+Per-step coefficients come from one call of the schedule on the grid (alpha, sigma and log-SNR
+from ``NoiseSchedule.alpha_sigma`` / ``log_snr``, in float64, copied to the host once) and are
+combined in float64 before the loop; the loop itself makes no host-device synchronisation
+(no ``.item()``, no branching on tensor values).
+
+The update rules are written with the log-SNR difference d = lambda_t - lambda_s <= 0 of a step
+from t down to s: SNR_t / SNR_s = exp(d) and q = 1 - SNR_t / SNR_s = -expm1(d). In log space
+both keep full float64 precision, on fine grids (q near 0) and coarse ones (exp(d) near 0) alike.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Mapping
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import torch
 from tqdm.auto import tqdm
 
-from ._utils import describe, progress_disabled
+from ._utils import check_choice, check_number, check_tensor, describe, expected, progress_disabled
 from .noise import NoiseSampler
 from .prediction import Denoiser, Prediction, check_prediction, predict_x0_eps
 from .schedules import NoiseSchedule
 
 __all__ = ["SAMPLERS", "Sampler", "sample_ddim", "sample_ddpm", "sample_dpmpp_2m"]
 
-Callback = Callable[
-    [dict[str, Any]], None
-]  # receives {"i", "t", "t_next", "x", "x0"} after each step
-Sampler = Callable[..., torch.Tensor]
+Callback = Callable[[dict[str, Any]], None]  # receives {"i", "t", "t_next", "x", "x0"} per step
+Variance = Literal["small", "large"]
+
+
+class Sampler(Protocol):
+    """``sampler(denoiser, x [M, *E], schedule, timesteps [K], *, cond, prediction, generator,
+    noise_sampler, callback, progress) -> [M, *E]``: what :func:`diffsample.sample_many` calls.
+
+    A sampler may take more keyword-only arguments, each with a default (``eta``, ``variance``,
+    ``clip_x0`` for the built-in ones); ``sample_many`` passes its ``**sampler_kwargs`` on to
+    them. (They are not written here as ``**kwargs``: a protocol with ``**kwargs`` would only
+    admit samplers that accept *any* keyword, and the built-in ones reject unknown keywords,
+    so that a misspelt ``etta=`` fails instead of being ignored.)
+    """
+
+    def __call__(
+        self,
+        denoiser: Denoiser,
+        x: torch.Tensor,
+        schedule: NoiseSchedule,
+        timesteps: torch.Tensor,
+        *,
+        cond: Mapping[str, Any] | None = ...,
+        prediction: Prediction = ...,
+        generator: torch.Generator | None = ...,
+        noise_sampler: NoiseSampler | None = ...,
+        callback: Callback | None = ...,
+        progress: bool | None = ...,
+    ) -> torch.Tensor: ...
 
 
 class _Walk:
@@ -56,28 +88,22 @@ class _Walk:
         progress: bool | None,
         name: str,
     ) -> None:
-        if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.ndim < 1:
-            raise TypeError(
-                f"x: expected a floating-point tensor [M, *event_shape], got {describe(x)}"
-            )
-        if not bool(torch.isfinite(x).all()):  # one sync, before the loop
-            raise ValueError(
-                f"x: the initial noise of shape {tuple(x.shape)} contains NaN or infinite values"
-            )
+        check_tensor("x", x, floating=True)
+        if x.ndim < 1:
+            raise ValueError(expected("x", "a tensor [M, *event_shape]", x))
+        check_finite("x", x)  # one sync, before the loop
         if not isinstance(schedule, NoiseSchedule):
-            raise TypeError(f"schedule: expected a NoiseSchedule, got {type(schedule).__name__}")
-        self.t = _check_grid(timesteps, schedule.num_train_steps)  # [K] host ints
-        if clip_x0 is not None and not clip_x0 > 0:
-            raise ValueError(f"clip_x0: expected a positive float or None, got {clip_x0!r}")
+            raise TypeError(expected("schedule", "a NoiseSchedule", schedule))
+        if clip_x0 is not None:
+            clip_x0 = check_number("clip_x0", clip_x0, minimum=0, open_min=True)
         if cond is not None and not isinstance(cond, Mapping):
             raise TypeError(
-                f"cond: expected a mapping of keyword arguments for the denoiser, got {type(cond).__name__}"
+                expected("cond", "a mapping of keyword arguments for the denoiser", cond)
             )
-        abar = schedule.alphas_cumprod.detach().cpu().tolist()
-        self.abar = [abar[t] for t in self.t] + [
-            1.0
-        ]  # [K + 1]; the last entry is t = -1, clean data
+        self.t = check_grid(timesteps, schedule.num_train_steps)  # [K] host ints
         self.t_next = [*self.t[1:], -1]
+        # [K + 1] each; the last entry is t = -1, the clean data (alpha 1, sigma 0, lambda +inf)
+        self.alpha, self.sigma, self.lam = grid_coefficients(schedule, self.t)
         self.denoiser, self.x, self.cond = denoiser, x, cond
         self.prediction, self.clip_x0 = check_prediction(prediction), clip_x0
         self.generator, self.noise_sampler, self.callback = generator, noise_sampler, callback
@@ -88,16 +114,21 @@ class _Walk:
     def __len__(self) -> int:
         return len(self.t)
 
+    def snr_ratio(self, i: int) -> tuple[float, float]:
+        """(exp(d), -expm1(d)) = (SNR_t / SNR_s, q) of step i, d = lambda_t - lambda_s, for a
+        step that does not end at the clean data (where lambda_s = +inf)."""
+        d = self.lam[i] - self.lam[i + 1]
+        return math.exp(d), -math.expm1(d)
+
     def model(self, x: torch.Tensor, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(x0, eps) estimates at step i; ``t`` goes to the denoiser as a [M] long tensor."""
-        ab = self.abar[i]
         t = torch.full((x.shape[0],), self.t[i], dtype=torch.long, device=x.device)  # [M], no sync
         return predict_x0_eps(
             self.denoiser,
             x,
             t,
-            math.sqrt(ab),
-            math.sqrt(1.0 - ab),
+            self.alpha[i],
+            self.sigma[i],
             prediction=self.prediction,
             cond=self.cond,
             clip_x0=self.clip_x0,
@@ -124,7 +155,7 @@ def sample_ddpm(
     *,
     cond: Mapping[str, Any] | None = None,
     prediction: Prediction = "eps",
-    variance: Literal["small", "large"] = "small",
+    variance: Variance = "small",
     clip_x0: float | None = None,
     generator: torch.Generator | None = None,
     noise_sampler: NoiseSampler | None = None,
@@ -138,6 +169,10 @@ def sample_ddpm(
     ct = sqrt(a_ts) * (1 - a_s) / (1 - a_t); ``variance="small"`` uses var = b_ts (1 - a_s) / (1 - a_t)
     (beta-tilde), ``"large"`` var = b_ts (beta). On the full grid b_ts is beta_t. The final step
     returns the x0 estimate without noise.
+
+    How they are computed, with alpha, sigma, and r = SNR_t / SNR_s, q = 1 - r = b_ts / sigma_t^2
+    from the log-SNR: c0 = alpha_s q, ct = (sigma_s / sigma_t) sqrt(r), var = sigma_s^2 q (small)
+    or sigma_t^2 q (large).
 
     Args:
         denoiser: ``denoiser(x_t [M, *E], t [M] long, **cond) -> [M, *E]``.
@@ -156,8 +191,7 @@ def sample_ddpm(
     Returns:
         The sample ``[M, *E]``.
     """
-    if variance not in ("small", "large"):
-        raise ValueError(f"variance: expected 'small' or 'large', got {variance!r}")
+    check_choice("variance", variance, Variance)
     w = _Walk(
         denoiser,
         x,
@@ -172,14 +206,11 @@ def sample_ddpm(
         progress=progress,
         name="ddpm",
     )
-    coef: list[tuple[float, float, float]] = []  # (c0, ct, std) per step
-    for i in range(len(w)):
-        a_t, a_s = w.abar[i], w.abar[i + 1]
-        b_ts = 1.0 - a_t / a_s
-        c0 = math.sqrt(a_s) * b_ts / (1.0 - a_t)
-        ct = math.sqrt(a_t / a_s) * (1.0 - a_s) / (1.0 - a_t)
-        var = b_ts * (1.0 - a_s) / (1.0 - a_t) if variance == "small" else b_ts
-        coef.append((c0, ct, math.sqrt(var)))
+    coef: list[tuple[float, float, float]] = []  # (c0, ct, std) per step but the last
+    for i in range(len(w) - 1):
+        (r, q), s_t, s_s = w.snr_ratio(i), w.sigma[i], w.sigma[i + 1]
+        std = (s_s if variance == "small" else s_t) * math.sqrt(q)
+        coef.append((w.alpha[i + 1] * q, s_s / s_t * math.sqrt(r), std))
     x = w.x
     for i in range(len(w)):
         x0, _ = w.model(x, i)
@@ -212,9 +243,15 @@ def sample_ddim(
     x_s = sqrt(a_s) x0 + sqrt(1 - a_s - sigma^2) eps + sigma z, with
     sigma = eta * sqrt((1 - a_s) / (1 - a_t)) * sqrt(1 - a_t / a_s). The final step returns x0.
     Arguments as in :func:`sample_ddpm`, plus ``eta >= 0``.
+
+    How they are computed (r, q as in :func:`sample_ddpm`): sigma = eta sigma_s sqrt(q) and
+    sqrt(1 - a_s - sigma^2) = sigma_s sqrt((1 - eta^2) + eta^2 r), a sum of two non-negative
+    terms for eta <= 1 (no cancellation), clamped at 0 for eta > 1.
+
+    Returns:
+        The sample ``[M, *E]``.
     """
-    if not (isinstance(eta, (int, float)) and eta >= 0 and math.isfinite(eta)):
-        raise ValueError(f"eta: expected a finite number >= 0, got {eta!r}")
+    eta = check_number("eta", eta, minimum=0)
     w = _Walk(
         denoiser,
         x,
@@ -229,11 +266,11 @@ def sample_ddim(
         progress=progress,
         name="ddim",
     )
-    coef: list[tuple[float, float, float]] = []  # (c_x0, c_eps, sigma) per step
-    for i in range(len(w)):
-        a_t, a_s = w.abar[i], w.abar[i + 1]
-        sigma = eta * math.sqrt((1.0 - a_s) / (1.0 - a_t) * (1.0 - a_t / a_s))
-        coef.append((math.sqrt(a_s), math.sqrt(max(1.0 - a_s - sigma**2, 0.0)), sigma))
+    coef: list[tuple[float, float, float]] = []  # (c_x0, c_eps, sigma) per step but the last
+    for i in range(len(w) - 1):
+        (r, q), s_s = w.snr_ratio(i), w.sigma[i + 1]
+        keep = max((1.0 - eta**2) + eta**2 * r, 0.0)  # share of sigma_s^2 carried by eps
+        coef.append((w.alpha[i + 1], s_s * math.sqrt(keep), eta * s_s * math.sqrt(q)))
     x = w.x
     stochastic = eta > 0
     for i in range(len(w)):
@@ -265,11 +302,14 @@ def sample_dpmpp_2m(
 ) -> torch.Tensor:
     """DPM-Solver++(2M) (Lu et al., 2022), the multistep second-order data-prediction solver.
 
-    With lambda = log(alpha / sigma), h = lambda_s - lambda_t and r = h_prev / h:
+    With half log-SNR l = log(alpha / sigma) = lambda / 2, h = l_s - l_t and r = h_prev / h:
     x_s = (sigma_s / sigma_t) x_t - alpha_s expm1(-h) D, where D = x0 on the first step and
     D = (1 + 1 / (2r)) x0 - (1 / (2r)) x0_prev after it. The final step to clean data is first
     order (sigma_s = 0), which returns x0. Deterministic; ``generator`` and ``noise_sampler``
     are accepted for a uniform signature and unused.
+
+    Returns:
+        The sample ``[M, *E]``.
     """
     del generator, noise_sampler
     w = _Walk(
@@ -286,16 +326,15 @@ def sample_dpmpp_2m(
         progress=progress,
         name="dpmpp_2m",
     )
-    lam = [0.5 * math.log(a / (1.0 - a)) for a in w.abar[:-1]]  # [K] half log-SNR of the grid
-    coef: list[tuple[float, float, float, float]] = []  # (sigma ratio, phi, w_cur, w_prev) per step
+    half = [0.5 * lam for lam in w.lam]  # [K + 1] half log-SNR; the last is +inf (unused)
+    coef: list[tuple[float, float, float, float]] = []  # (sigma ratio, phi, w_cur, w_prev)
     for i in range(len(w) - 1):
-        a_t, a_s = w.abar[i], w.abar[i + 1]
-        h = lam[i + 1] - lam[i]
-        ratio, phi = math.sqrt((1.0 - a_s) / (1.0 - a_t)), -math.sqrt(a_s) * math.expm1(-h)
+        h = half[i + 1] - half[i]
+        ratio, phi = w.sigma[i + 1] / w.sigma[i], -w.alpha[i + 1] * math.expm1(-h)
         if i == 0:
             coef.append((ratio, phi, 1.0, 0.0))
         else:
-            half_inv_r = 0.5 * h / (lam[i] - lam[i - 1])
+            half_inv_r = 0.5 * h / (half[i] - half[i - 1])
             coef.append((ratio, phi, 1.0 + half_inv_r, -half_inv_r))
     x = w.x
     x0_prev: torch.Tensor | None = None
@@ -319,20 +358,45 @@ SAMPLERS: dict[str, Sampler] = {
 }
 
 
-def _check_grid(timesteps: torch.Tensor, T: int) -> list[int]:
-    if not isinstance(timesteps, torch.Tensor) or timesteps.ndim != 1 or timesteps.numel() < 1:
-        raise ValueError(
-            f"timesteps: expected a 1-D tensor from schedule.timesteps(num_steps), got {describe(timesteps)}"
+def grid_coefficients(
+    schedule: NoiseSchedule, t: list[int]
+) -> tuple[list[float], list[float], list[float]]:
+    """(alpha, sigma, log-SNR) of grid ``t`` plus the terminal t = -1, as host floats ``[K + 1]``.
+
+    One evaluation of ``NoiseSchedule.alpha_sigma`` / ``log_snr`` in float64 and one copy to
+    the host: the samplers take every per-step coefficient from here.
+    """
+    tt = torch.tensor([*t, -1], dtype=torch.long)  # [K + 1]
+    alpha, sigma = schedule.alpha_sigma(tt)
+    a, s, lam = torch.stack([alpha, sigma, schedule.log_snr(tt)]).cpu().tolist()  # [3, K + 1]
+    return a, s, lam
+
+
+def check_grid(timesteps: object, T: int) -> list[int]:
+    """The grid ``timesteps`` as host ints ``[K]``, if it is a strictly descending 1-D integer
+    tensor with values in 0..T-1 (one copy to the host, before any loop)."""
+    timesteps = check_tensor("timesteps", timesteps)
+    if timesteps.is_floating_point():
+        raise TypeError(
+            expected("timesteps", "an integer tensor from schedule.timesteps(num_steps)", timesteps)
         )
-    if timesteps.is_floating_point() or timesteps.dtype == torch.bool:
-        raise ValueError(f"timesteps: expected integer timesteps, got dtype {timesteps.dtype}")
-    t = timesteps.detach().cpu().tolist()  # one copy to the host, before the loop
+    if timesteps.ndim != 1 or timesteps.numel() < 1:
+        raise ValueError(
+            expected("timesteps", "a 1-D tensor from schedule.timesteps(num_steps)", timesteps)
+        )
+    t = timesteps.detach().cpu().tolist()
     if min(t) < 0 or max(t) > T - 1:
         raise ValueError(
-            f"timesteps: values must lie in 0..{T - 1} (the schedule's T - 1), got {min(t)}..{max(t)}"
+            f"timesteps: expected values in 0..{T - 1} (the schedule's T - 1), got {min(t)}..{max(t)}"
         )
-    if any(b >= a for a, b in zip(t, t[1:])):
-        raise ValueError(
-            f"timesteps: expected a strictly descending grid, got {t[:8]}{'...' if len(t) > 8 else ''}"
-        )
+    if any(b >= a for a, b in itertools.pairwise(t)):
+        shown = f"{t[:8]}{'...' if len(t) > 8 else ''}"
+        raise ValueError(f"timesteps: expected a strictly descending grid, got {shown}")
     return t
+
+
+def check_finite(name: str, x: torch.Tensor) -> None:
+    """ValueError naming ``name`` if floating tensor ``x`` holds NaN or inf (one device sync)."""
+    bad = int((~torch.isfinite(x)).sum())
+    if bad:
+        raise ValueError(f"{name}: expected finite values, got {bad} NaN/inf in {describe(x)}")

@@ -2,26 +2,32 @@
 
 Dimensions: T train steps, K sampling steps, M rows (samples x conditions), E event shape.
 
-x_t = sqrt(alpha_bar[t]) * x_0 + sqrt(1 - alpha_bar[t]) * noise,   t in 0..T-1.
+x_t = alpha_t * x_0 + sigma_t * noise,   alpha_t = sqrt(alpha_bar[t]),
+                                         sigma_t = sqrt(1 - alpha_bar[t]),   t in 0..T-1,
 
-t = -1 is the clean data (alpha_bar = 1). Samplers walk a descending grid from
-``NoiseSchedule.timesteps`` and take one explicit final step from its last entry to t = -1.
+with log-SNR lambda_t = log(alpha_t^2 / sigma_t^2). ``NoiseSchedule.alpha_sigma`` and
+``NoiseSchedule.log_snr`` are the one place these are computed (in float64): ``add_noise``,
+the samplers and training targets all take them from there.
+
+t = -1 is the clean data (alpha_bar = 1, alpha = 1, sigma = 0, lambda = +inf). Samplers walk a
+descending grid from ``NoiseSchedule.timesteps`` and take one explicit final step from its last
+entry to t = -1.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from typing import Literal
 
 import torch
 
-from ._utils import check_int, describe
+from ._utils import check_choice, check_int, check_number, check_tensor, expected
 
 __all__ = ["NoiseSchedule", "Spacing"]
 
 Spacing = Literal["trailing", "leading", "linspace"]
-_SPACINGS = ("trailing", "leading", "linspace")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -44,14 +50,13 @@ class NoiseSchedule:
     name: str = "custom"
 
     def __post_init__(self) -> None:
-        betas, abar = self.betas, self.alphas_cumprod
-        if not isinstance(betas, torch.Tensor) or betas.ndim != 1 or betas.numel() < 1:
-            raise ValueError(
-                f"betas: expected a 1-D tensor with at least one entry, got {describe(betas)}"
-            )
+        betas = check_tensor("betas", self.betas, floating=True)
+        abar = check_tensor("alphas_cumprod", self.alphas_cumprod, floating=True)
+        if betas.ndim != 1 or betas.numel() < 1:
+            raise ValueError(expected("betas", "a 1-D tensor with at least one entry", betas))
         if abar.shape != betas.shape:
             raise ValueError(
-                f"alphas_cumprod: expected shape {tuple(betas.shape)} (as betas), got {tuple(abar.shape)}"
+                expected("alphas_cumprod", f"shape {tuple(betas.shape)} (as betas)", abar)
             )
         b = betas.detach().cpu().double()
         bad = ~((b > 0) & (b < 1))
@@ -78,9 +83,7 @@ class NoiseSchedule:
         """Schedule from explicit betas ``[T]``; alpha_bar is their cumulative product of 1 - beta."""
         betas = torch.as_tensor(betas, dtype=torch.float64)
         if betas.ndim != 1 or betas.numel() < 1:
-            raise ValueError(
-                f"betas: expected a 1-D sequence with at least one entry, got {describe(betas)}"
-            )
+            raise ValueError(expected("betas", "a 1-D sequence with at least one entry", betas))
         return cls(betas, torch.cumprod(1.0 - betas, dim=0), name)
 
     @classmethod
@@ -89,6 +92,7 @@ class NoiseSchedule:
     ) -> NoiseSchedule:
         """Ho et al. (2020): betas linear from ``beta_start`` to ``beta_end``."""
         T = check_int("num_train_steps", num_train_steps)
+        beta_start, beta_end = _check_beta_range(beta_start, beta_end)
         return cls.from_betas(
             torch.linspace(beta_start, beta_end, T, dtype=torch.float64), name="linear"
         )
@@ -99,6 +103,7 @@ class NoiseSchedule:
     ) -> NoiseSchedule:
         """Latent-diffusion schedule: sqrt(beta) linear, then squared."""
         T = check_int("num_train_steps", num_train_steps)
+        beta_start, beta_end = _check_beta_range(beta_start, beta_end)
         root = torch.linspace(math.sqrt(beta_start), math.sqrt(beta_end), T, dtype=torch.float64)
         return cls.from_betas(root**2, name="scaled_linear")
 
@@ -109,6 +114,10 @@ class NoiseSchedule:
         """Nichol & Dhariwal (2021): alpha_bar(t) = cos^2(((t / T) + s) / (1 + s) * pi / 2) / f(0),
         betas clipped at ``max_beta`` so the last step stays finite."""
         T = check_int("num_train_steps", num_train_steps)
+        s = check_number("s", s, minimum=0)
+        max_beta = check_number(
+            "max_beta", max_beta, minimum=0, maximum=1, open_min=True, open_max=True
+        )
         grid = torch.arange(T + 1, dtype=torch.float64) / T
         f = torch.cos((grid + s) / (1 + s) * math.pi / 2) ** 2
         betas = torch.clamp(1 - f[1:] / f[:-1], max=max_beta)
@@ -120,6 +129,7 @@ class NoiseSchedule:
     ) -> NoiseSchedule:
         """GeoDiff (Xu et al., 2022): betas = sigmoid(linspace(-6, 6, T)) scaled to [beta_start, beta_end]."""
         T = check_int("num_train_steps", num_train_steps)
+        beta_start, beta_end = _check_beta_range(beta_start, beta_end)
         betas = (
             torch.sigmoid(torch.linspace(-6, 6, T, dtype=torch.float64)) * (beta_end - beta_start)
             + beta_start
@@ -129,15 +139,13 @@ class NoiseSchedule:
     @classmethod
     def by_name(cls, name: str, num_train_steps: int = 1000) -> NoiseSchedule:
         """``NoiseSchedule.by_name("cosine", 1000)``: the named constructor with its defaults."""
-        builders = {
+        builders: dict[str, Callable[[int], NoiseSchedule]] = {
             "linear": cls.linear,
             "scaled_linear": cls.scaled_linear,
             "cosine": cls.cosine,
             "sigmoid": cls.sigmoid,
         }
-        if name not in builders:
-            raise ValueError(f"name: unknown schedule {name!r}; expected one of {sorted(builders)}")
-        return builders[name](num_train_steps)
+        return builders[check_choice("name", name, builders)](num_train_steps)
 
     # ----------------------------------------------------------------- queries
     @property
@@ -150,42 +158,66 @@ class NoiseSchedule:
         return self.betas.device
 
     def alpha_bar(self, t: torch.Tensor) -> torch.Tensor:
-        """alpha_bar at integer timesteps ``t`` (any shape, values in -1..T-1; -1 gives 1.0), float64."""
+        """alpha_bar at integer timesteps ``t`` (any shape, values in -1..T-1; -1 gives 1.0).
+
+        Args:
+            t: integer timesteps, any shape; -1 is the clean data. Values are not range-checked
+                (that would cost a device sync per call); the samplers check their grid.
+
+        Returns:
+            float64 tensor shaped like ``t``, on the schedule's device.
+        """
         t = torch.as_tensor(t, device=self.device)
-        if t.dtype.is_floating_point or t.dtype == torch.bool:
-            raise TypeError(f"t: expected an integer tensor of timesteps, got dtype {t.dtype}")
+        if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+            raise TypeError(expected("t", "an integer tensor of timesteps", t))
         padded = torch.cat(
             [self.alphas_cumprod.new_ones(1), self.alphas_cumprod]
         )  # [T + 1], index 0 is t = -1
         return padded[t.long() + 1]
 
     def alpha_sigma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(alpha, sigma) = (sqrt(alpha_bar), sqrt(1 - alpha_bar)) at integer timesteps ``t``
-        (any shape, -1..T-1; t = -1 gives (1, 0)), float64: x_t = alpha * x0 + sigma * eps."""
+        """(alpha, sigma) = (sqrt(alpha_bar), sqrt(1 - alpha_bar)): x_t = alpha * x0 + sigma * eps.
+
+        Args:
+            t: integer timesteps, any shape, in -1..T-1 (t = -1 gives (1, 0)).
+
+        Returns:
+            Two float64 tensors shaped like ``t``.
+        """
         ab = self.alpha_bar(t)
         return ab.sqrt(), (1.0 - ab).sqrt()
 
     def log_snr(self, t: torch.Tensor) -> torch.Tensor:
-        """lambda = log(alpha^2 / sigma^2) = log(alpha_bar / (1 - alpha_bar)) at integer timesteps
-        ``t``, float64 (+inf at t = -1). DPM-Solver's half log-SNR is ``log_snr(t) / 2``."""
+        """lambda = log(alpha^2 / sigma^2) = log(alpha_bar) - log1p(-alpha_bar).
+
+        Args:
+            t: integer timesteps, any shape, in -1..T-1 (t = -1 gives +inf).
+
+        Returns:
+            float64 tensor shaped like ``t``. DPM-Solver's half log-SNR is ``log_snr(t) / 2``.
+        """
         ab = self.alpha_bar(t)
         return torch.log(ab) - torch.log1p(-ab)
 
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """Forward process: ``sqrt(ab[t]) * x0 + sqrt(1 - ab[t]) * noise``.
+        """Forward process: ``alpha_t * x0 + sigma_t * noise`` (coefficients from ``alpha_sigma``).
 
         Args:
             x0: clean data ``[M, *E]``.
             noise: standard normal noise, same shape as ``x0``.
             t: ``[M]`` integer timesteps (one per row).
+
+        Returns:
+            x_t ``[M, *E]`` in the dtype of ``x0`` (computed in float64, cast at the end).
         """
+        check_tensor("x0", x0, floating=True)
+        check_tensor("noise", noise, floating=True)
+        check_tensor("t", t)
         if noise.shape != x0.shape:
-            raise ValueError(
-                f"noise: expected shape {tuple(x0.shape)} (as x0), got {tuple(noise.shape)}"
-            )
+            raise ValueError(expected("noise", f"shape {tuple(x0.shape)} (as x0)", noise))
         if t.ndim != 1 or t.shape[0] != x0.shape[0]:
             raise ValueError(
-                f"t: expected shape [{x0.shape[0]}] (one timestep per row of x0), got {tuple(t.shape)}"
+                expected("t", f"shape [{x0.shape[0]}] (one timestep per row of x0)", t)
             )
         alpha, sigma = self.alpha_sigma(t.to(self.device))
         shape = (-1, *([1] * (x0.ndim - 1)))  # [M, 1, ...]
@@ -204,21 +236,17 @@ class NoiseSchedule:
         """
         T = self.num_train_steps
         N = check_int("num_steps", num_steps, maximum=T)
+        check_choice("spacing", spacing, Spacing)
         if spacing == "leading":
             grid = (torch.arange(N, dtype=torch.float64) * (T // N)).flip(0)
         elif spacing == "trailing":
             # T - k * T / N for k = 0..N-1 is arange(T, 0, -T / N) without its float-length pitfall
             grid = torch.round(T - torch.arange(N, dtype=torch.float64) * (T / N)) - 1
-        elif spacing == "linspace":
+        else:  # "linspace"
             grid = torch.round(torch.linspace(0, T - 1, N, dtype=torch.float64)).flip(0)
-        else:
-            raise ValueError(
-                f"spacing: unknown spacing {spacing!r}; expected one of {list(_SPACINGS)}"
-            )
         grid = grid.long()
-        if N > 1 and not bool(
-            (grid[1:] < grid[:-1]).all()
-        ):  # unreachable for N <= T; kept as a guard
+        # unreachable for N <= T; kept as a guard against a future spacing
+        if N > 1 and not bool((grid[1:] < grid[:-1]).all()):
             raise ValueError(
                 f"spacing {spacing!r} gave a grid that is not strictly descending: {grid.tolist()}"
             )
@@ -232,3 +260,10 @@ class NoiseSchedule:
 
     def __repr__(self) -> str:
         return f"NoiseSchedule(name={self.name!r}, num_train_steps={self.num_train_steps}, device={self.device})"
+
+
+def _check_beta_range(beta_start: float, beta_end: float) -> tuple[float, float]:
+    """Both ends of a beta ramp in (0, 1); from_betas then checks every beta in between."""
+    lo = check_number("beta_start", beta_start, minimum=0, maximum=1, open_min=True, open_max=True)
+    hi = check_number("beta_end", beta_end, minimum=0, maximum=1, open_min=True, open_max=True)
+    return lo, hi

@@ -1,5 +1,5 @@
-"""sample_many: chunking does not change results, conditions keep their noise, OOM back-off,
-memory planning, bad input."""
+"""sample_many: chunking does not change results, conditions keep their noise, OOM back-off
+(in the loop and in the memory probe), memory planning, non-finite values, bad input."""
 
 from __future__ import annotations
 
@@ -122,7 +122,7 @@ def test_oom_back_off_redoes_only_the_failed_chunk():
     def fragile(x, t, *, z):
         calls.append(x.shape[0])
         if x.shape[0] > 10:
-            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
         return NET(x, t, z=z)
 
     ref = run()
@@ -145,9 +145,9 @@ def test_oom_back_off_redoes_only_the_failed_chunk():
 
 def test_oom_at_one_row_is_raised():
     def hopeless(x, t, *, z):
-        raise torch.OutOfMemoryError("simulated")
+        raise torch.cuda.OutOfMemoryError("simulated")
 
-    with pytest.raises(torch.OutOfMemoryError):
+    with pytest.raises(torch.cuda.OutOfMemoryError):
         sample_many(
             "ddim",
             hopeless,
@@ -159,6 +159,97 @@ def test_oom_at_one_row_is_raised():
             timesteps=SCH.timesteps(2),
             progress=False,
         )
+
+
+def test_oom_in_the_memory_probe_backs_off_and_plans_within_what_fit():
+    """Issue 8: a denoiser that runs out of memory above 40 rows used to crash the default
+    chunking at the probe's 64-row call. The probe halves (16, 64) -> (8, 32), both fit, and
+    the chunk stays within the 32 rows that ran."""
+    calls = []
+
+    def fragile(x, t, *, z):
+        calls.append(x.shape[0])
+        if x.shape[0] > 40:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return NET(x, t, z=z)
+
+    kw = dict(schedule=SCH, timesteps=SCH.timesteps(4), seed=3, progress=False)
+    ref = sample_many("ddim", NET, E, 20, cond={"z": Z}, max_batch=120, **kw)  # 120 rows
+    got = sample_many("ddim", fragile, E, 20, cond={"z": Z}, **kw)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+    assert calls[:4] == [16, 64, 8, 32]  # the probe: 64 ran out of memory, then halves
+    assert set(calls[4:]) <= {32, 24}  # then 120 rows as 32 + 32 + 32 + 24, 4 steps each
+    assert len(calls[4:]) == 4 * 4
+    calls.clear()
+    assert plan_chunk(fragile, E, 20, cond={"z": Z}) == 32
+    assert plan_chunk(fragile, E, 20, cond={"z": Z}, memory_budget=10**9) == 32
+
+
+def test_probe_down_to_one_row_and_oom_at_one_row_in_the_probe():
+    def tiny(x, t, *, z):
+        if x.shape[0] > 1:
+            raise torch.cuda.OutOfMemoryError("simulated")
+        return NET(x, t, z=z)
+
+    assert plan_chunk(tiny, E, 20, cond={"z": Z}) == 1  # probes (16,64) ... (1,4), (1,2)
+
+    def hopeless(x, t, *, z):
+        raise torch.cuda.OutOfMemoryError("simulated")
+
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        plan_chunk(hopeless, E, 20, cond={"z": Z})
+
+
+def test_non_finite_cond_is_rejected_before_any_denoiser_call():
+    calls = []
+
+    def spy(x, t, *, z, w):
+        calls.append(1)
+        return NET(x, t, z=z)
+
+    z = Z.clone()
+    z[1, 2], z[4, 0], z[5, 3] = float("nan"), float("inf"), -float("inf")
+    kw = dict(schedule=SCH, timesteps=SCH.timesteps(3), progress=False)
+    w = torch.arange(6)  # integer cond tensors are not checked (always finite)
+    with pytest.raises(
+        ValueError,
+        match=r"cond\['z'\]: expected finite values, got 3 NaN/inf in a torch.float32 tensor of shape \(6, 4\)",
+    ):
+        sample_many("ddim", spy, E, 100, cond={"z": z, "w": w}, **kw)
+    assert calls == []  # not even the memory probe ran
+
+
+def test_non_finite_samples_name_the_chunk():
+    def overflowing(x, t, *, z):
+        out = NET(x, t, z=z)
+        hit = (z[:, 0] == Z[2, 0]).view(-1, 1, 1)  # the rows of condition 2 (gathered copies)
+        return torch.where(hit, float("inf"), out)
+
+    with pytest.raises(
+        ValueError,
+        match=r"denoiser: produced non-finite samples in rows 0\.\.26 \(5 of 27 rows hold "
+        r"NaN/inf; the first is row 2, sample 0 of condition 2\)",
+    ):
+        sample_many(
+            "ddim",
+            overflowing,
+            E,
+            9,
+            cond={"z": Z},
+            max_batch=27,
+            schedule=SCH,
+            timesteps=SCH.timesteps(3),
+            progress=False,
+        )
+
+
+def test_the_finiteness_check_runs_once_per_chunk_not_per_step(monkeypatch):
+    n = []
+    real = torch.isfinite
+    monkeypatch.setattr(torch, "isfinite", lambda x: n.append(1) or real(x))
+    run(max_batch=18)  # 54 rows: 3 chunks, 10 steps each
+    # per chunk: one check of x_T in the sampler and one of the output; plus one for cond
+    assert len(n) == 1 + 3 * 2
 
 
 def test_other_errors_are_not_swallowed():
@@ -198,7 +289,7 @@ def test_plan_chunk_follows_a_memory_budget():
         < 0.05 * batching.CPU_WORKING_SET / per_row
     )
     assert plan_chunk(hungry, E, 40) == 40  # below CPU_MIN_ROWS: one call, no probe
-    with pytest.raises(ValueError, match="memory_budget: .* does not fit one row"):
+    with pytest.raises(ValueError, match=r"memory_budget: .* does not fit one row"):
         plan_chunk(hungry, E, 10_000, memory_budget=1000)
 
 
@@ -233,7 +324,9 @@ def test_user_callback_and_sampler_function_are_accepted():
 
 
 def test_no_cond_gives_one_condition_and_cond_ids_set_b():
-    f = lambda x, t: torch.zeros_like(x)
+    def f(x, t):
+        return torch.zeros_like(x)
+
     assert sample_many(
         "ddim", f, (4,), 3, schedule=SCH, timesteps=SCH.timesteps(2), progress=False
     ).shape == (3, 1, 4)
@@ -250,39 +343,83 @@ def test_no_cond_gives_one_condition_and_cond_ids_set_b():
     assert y.shape == (3, 2, 4) and not torch.equal(y[:, 0], y[:, 1])
 
 
+def test_schedule_and_timesteps_are_required_keywords():
+    with pytest.raises(TypeError, match="timesteps"):
+        sample_many("ddim", NET, E, 2, cond={"z": Z}, schedule=SCH)
+    with pytest.raises(TypeError, match="schedule"):
+        sample_many("ddim", NET, E, 2, cond={"z": Z}, timesteps=SCH.timesteps(3))
+    with pytest.raises(TypeError, match="positional"):
+        sample_many("ddim", NET, E, 2, SCH, SCH.timesteps(3))
+    with pytest.raises(TypeError, match="schedule: expected a NoiseSchedule, got str 'cosine'"):
+        sample_many("ddim", NET, E, 2, schedule="cosine", timesteps=SCH.timesteps(3))
+    with pytest.raises(TypeError, match="timesteps: expected an integer tensor"):
+        sample_many("ddim", NET, E, 2, schedule=SCH, timesteps=SCH.timesteps(3).double())
+    with pytest.raises(ValueError, match=r"timesteps: expected values in 0\.\.199"):
+        sample_many("ddim", NET, E, 2, schedule=SCH, timesteps=torch.tensor([500, 10]))
+
+
 def test_bad_input_messages():
     kw = dict(schedule=SCH, timesteps=SCH.timesteps(3), progress=False)
     with pytest.raises(
         ValueError, match=r"cond: every tensor must have the same leading dimension"
     ):
         sample_many("ddim", NET, E, 2, cond={"z": Z, "w": torch.zeros(5, 1)}, **kw)
-    with pytest.raises(ValueError, match=r"cond_ids: expected shape \[6\].*got \(5,\)"):
+    with pytest.raises(TypeError, match="cond: expected a mapping"):
+        sample_many("ddim", NET, E, 2, cond=[Z], **kw)
+    with pytest.raises(ValueError, match=r"cond_ids: expected shape \[6\].*shape \(5,\)"):
         sample_many("ddim", NET, E, 2, cond={"z": Z}, cond_ids=torch.arange(5), **kw)
-    with pytest.raises(ValueError, match="cond_ids: expected integer ids"):
+    with pytest.raises(TypeError, match="cond_ids: expected integer ids"):
         sample_many("ddim", NET, E, 2, cond={"z": Z}, cond_ids=torch.zeros(6), **kw)
-    for bad in (0, -1, 2.0):
+    for bad in (0, -1):
         with pytest.raises(ValueError, match="n_samples: expected a positive integer"):
             sample_many("ddim", NET, E, bad, cond={"z": Z}, **kw)
-    fixed = lambda x, t, z: torch.zeros(x.shape[0], 5, 3)
+    for bad in (2.0, True, "2"):  # the wrong kind: TypeError, as everywhere
+        with pytest.raises(TypeError, match="n_samples: expected a positive integer"):
+            sample_many("ddim", NET, E, bad, cond={"z": Z}, **kw)
+    with pytest.raises(TypeError, match="seed: expected an integer, got float"):
+        sample_many("ddim", NET, E, 2, cond={"z": Z}, seed=1.5, **kw)
+    with pytest.raises(TypeError, match=r"dtype: expected a floating-point torch\.dtype"):
+        sample_many("ddim", NET, E, 2, cond={"z": Z}, dtype=torch.int64, **kw)
+
+    def fixed(x, t, z):
+        return torch.zeros(x.shape[0], 5, 3)
+
     with pytest.raises(
-        ValueError, match=r"denoiser: expected an output of shape \(12, 5, 2\).*got \(12, 5, 3\)"
+        ValueError,
+        match=r"denoiser: expected an output of shape \(12, 5, 2\).*shape \(12, 5, 3\)",
     ):
         sample_many("ddim", fixed, (5, 2), 2, cond={"z": Z}, **kw)
     with pytest.raises(ValueError, match=r"denoiser: expected an output of shape \(16, 5, 2\)"):
         sample_many("ddim", fixed, (5, 2), 30, cond={"z": Z}, **kw)  # caught by the memory probe
-    with pytest.raises(ValueError, match="event_shape"):
+    with pytest.raises(ValueError, match=r"event_shape\[1\]: expected a positive integer"):
         sample_many("ddim", NET, (5, 0), 3, cond={"z": Z}, **kw)
+    with pytest.raises(TypeError, match=r"event_shape\[0\]: expected a positive integer"):
+        sample_many("ddim", NET, (5.0, 3), 3, cond={"z": Z}, **kw)
+    with pytest.raises(TypeError, match="event_shape: expected a sequence"):
+        sample_many("ddim", NET, 15, 3, cond={"z": Z}, **kw)
     with pytest.raises(ValueError, match="eta: expected a finite number >= 0"):
         sample_many("ddim", NET, E, 2, cond={"z": Z}, eta=-1.0, **kw)
-    with pytest.raises(ValueError, match="prediction: unknown prediction type"):
+    with pytest.raises(ValueError, match="prediction: expected one of 'eps', 'x0', 'v'"):
         sample_many("ddim", NET, E, 2, cond={"z": Z}, prediction="noise", **kw)
-    with pytest.raises(ValueError, match="sampler: unknown sampler 'euler'"):
+    with pytest.raises(
+        ValueError, match="sampler: expected one of 'ddpm', 'ddim', 'dpmpp_2m', got str 'euler'"
+    ):
         sample_many("euler", NET, E, 2, cond={"z": Z}, **kw)
+    with pytest.raises(TypeError, match="sampler: expected a sampler function"):
+        sample_many(3, NET, E, 2, cond={"z": Z}, **kw)
     with pytest.raises(ValueError, match="max_batch: expected a positive integer"):
         sample_many("ddim", NET, E, 2, cond={"z": Z}, max_batch=0, **kw)
-    with pytest.raises(ValueError, match="memory_budget"):
+    with pytest.raises(TypeError, match="max_batch: expected a positive integer"):
+        sample_many("ddim", NET, E, 2, cond={"z": Z}, max_batch=8.0, **kw)
+    with pytest.raises(ValueError, match=r"memory_budget: .*in \(0, 1\].*fraction of free memory"):
         sample_many("ddim", NET, E, 2, cond={"z": Z}, memory_budget=1.5, **kw)
-    with pytest.raises(TypeError, match="missing sampler argument timesteps"):
-        sample_many("ddim", NET, E, 2, cond={"z": Z}, schedule=SCH)
+    with pytest.raises(ValueError, match="memory_budget: expected a positive integer, got int 0"):
+        sample_many("ddim", NET, E, 2, cond={"z": Z}, memory_budget=0, **kw)
+    with pytest.raises(TypeError, match="memory_budget"):
+        sample_many("ddim", NET, E, 2, cond={"z": Z}, memory_budget="1GB", **kw)
+    with pytest.raises(TypeError, match="memory_budget"):
+        sample_many("ddim", NET, E, 2, cond={"z": Z}, memory_budget=True, **kw)
     with pytest.raises(TypeError, match="set by sample_many itself"):
         sample_many("ddim", NET, E, 2, cond={"z": Z}, generator=torch.Generator(), **kw)
+    with pytest.raises(TypeError, match="sampler: expected a tensor of 12 rows"):
+        sample_many(lambda *a, **k: None, NET, E, 2, cond={"z": Z}, **kw)

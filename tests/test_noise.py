@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from diffsample.noise import keyed_normal, mix, mix_int, row_keys
@@ -77,10 +78,31 @@ def test_no_correlation_between_rows_steps_and_elements():
     )  # 2000 samples, one condition
     a, b = keyed_normal(keys, 0, (256,)).double(), keyed_normal(keys, 1, (256,)).double()
     bound = 5 / math.sqrt(a.numel())
-    corr = lambda u, v: float(((u - u.mean()) * (v - v.mean())).mean() / (u.std() * v.std()))
+
+    def corr(u, v):
+        return float(((u - u.mean()) * (v - v.mean())).mean() / (u.std() * v.std()))
+
     assert abs(corr(a[:-1], a[1:])) < bound  # neighbouring samples
     assert abs(corr(a, b)) < bound  # consecutive steps
     assert abs(corr(a[:, :-1], a[:, 1:])) < bound  # neighbouring elements
     # rows whose keys differ by a fixed xor still decorrelate (the per-element stage is one hash)
     k2 = keys ^ 1
     assert abs(corr(keyed_normal(k2, 0, (256,)).double(), a)) < bound
+
+
+def test_bad_input_messages():
+    keys = row_keys(0, torch.arange(3), torch.zeros(3, dtype=torch.long))
+    with pytest.raises(TypeError, match=r"step: expected an integer >= -1, got float 1\.0"):
+        keyed_normal(keys, 1.0, (4,))
+    with pytest.raises(ValueError, match="step: expected an integer >= -1, got int -2"):
+        keyed_normal(keys, -2, (4,))
+    with pytest.raises(TypeError, match="keys: expected an integer tensor"):
+        keyed_normal(keys.double(), 0, (4,))
+    with pytest.raises(ValueError, match=r"event_shape\[1\]: expected a positive integer"):
+        keyed_normal(keys, 0, (4, 0))
+    with pytest.raises(TypeError, match="cond_ids: expected an integer tensor"):
+        row_keys(0, torch.zeros(3), torch.arange(3))
+    with pytest.raises(ValueError, match=r"sample_ids: expected shape \(3,\) \(as cond_ids\)"):
+        row_keys(0, torch.arange(3), torch.arange(4))
+    with pytest.raises(TypeError, match="seed: expected an integer"):
+        row_keys(0.5, torch.arange(3), torch.arange(3))

@@ -3,12 +3,15 @@ and bad input. All float64 where a tolerance is tight."""
 
 from __future__ import annotations
 
+import inspect
+import itertools
 import math
 
 import pytest
 import torch
 
 from diffsample import (
+    SAMPLERS,
     NoiseSchedule,
     sample_ddim,
     sample_ddpm,
@@ -17,6 +20,7 @@ from diffsample import (
     to_x0_eps,
     training_target,
 )
+from diffsample.samplers import Sampler
 
 SCH = NoiseSchedule.cosine(1000)
 # Spreads of 0.5..2 in units of the noise. (Much sharper data, SD = 0.1, loses variance in the
@@ -104,12 +108,15 @@ def test_deterministic_samples_follow_their_exact_affine_map(sampler, K):
 
 def test_convergence_orders():
     """DDIM is first order (error halves when K doubles); DPM-Solver++(2M) is second order."""
-    err = lambda s, K: float(((affine_map(s, K)[1].abs() - SD) / SD).abs().max())
+
+    def err(sampler, K):
+        return float(((affine_map(sampler, K)[1].abs() - SD) / SD).abs().max())
+
     ddim = [err(sample_ddim, K) for K in (50, 100, 200)]
     dpm = [err(sample_dpmpp_2m, K) for K in (50, 100, 200)]
-    for a, b in zip(ddim, ddim[1:]):
+    for a, b in itertools.pairwise(ddim):
         assert 1.7 < a / b < 2.3, ddim
-    for a, b in zip(dpm, dpm[1:]):
+    for a, b in itertools.pairwise(dpm):
         assert a / b > 2.8, dpm  # second order: a ratio near 4 (first order would give 2)
     assert dpm[0] < ddim[0] / 4
 
@@ -199,7 +206,8 @@ def test_ddim_eta_one_on_the_full_grid_is_ddpm_small():
     grid = torch.tensor([300, 299, 298])
     a = _first_step(sample_ddim, _toy_eps, x, grid, z, eta=1.0)
     b = _first_step(sample_ddpm, _toy_eps, x, grid, z, variance="small")
-    for u, v in zip(a, b):
+    assert len(a) == len(b) == 3
+    for u, v in zip(a, b, strict=True):
         torch.testing.assert_close(u, v, rtol=1e-10, atol=1e-10)
 
 
@@ -252,7 +260,9 @@ def test_final_step_returns_x0_estimate_and_callback_sees_every_step():
 
 
 def test_clip_x0_clamps_and_is_off_by_default():
-    big = lambda x, t: -10 * torch.ones_like(x)
+    def big(x, t):
+        return -10 * torch.ones_like(x)
+
     x = torch.zeros(2, 3, dtype=torch.float64)
     free = sample_ddim(big, x, SCH, SCH.timesteps(5), progress=False)
     clipped = sample_ddim(big, x, SCH, SCH.timesteps(5), clip_x0=1.0, progress=False)
@@ -262,41 +272,137 @@ def test_clip_x0_clamps_and_is_off_by_default():
 
 def test_stochastic_samplers_reproducible_with_generator():
     x = torch.randn(8, 4, dtype=torch.float64)
-    run = lambda seed: sample_ddpm(
+
+    def run(seed):
+        g = torch.Generator().manual_seed(seed)
+        return sample_ddpm(_toy_eps, x, SCH, SCH.timesteps(20), progress=False, generator=g)
+
+    assert torch.equal(run(1), run(1))
+    assert not torch.equal(run(1), run(2))
+
+
+# ---------------------------------------------------------------- every step against references
+def _every_step(sampler, grid, x, zs, **kw):
+    """x after every step of ``sampler`` on ``grid`` (the step noise of step i fixed to zs[i])."""
+    seen = []
+    sampler(
         _toy_eps,
         x,
         SCH,
-        SCH.timesteps(20),
+        grid,
+        noise_sampler=lambda i: zs[i],
+        callback=lambda d: seen.append(d["x"]),
         progress=False,
-        generator=torch.Generator().manual_seed(seed),
+        **kw,
     )
-    assert torch.equal(run(1), run(1))
-    assert not torch.equal(run(1), run(2))
+    return seen
+
+
+@pytest.mark.parametrize("spacing", ["leading", "linspace"])
+@pytest.mark.parametrize(
+    "name,kw",
+    [
+        ("ddpm", {"variance": "small"}),
+        ("ddpm", {"variance": "large"}),
+        ("ddim", {"eta": 0.0}),
+        ("ddim", {"eta": 0.5}),
+        ("ddim", {"eta": 1.0}),
+    ],
+)
+def test_every_step_matches_the_alpha_bar_formulas(name, kw, spacing):
+    """The samplers take alpha, sigma and log-SNR from the schedule; each step must still equal
+    the textbook formula written in alpha_bar (Ho et al. eq. 7; Song et al. eqs. 12 and 16), on
+    a non-uniform grid, step after step, to float64 round-off."""
+    g = torch.Generator().manual_seed(8)
+    grid = SCH.timesteps(12, spacing)
+    x = torch.randn(5, 4, generator=g).double()
+    zs = [torch.randn(5, 4, generator=g).double() for _ in grid]
+    got = _every_step(SAMPLERS[name], grid, x, zs, **kw)
+    ab = [float(SCH.alphas_cumprod[t]) for t in grid] + [1.0]
+    for i, t in enumerate(grid.tolist()):
+        a_t, a_s = ab[i], ab[i + 1]
+        eps = _toy_eps(x, torch.full((5,), t))
+        x0 = (x - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)
+        if i == len(grid) - 1:
+            ref = x0
+        elif name == "ddpm":
+            b = 1 - a_t / a_s
+            mean = (
+                math.sqrt(a_s) * b / (1 - a_t) * x0
+                + math.sqrt(a_t / a_s) * (1 - a_s) / (1 - a_t) * x
+            )
+            var = b * (1 - a_s) / (1 - a_t) if kw["variance"] == "small" else b
+            ref = mean + math.sqrt(var) * zs[i]
+        else:
+            sigma = kw["eta"] * math.sqrt((1 - a_s) / (1 - a_t) * (1 - a_t / a_s))
+            ref = (
+                math.sqrt(a_s) * x0 + math.sqrt(max(1 - a_s - sigma**2, 0.0)) * eps + sigma * zs[i]
+            )
+        # the two algebras agree to ~1e-15 here (|x| <~ 10); 1e-13 leaves room for other libms
+        torch.testing.assert_close(got[i], ref, rtol=1e-13, atol=1e-13)
+        x = got[i]
+
+
+def test_builtin_samplers_follow_the_sampler_protocol():
+    """Every built-in sampler takes the protocol's positional operands and keywords, and its
+    extra knobs are keyword-only with defaults (so sample_many can call any of them alike)."""
+    protocol = inspect.signature(Sampler.__call__).parameters
+    wanted = [p for name, p in protocol.items() if name != "self"]
+    assert [p.name for p in wanted][:4] == ["denoiser", "x", "schedule", "timesteps"]
+    for name, fn in SAMPLERS.items():
+        params = inspect.signature(fn).parameters
+        for p in wanted:
+            assert p.name in params and params[p.name].kind == p.kind, (name, p.name)
+        extra = [p for n, p in params.items() if n not in protocol]
+        assert all(
+            p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is not inspect.Parameter.empty
+            for p in extra
+        ), (name, extra)
+    with pytest.raises(TypeError, match="etta"):
+        sample_ddim(_toy_eps, torch.zeros(2, 3), SCH, SCH.timesteps(2), etta=0.5)
 
 
 # ---------------------------------------------------------------- bad input
 def test_bad_input_messages():
     x = torch.randn(4, 3)
     grid = SCH.timesteps(5)
-    with pytest.raises(ValueError, match="x: the initial noise .* NaN or infinite"):
-        sample_ddim(_toy_eps, x.clone().fill_(float("nan")), SCH, grid)
+    bad_x = x.clone()
+    bad_x[0, 1], bad_x[2, 2] = float("nan"), float("inf")
+    with pytest.raises(
+        ValueError,
+        match=r"x: expected finite values, got 2 NaN/inf in a torch.float32 tensor of shape \(4, 3\)",
+    ):
+        sample_ddim(_toy_eps, bad_x, SCH, grid)
     with pytest.raises(TypeError, match="x: expected a floating-point tensor"):
         sample_ddim(_toy_eps, torch.zeros(4, 3, dtype=torch.long), SCH, grid)
-    with pytest.raises(ValueError, match="eta: expected a finite number >= 0, got -0.1"):
+    with pytest.raises(TypeError, match="schedule: expected a NoiseSchedule, got str"):
+        sample_ddim(_toy_eps, x, "cosine", grid)
+    with pytest.raises(ValueError, match=r"eta: expected a finite number >= 0, got float -0\.1"):
         sample_ddim(_toy_eps, x, SCH, grid, eta=-0.1)
-    with pytest.raises(ValueError, match="prediction: unknown prediction type 'score'"):
+    with pytest.raises(TypeError, match="eta: expected a finite number >= 0, got str"):
+        sample_ddim(_toy_eps, x, SCH, grid, eta="0.5")
+    with pytest.raises(
+        ValueError, match="prediction: expected one of 'eps', 'x0', 'v', got str 'score'"
+    ):
         sample_ddim(_toy_eps, x, SCH, grid, prediction="score")
-    with pytest.raises(ValueError, match="variance: expected 'small' or 'large'"):
+    with pytest.raises(
+        ValueError, match="variance: expected one of 'small', 'large', got str 'learned'"
+    ):
         sample_ddpm(_toy_eps, x, SCH, grid, variance="learned")
     with pytest.raises(ValueError, match="timesteps: expected a strictly descending grid"):
         sample_ddim(_toy_eps, x, SCH, grid.flip(0))
-    with pytest.raises(ValueError, match=r"timesteps: values must lie in 0..999"):
+    with pytest.raises(ValueError, match=r"timesteps: expected values in 0\.\.999"):
         sample_ddim(_toy_eps, x, SCH, torch.tensor([1000, 5]))
-    with pytest.raises(ValueError, match="timesteps: expected integer"):
+    with pytest.raises(TypeError, match="timesteps: expected an integer tensor"):
         sample_ddim(_toy_eps, x, SCH, grid.double())
+    with pytest.raises(TypeError, match=r"timesteps: expected a torch\.Tensor"):
+        sample_ddim(_toy_eps, x, SCH, [999, 500])
     with pytest.raises(
-        ValueError, match=r"denoiser: expected an output of shape \(4, 3\).*got \(4, 2\)"
+        ValueError,
+        match=r"denoiser: expected an output of shape \(4, 3\).*got a torch.float32 tensor of shape \(4, 2\)",
     ):
         sample_ddim(lambda x, t: x[:, :2], x, SCH, grid)
-    with pytest.raises(ValueError, match="clip_x0"):
+    with pytest.raises(TypeError, match="denoiser: expected an output of shape"):
+        sample_ddim(lambda x, t: (x,), x, SCH, grid)
+    with pytest.raises(ValueError, match=r"clip_x0: expected a finite number > 0, got float 0\.0"):
         sample_ddim(_toy_eps, x, SCH, grid, clip_x0=0.0)

@@ -1,5 +1,6 @@
 """NoiseSchedule: constructors against their formulas, grids against Lin et al. (2023) Table 2."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -30,7 +31,10 @@ def test_scaled_linear_and_sigmoid_match_formulas():
 def test_cosine_alpha_bar_follows_closed_form_until_clipping():
     T, s = 1000, 0.008
     sch = NoiseSchedule.cosine(T)
-    f = lambda t: math.cos((t / T + s) / (1 + s) * math.pi / 2) ** 2
+
+    def f(t):
+        return math.cos((t / T + s) / (1 + s) * math.pi / 2) ** 2
+
     ref = np.array([f(t + 1) / f(0) for t in range(T)])
     # the last betas are clipped at 0.999, which changes alpha_bar only at the very end
     np.testing.assert_allclose(sch.alphas_cumprod.numpy()[:-5], ref[:-5], rtol=1e-10)
@@ -45,6 +49,23 @@ def test_alpha_bar_lookup_and_clean_step():
     assert torch.equal(ab[1:], sch.alphas_cumprod[t[1:]])
     with pytest.raises(TypeError, match="t: expected an integer tensor"):
         sch.alpha_bar(torch.tensor([0.5]))
+
+
+def test_alpha_sigma_and_log_snr_match_their_formulas():
+    sch = NoiseSchedule.cosine(1000)
+    t = torch.tensor([-1, 0, 1, 499, 998, 999])
+    alpha, sigma = sch.alpha_sigma(t)
+    lam = sch.log_snr(t)
+    assert alpha.dtype == sigma.dtype == lam.dtype == torch.float64
+    assert (float(alpha[0]), float(sigma[0]), float(lam[0])) == (1.0, 0.0, math.inf)
+    for i, ti in enumerate(t.tolist()[1:], start=1):
+        ab = float(sch.alphas_cumprod[ti])
+        assert math.isclose(float(alpha[i]), math.sqrt(ab), rel_tol=1e-15)
+        assert math.isclose(float(sigma[i]), math.sqrt(1 - ab), rel_tol=1e-15)
+        # two float64 logs of a value in (0, 1): a few ulps of log(ab / (1 - ab))
+        assert math.isclose(float(lam[i]), math.log(ab / (1 - ab)), rel_tol=1e-14, abs_tol=1e-14)
+    torch.testing.assert_close(alpha**2 + sigma**2, torch.ones(6, dtype=torch.float64))
+    assert bool((lam[1:] < lam[:-1]).all())  # log-SNR falls as t grows
 
 
 def test_add_noise_is_the_forward_process():
@@ -102,14 +123,23 @@ def test_trailing_starts_at_last_step_and_leading_does_not():
     assert int(sch.timesteps(50, "leading")[0]) == 980
 
 
-@pytest.mark.parametrize("num_steps", [0, -3, 1001, 2.5, True])
+@pytest.mark.parametrize("num_steps", [0, -3, 1001])
 def test_bad_num_steps(num_steps):
-    with pytest.raises(ValueError, match="num_steps"):
+    with pytest.raises(ValueError, match=r"num_steps: expected an integer in 1\.\.1000"):
+        NoiseSchedule.linear(1000).timesteps(num_steps)
+
+
+@pytest.mark.parametrize("num_steps", [2.5, 50.0, True, "50"])
+def test_num_steps_of_the_wrong_kind(num_steps):
+    with pytest.raises(TypeError, match=r"num_steps: expected an integer in 1\.\.1000"):
         NoiseSchedule.linear(1000).timesteps(num_steps)
 
 
 def test_bad_spacing_and_betas():
-    with pytest.raises(ValueError, match="spacing: unknown spacing 'uniform'"):
+    with pytest.raises(
+        ValueError,
+        match="spacing: expected one of 'trailing', 'leading', 'linspace', got str 'uniform'",
+    ):
         NoiseSchedule.linear(10).timesteps(5, "uniform")
     with pytest.raises(ValueError, match=r"betas\[2\] = 1.0"):
         NoiseSchedule.from_betas([0.1, 0.2, 1.0])
@@ -119,14 +149,31 @@ def test_bad_spacing_and_betas():
         NoiseSchedule.from_betas([[0.1, 0.2]])
     with pytest.raises(ValueError, match="strictly decreasing"):
         NoiseSchedule(torch.tensor([0.1, 0.1]), torch.tensor([0.9, 0.95]))
-    with pytest.raises(ValueError, match="name: unknown schedule"):
+    with pytest.raises(
+        ValueError, match=r"name: expected one of 'linear', .*, got str 'quadratic'"
+    ):
         NoiseSchedule.by_name("quadratic")
+    with pytest.raises(TypeError, match="betas: expected a floating-point tensor"):
+        NoiseSchedule(torch.tensor([1, 2]), torch.tensor([0.9, 0.8]))
+
+
+def test_constructor_knobs_are_checked():
+    with pytest.raises(
+        ValueError, match=r"beta_end: expected a finite number in \(0, 1\), got float 1.5"
+    ):
+        NoiseSchedule.linear(10, beta_end=1.5)
+    with pytest.raises(TypeError, match="beta_start: expected a finite number"):
+        NoiseSchedule.scaled_linear(10, beta_start="0.001")
+    with pytest.raises(ValueError, match="max_beta"):
+        NoiseSchedule.cosine(10, max_beta=1.0)
+    with pytest.raises(TypeError, match="num_train_steps: expected a positive integer, got float"):
+        NoiseSchedule.sigmoid(10.0)
 
 
 def test_frozen_and_to():
     sch = NoiseSchedule.linear(10)
-    with pytest.raises(Exception):
-        sch.betas = torch.zeros(10)  # frozen dataclass
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        sch.betas = torch.zeros(10)
     moved = sch.to("cpu")
     assert (
         torch.equal(moved.alphas_cumprod, sch.alphas_cumprod)
