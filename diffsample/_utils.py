@@ -25,6 +25,7 @@ __all__ = [
     "atomic_write",
     "check_bool",
     "check_choice",
+    "check_finite",
     "check_int",
     "check_number",
     "check_tensor",
@@ -155,6 +156,20 @@ def check_tensor(name: str, value: object, *, floating: bool = False) -> torch.T
             expected(name, "a floating-point tensor" if floating else "a real tensor", value)
         )
     return value
+
+
+def check_finite(name: str, x: torch.Tensor, *, hint: str = "") -> None:
+    """ValueError naming ``name``, the count and the first position if floating tensor ``x``
+    holds NaN or inf. One device sync: call it once per input or chunk, never in a step loop."""
+    bad = ~torch.isfinite(x)
+    n_bad = int(bad.sum())
+    if n_bad:
+        flat = int(torch.argmax(bad.reshape(-1).to(torch.uint8)))
+        first = tuple(int(i) for i in np.unravel_index(flat, tuple(x.shape)))
+        raise ValueError(
+            f"{name}: expected finite values{hint}, got {n_bad} NaN/inf value(s), the first at "
+            f"index {first}, in {describe(x)}"
+        )
 
 
 def progress_disabled(progress: bool | None) -> bool:

@@ -21,11 +21,18 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ._utils import check_choice, check_int, check_number, expected, progress_disabled
+from ._utils import (
+    check_choice,
+    check_finite,
+    check_int,
+    check_number,
+    expected,
+    progress_disabled,
+)
 from .memory import back_off, fit_row_cost, free_bytes, is_oom
 from .noise import keyed_normal, row_keys
 from .prediction import Denoiser, check_output
-from .samplers import SAMPLERS, Sampler, check_finite, check_grid
+from .samplers import SAMPLERS, Sampler, check_grid
 from .schedules import NoiseSchedule
 
 __all__ = ["plan_chunk", "row_cost", "sample_many"]

@@ -31,7 +31,14 @@ from typing import Any, Literal, Protocol
 import torch
 from tqdm.auto import tqdm
 
-from ._utils import check_choice, check_number, check_tensor, describe, expected, progress_disabled
+from ._utils import (
+    check_choice,
+    check_finite,
+    check_number,
+    check_tensor,
+    expected,
+    progress_disabled,
+)
 from .noise import NoiseSampler
 from .prediction import Denoiser, Prediction, check_prediction, predict_x0_eps
 from .schedules import NoiseSchedule
@@ -393,10 +400,3 @@ def check_grid(timesteps: object, T: int) -> list[int]:
         shown = f"{t[:8]}{'...' if len(t) > 8 else ''}"
         raise ValueError(f"timesteps: expected a strictly descending grid, got {shown}")
     return t
-
-
-def check_finite(name: str, x: torch.Tensor) -> None:
-    """ValueError naming ``name`` if floating tensor ``x`` holds NaN or inf (one device sync)."""
-    bad = int((~torch.isfinite(x)).sum())
-    if bad:
-        raise ValueError(f"{name}: expected finite values, got {bad} NaN/inf in {describe(x)}")

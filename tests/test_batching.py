@@ -213,7 +213,7 @@ def test_non_finite_cond_is_rejected_before_any_denoiser_call():
     w = torch.arange(6)  # integer cond tensors are not checked (always finite)
     with pytest.raises(
         ValueError,
-        match=r"cond\['z'\]: expected finite values, got 3 NaN/inf in a torch.float32 tensor of shape \(6, 4\)",
+        match=r"cond\['z'\]: expected finite values, got 3 NaN/inf value\(s\), the first at index \(1, 2\), in a torch.float32 tensor of shape \(6, 4\)",
     ):
         sample_many("ddim", spy, E, 100, cond={"z": z, "w": w}, **kw)
     assert calls == []  # not even the memory probe ran

@@ -443,9 +443,15 @@ def test_nan_propagate_and_raise():
     bad = torch.isnan(x).any(0) | torch.isnan(y)
     assert bool(torch.isnan(out[bad]).all()) and bool(torch.isfinite(out[~bad]).all())
     assert bool(bad.any() & (~bad).any())
-    with pytest.raises(ValueError, match=r"samples: expected finite values.*got \d+ non-finite"):
+    with pytest.raises(
+        ValueError,
+        match=r"samples: expected finite values.*got \d+ NaN/inf value\(s\), the first at index",
+    ):
         crps(x, y, nan_policy="raise")
-    with pytest.raises(ValueError, match=r"obs: expected finite .*got 1 non-finite.*\(5,\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"obs: expected finite .*got 1 NaN/inf value\(s\), the first at index \(5,\)",
+    ):
         crps(torch.zeros(3, 20, dtype=torch.float64), y, nan_policy="raise")
     with pytest.raises(ValueError, match=r"samples: expected finite .*got 1 non-finite"):
         crps(torch.tensor([[0.0], [float("inf")]]), torch.zeros(1), nan_policy="raise")

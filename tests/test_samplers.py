@@ -370,7 +370,7 @@ def test_bad_input_messages():
     bad_x[0, 1], bad_x[2, 2] = float("nan"), float("inf")
     with pytest.raises(
         ValueError,
-        match=r"x: expected finite values, got 2 NaN/inf in a torch.float32 tensor of shape \(4, 3\)",
+        match=r"x: expected finite values, got 2 NaN/inf value\(s\), the first at index \(0, 1\), in a torch.float32 tensor of shape \(4, 3\)",
     ):
         sample_ddim(_toy_eps, bad_x, SCH, grid)
     with pytest.raises(TypeError, match="x: expected a floating-point tensor"):

@@ -13,6 +13,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from diffsample._utils import check_finite as _check_finite
 from diffsample._utils import check_int, check_number, describe, expected
 
 NanPolicy = Literal["propagate", "omit", "raise"]
@@ -61,16 +62,8 @@ def as_levels(q: object, name: str) -> tuple[tuple[float, ...], bool]:
 
 
 def check_finite(name: str, t: torch.Tensor) -> None:
-    """nan_policy='raise': ValueError naming the argument, the count and the first position."""
-    bad = ~torch.isfinite(t)
-    if bool(bad.any()):
-        flat = int(torch.argmax(bad.reshape(-1).to(torch.uint8)))
-        first = tuple(int(i) for i in np.unravel_index(flat, tuple(t.shape)))
-        raise ValueError(
-            f"{name}: expected finite values (nan_policy='raise'; 'omit' ignores NaN samples), "
-            f"got {int(bad.sum())} non-finite value(s), the first at index {first}, in "
-            f"{describe(t)}"
-        )
+    """nan_policy='raise': the shared finiteness check, with the policy named in the message."""
+    _check_finite(name, t, hint=" (nan_policy='raise'; 'omit' ignores NaN samples)")
 
 
 def broadcast_mask(mask: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
