@@ -453,7 +453,7 @@ def test_nan_propagate_and_raise():
         match=r"obs: expected finite .*got 1 NaN/inf value\(s\), the first at index \(5,\)",
     ):
         crps(torch.zeros(3, 20, dtype=torch.float64), y, nan_policy="raise")
-    with pytest.raises(ValueError, match=r"samples: expected finite .*got 1 non-finite"):
+    with pytest.raises(ValueError, match=r"samples: expected finite .*got 1 NaN/inf value"):
         crps(torch.tensor([[0.0], [float("inf")]]), torch.zeros(1), nan_policy="raise")
 
 
