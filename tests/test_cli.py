@@ -1,282 +1,486 @@
-"""The diffsample command and the evaluation it calls, on a tiny model and the synthetic data."""
+"""The diffsample command, in-process (``main([...])``), on a tiny model and the synthetic data."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import errno
+import io
 import json
 import math
+import os
+import sys
 import typing
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from diffsample import SAMPLERS, sample_ddim
 from diffsample._utils import atomic_write
 from diffsample.forecast import (
-    Evaluation,
     ForecastConfig,
     ITransformerDiffusion,
     TrainConfig,
     cli,
-    evaluate_split,
-    load_dataset,
+    report,
 )
 from diffsample.forecast.cli import main
-from diffsample.metrics import ForecastMetrics
 
-TINY = ForecastConfig(
-    lookback=24,
-    horizon=12,
-    n_variates=7,
-    n_time_features=4,
-    d_model=16,
-    n_heads=2,
-    d_ff=16,
-    denoiser_width=16,
-    denoiser_layers=1,
-    denoiser_heads=2,
-    num_train_steps=50,
-)
+# a tiny model on the synthetic data: about a second of training
+TINY = [
+    "--seq_len", "24", "--pred_len", "12", "--d_model", "16", "--n_heads", "2", "--d_ff", "16",
+    "--denoiser_width", "16", "--denoiser_layers", "1", "--denoiser_heads", "2",
+    "--diffusion_steps", "50", "--train_epochs", "1", "--diffusion_epochs", "1",
+    "--batches_per_epoch", "2", "--calibration_windows", "16",
+]  # fmt: skip
+SAMPLING = ["--samples", "4", "--steps", "2", "--windows", "6", "--no-progress"]
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    torch.manual_seed(0)
-    model = ITransformerDiffusion(TINY)
-    for p in model.denoiser.parameters():
-        torch.nn.init.normal_(p, std=0.05)
-    path = model.save(tmp_path_factory.mktemp("run") / "model.pt")
-    return model, path
+def _run(argv: list[str]) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main(argv)
+    return rc, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")
-def data():
-    return load_dataset(None, lookback=24, horizon=12)
+def run(tmp_path_factory):
+    """One tiny `train` run, shared: its folder and what it printed."""
+    out = tmp_path_factory.mktemp("run") / "r"
+    rc, stdout, stderr = _run(["train", "--out", str(out), *TINY, *SAMPLING, "--save-samples"])
+    assert (rc, stderr) == (0, ""), stderr
+    return out, stdout
 
 
-def _assert_close(name: str, got: float, want: float, count: float) -> None:
-    """Scores of float32 samples drawn in differently sized denoiser calls agree to round-off;
-    a coverage count may also differ by an observation that sits on an interval's end."""
-    slack = 1.5 / count if name.startswith("coverage_") else 1e-6
-    assert got == pytest.approx(want, rel=1e-5, abs=slack), name
-
-
-def test_evaluate_split_does_not_depend_on_the_batch_size(tiny, data):
-    model, _ = tiny
-    kw = dict(n_samples=6, num_steps=3, max_windows=10, progress=False)
-    a = evaluate_split(model, data.test, batch_size=3, **kw)
-    b = evaluate_split(model, data.test, batch_size=10, **kw)
-    assert (a.windows, a.samples, a.steps, a.sampler) == (10, 6, 3, "ddim")
-    assert a.metrics.keys() == b.metrics.keys()
-    for k in ("crps", "quantile_crps", "coverage_90", "point_mse", "mse_mean"):
-        assert math.isfinite(a.metrics[k]), k
-        _assert_close(k, a.metrics[k], b.metrics[k], a.metrics["count"])
-
-
-def test_evaluate_split_is_the_metrics_of_one_forecast_call(tiny, data):
-    """The streaming loop against scoring one forecast of the same windows all at once."""
-    model, _ = tiny
-    ev = evaluate_split(model, data.test, n_samples=5, num_steps=3, batch_size=4, max_windows=9)
-    b = data.test.windows(torch.arange(9))
-    fc = model.forecast(
-        b.x, 5, time_features=b.x_mark, num_steps=3, window_ids=b.index, progress=False
-    )
-    ref = ForecastMetrics()
-    ref.update(fc.samples, b.y)
-    want = dict(ref.compute())
-    want["point_mse"] = float(((fc.point - b.y).double() ** 2).mean())
-    want["point_mae"] = float((fc.point - b.y).double().abs().mean())
-    assert ev.metrics.keys() == want.keys()
-    for k, v in want.items():
-        _assert_close(k, ev.metrics[k], v, want["count"])
-
-
-def test_evaluation_is_a_frozen_record_with_a_json_form(tiny, data):
-    model, _ = tiny
-    ev = evaluate_split(model, data.val, n_samples=3, num_steps=2, max_windows=4, progress=False)
-    assert isinstance(ev, Evaluation) and (ev.windows, ev.samples, ev.steps) == (4, 3, 2)
-    assert all(type(v) is float for v in ev.metrics.values()) and ev.seconds > 0
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        ev.windows = 5  # type: ignore[misc]
-    d = ev.as_dict()
-    assert json.loads(json.dumps(d)) == d
-    assert {k: d[k] for k in ("windows", "samples", "steps", "sampler")} == {
-        "windows": 4,
-        "samples": 3,
-        "steps": 2,
-        "sampler": "ddim",
-    }
-    assert d["sampling_seconds"] == round(ev.seconds, 3) and d["crps"] == ev.metrics["crps"]
-    source = {"crps": 1.0}
-    record = Evaluation(source, "ddim", 2, 3, 4, 0.5)
-    source["crps"] = 2.0
-    assert record.metrics == {"crps": 1.0}  # a copy, not a view of the caller's dict
-    named = evaluate_split(
-        model,
-        data.val,
-        n_samples=2,
-        num_steps=2,
-        sampler=sample_ddim,
-        max_windows=2,
-        progress=False,
-    )
-    assert named.sampler == "sample_ddim"
-
-
-def test_evaluate_split_checks_its_arguments(tiny, data):
-    model, _ = tiny
-    with pytest.raises(ValueError, match=r"^batch_size: expected a positive integer, got int 0$"):
-        evaluate_split(model, data.test, batch_size=0)
-    with pytest.raises(TypeError, match=r"^max_windows: expected a positive integer, got float"):
-        evaluate_split(model, data.test, max_windows=2.0)
-    with pytest.raises(TypeError, match=r"^split: expected a ForecastSplit"):
-        evaluate_split(model, data)
-    with pytest.raises(TypeError, match=r"^model: expected an ITransformerDiffusion"):
-        evaluate_split(model.denoiser, data.test)
-
-
-def test_evaluate_command_writes_results(tiny, tmp_path, capsys):
-    _, path = tiny
-    out = tmp_path / "scores.json"
-    rc = main(
-        [
-            "evaluate",
-            str(path),
-            "--samples",
-            "4",
-            "--steps",
-            "3",
-            "--windows",
-            "8",
-            "--no-progress",
-            "--out",
-            str(out),
-        ]
-    )
-    assert rc == 0
-    report = json.loads(out.read_text())
-    assert report["split"] == "test" and report["scores"]["windows"] == 8
-    assert 0 <= report["scores"]["coverage_50"] <= 1 and report["scores"]["crps"] > 0
-    assert "CRPS" in capsys.readouterr().out
-
-
-def _one_line(capsys) -> str:
-    err = capsys.readouterr().err
+def _one_line(err: str) -> str:
+    assert err.startswith("diffsample: error: "), err
     assert err.endswith("\n") and err.count("\n") == 1, err  # one line, no traceback
     return err
 
 
-def test_command_errors_are_one_line_and_exit_2(tmp_path, capsys):
-    assert main(["evaluate", str(tmp_path / "missing.pt")]) == 2
-    assert "no such checkpoint file" in _one_line(capsys)
-    bad = tmp_path / "bad.pt"
-    bad.write_bytes(b"not a checkpoint")
-    assert main(["evaluate", str(bad)]) == 2
-    assert "not a readable diffsample checkpoint" in _one_line(capsys)
-    good = tmp_path / "good.pt"
-    ITransformerDiffusion(TINY).save(good)
-    assert main(["evaluate", str(good), "--windows", "0"]) == 2
-    assert _one_line(capsys).startswith(
-        "diffsample evaluate: error: max_windows: expected a positive integer, got int 0"
+def _no_training(monkeypatch) -> None:
+    def trained(*args, **kwargs):
+        raise AssertionError("training started before the arguments were checked")
+
+    monkeypatch.setattr(cli, "train", trained)
+    monkeypatch.setattr(cli, "evaluate_split", trained)
+
+
+# ------------------------------------------------------------------------------------ flags
+def _subparser(command: str) -> argparse.ArgumentParser:
+    p = cli._parser()
+    sub = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices[command]
+
+
+def _choices(command: str) -> dict[str, tuple]:
+    return {a.dest: tuple(a.choices) for a in _subparser(command)._actions if a.choices}
+
+
+def test_time_series_library_flag_names_and_the_old_spellings():
+    p = cli._parser()
+    tsl = p.parse_args(
+        "train --out x --root_path ./dataset/ETT-small/ --data_path ETTh1.csv --data ETTh1 "
+        "--seq_len 48 --pred_len 24 --enc_in 7 --d_model 64 --n_heads 4 --e_layers 3 --d_ff 256 "
+        "--dropout 0.2 --batch_size 16 --learning_rate 0.0005 --train_epochs 5 --patience 2 "
+        "--use_amp --seed 3 --denoiser unet --denoiser_width 32 --denoiser_layers 3 "
+        "--denoiser_heads 2 --unet_channels 16 32 --prediction eps --schedule linear "
+        "--diffusion_steps 200 --diffusion_learning_rate 0.01 --diffusion_epochs 7".split()
     )
-    assert main(["evaluate", str(good), "--device", "gpu:x"]) == 2
-    assert "--device: expected auto, cpu, cuda" in _one_line(capsys)
-    assert main(["train", "--out", str(tmp_path / "r"), "--batch-size", "0", "--epochs", "0"]) == 2
-    assert "batch_size: expected a positive integer, got int 0" in _one_line(capsys)
-
-
-def test_type_errors_are_one_line_and_exit_2_too(tiny, monkeypatch, capsys):
-    _, path = tiny
-
-    def wrong_kind(*args, **kwargs):
-        raise TypeError("n_samples: expected a positive integer,\ngot float 1.5")
-
-    monkeypatch.setattr(cli, "evaluate_split", wrong_kind)
-    assert main(["evaluate", str(path)]) == 2
-    assert _one_line(capsys) == (
-        "diffsample evaluate: error: n_samples: expected a positive integer, got float 1.5\n"
+    data = cli.load_dataset(None, lookback=48, horizon=24)
+    config = ForecastConfig(
+        n_variates=7, n_time_features=4, **{f: cli._field_value(tsl, f) for f in cli._MODEL_FLAGS}
     )
+    assert config == ForecastConfig(
+        lookback=48, horizon=24, n_variates=7, n_time_features=data.n_marks, d_model=64,
+        n_heads=4, n_layers=3, d_ff=256, dropout=0.2, denoiser="unet", denoiser_width=32,
+        denoiser_layers=3, denoiser_heads=2, unet_channels=(16, 32), prediction="eps",
+        schedule="linear", num_train_steps=200,
+    )  # fmt: skip
+    tc = TrainConfig(**{f: getattr(tsl, f) for f in cli._TRAIN_FLAGS})
+    assert tc == TrainConfig(
+        batch_size=16, point_epochs=5, point_lr=5e-4, patience=2, amp="auto", seed=3,
+        diffusion_lr=0.01, diffusion_epochs=7,
+    )  # fmt: skip
+    assert cli._source(tsl) == (str(Path("./dataset/ETT-small/") / "ETTh1.csv"), "etth")
+    assert tsl.enc_in == 7
+    # the spellings documented before keep working, with - or _ alike
+    old = p.parse_args(
+        "train --out x --lookback 24 --horizon 12 --d-model 16 --epochs 2 --diffusion-epochs 3 "
+        "--batch-size 8 --batches-per-epoch 5 --no-progress --grad_clip none".split()
+    )
+    assert (old.lookback, old.horizon, old.d_model, old.point_epochs) == (24, 12, 16, 2)
+    assert (old.diffusion_epochs, old.batch_size, old.max_batches_per_epoch) == (3, 8, 5)
+    assert old.progress is False and old.grad_clip is None
+    e = p.parse_args(["evaluate", "m.pt", "--batch-size", "7", "--allow_unfinished"])
+    assert (e.batch_size, e.allow_unfinished) == (7, True)
 
 
-def _choices(parser: argparse.ArgumentParser, command: str) -> dict[str, tuple]:
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    return {a.dest: tuple(a.choices) for a in sub.choices[command]._actions if a.choices}
+def test_every_config_field_has_a_flag_whose_default_is_the_library_default():
+    args = cli._parser().parse_args(["train", "--out", "x"])
+    fields = {f.name for f in dataclasses.fields(ForecastConfig)}
+    assert set(cli._MODEL_FLAGS) == fields - {"n_variates", "n_time_features"}  # from the data
+    assert set(cli._TRAIN_FLAGS) == {f.name for f in dataclasses.fields(TrainConfig)}
+    assert TrainConfig(**{f: getattr(args, f) for f in cli._TRAIN_FLAGS}) == TrainConfig()
+    built = ForecastConfig(**{f: cli._field_value(args, f) for f in cli._MODEL_FLAGS})
+    assert built == ForecastConfig()
+    assert (args.samples, args.steps, args.sampler) == (100, 50, "ddim")  # evaluate_split's
+    assert cli._parser().parse_args(["evaluate", "m.pt"]).batch_size == 256
+    # the demo is train with a preset: valid configs, one thread, the synthetic data
+    demo = cli._parser().parse_args(["demo"])
+    TrainConfig(**{f: getattr(demo, f) for f in cli._TRAIN_FLAGS})
+    ForecastConfig(**{f: cli._field_value(demo, f) for f in cli._MODEL_FLAGS})
+    assert (demo.threads, demo.data, demo.out, demo.lookback) == (1, None, "runs/demo", 96)
 
 
-def test_choices_and_defaults_come_from_the_library(monkeypatch):
+def test_threads_are_set_for_the_command_only(tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr(cli, "_train", lambda a: seen.append(torch.get_num_threads()))
+    before = torch.get_num_threads()
+    assert main(["train", "--out", str(tmp_path), "--threads", "3"]) == 0
+    assert seen == [3] and torch.get_num_threads() == before
+
+
+@pytest.mark.parametrize("command", ["demo", "train", "evaluate"])
+def test_every_flag_has_help_that_shows_its_default(command):
+    q = _subparser(command)
+    formatter = q._get_formatter()
+    for a in q._actions:
+        if isinstance(a, argparse._HelpAction):
+            continue
+        assert a.help, a.option_strings
+        if a.option_strings and a.nargs != 0 and not a.required:  # a flag with a default
+            text = formatter._get_help_string(a)
+            assert text.count("default: ") == 1, (command, a.option_strings, text)
+    text = " ".join(q.format_help().split())
+    if command == "demo":  # the preset's defaults, not train's
+        assert (
+            "--windows WINDOWS score only the first N windows of the split; none: all (default: 256)"
+            in text
+        )
+        assert "(default: runs/demo)" in text
+
+
+def test_choices_come_from_the_library(monkeypatch):
     from diffsample.forecast.model import DenoiserName, ScheduleName
     from diffsample.forecast.training import AmpMode
     from diffsample.prediction import Prediction
 
-    train = _choices(cli._parser(), "train")
+    train = _choices("train")
     assert train["sampler"] == tuple(SAMPLERS)
     assert train["denoiser"] == typing.get_args(DenoiserName)
     assert train["prediction"] == typing.get_args(Prediction)
     assert train["schedule"] == typing.get_args(ScheduleName)
     assert train["amp"] == typing.get_args(AmpMode)
-    # the Literal annotations of the configs are those same aliases
-    hints = typing.get_type_hints(ForecastConfig)
-    assert (hints["denoiser"], hints["prediction"], hints["schedule"]) == (
-        DenoiserName,
-        Prediction,
-        ScheduleName,
-    )
-    assert typing.get_type_hints(TrainConfig)["amp"] == AmpMode
-    # a sampler registered with the core is offered without touching the command
     monkeypatch.setitem(SAMPLERS, "ddim_again", sample_ddim)
-    assert "ddim_again" in _choices(cli._parser(), "evaluate")["sampler"]
-    args = cli._parser().parse_args(["train", "--out", "x"])
-    assert (args.d_model, args.denoiser, args.amp, args.batch_size) == (
-        ForecastConfig.d_model,
-        ForecastConfig.denoiser,
-        TrainConfig.amp,
-        TrainConfig.batch_size,
+    assert "ddim_again" in _choices("evaluate")["sampler"]
+
+
+# ------------------------------------------------------------------------------------ train
+def test_train_prints_a_line_per_stage_and_writes_its_outputs(run):
+    out, stdout = run
+    for line in (
+        "stage 1 epoch 1/1: train_point_mse",
+        "stage 2 epoch 1/1: train_diffusion_loss",
+        "sampling the test set: 6 windows x 4 samples, ddim 2 steps",
+        "scored in",
+        "test set of synthetic(n_steps=6000, n_variates=7, seed=0)",
+        "CRPS",
+    ):
+        assert line in stdout, line
+    assert sorted(p.name for p in out.iterdir()) == [
+        "model.pt",
+        "results.json",
+        "results_fan_chart.png",
+        "results_per_step.csv",
+        "results_samples.pt",
+    ]
+    r = json.loads((out / "results.json").read_text())
+    assert r["command"] == "train" and r["split"] == "test" and "notes" not in r
+    assert r["data"]["source"] == "synthetic(n_steps=6000, n_variates=7, seed=0)"
+    assert r["data"] == ITransformerDiffusion.load(out / "model.pt").data_spec
+    assert r["config"]["d_model"] == 16 and r["train"]["point_epochs"] == 1
+    assert [h["stage"] for h in r["history"]] == [1, 2]
+    assert r["scores"]["windows"] == 6 and 0 < r["scores"]["crps"]
+    assert r["seconds"]["training"] > 0 and r["seconds"]["sampling"] > 0
+    assert r["seconds"]["scoring"] >= 0
+    assert {"platform", "cpu", "torch_threads", "cuda_device"} <= r["machine"].keys()
+    assert set(r["versions"]) == {"diffsample", "torch", "numpy", "python"}
+    assert r["files"]["per_step"] == str(out / "results_per_step.csv")
+    rows = (out / "results_per_step.csv").read_text().splitlines()
+    assert rows[0] == "step,point_mse,point_mae,mse_mean,mae_mean,crps,coverage_50,coverage_90"
+    assert len(rows) == 1 + 12 and rows[1].startswith("1,") and rows[-1].startswith("12,")
+    crps_steps = [float(line.split(",")[5]) for line in rows[1:]]
+    assert sum(crps_steps) / 12 == pytest.approx(r["scores"]["crps"], rel=1e-5)
+    assert (out / "results_fan_chart.png").read_bytes()[:4] == b"\x89PNG"
+    saved = torch.load(out / "results_samples.pt", weights_only=True)
+    assert saved["samples"].shape == (4, 6, 12, 7) and saved["samples"].dtype == torch.float32
+    assert torch.equal(saved["window_ids"], torch.arange(6))
+    assert saved["targets"].shape == saved["point"].shape == (6, 12, 7)
+    assert saved["data"] == r["data"] and saved["split"] == "test"
+
+
+def _bad_train(tmp_path: Path, *extra: str) -> list[str]:
+    return ["train", "--out", str(tmp_path / "r"), *TINY, *SAMPLING, *extra]
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--samples", "0"], "n_samples: expected a positive integer, got int 0"),
+        (["--steps", "-1"], "num_steps: expected a positive integer, got int -1"),
+        (["--windows", "0"], "max_windows: expected a positive integer, got int 0"),
+        (["--batch_size", "0"], "batch_size: expected a positive integer, got int 0"),
+        (["--learning_rate", "-1"], "point_lr: expected a finite number > 0, got float -1.0"),
+        (["--n_heads", "3"], "n_heads"),
+        (["--enc_in", "8"], "--enc_in: expected the data's 7 variates (var0, var1"),
+        (["--device", "foo"], "--device: expected auto, cpu, cuda, cuda:1, ..., got str 'foo'"),
+        (["--data", "nowhere.csv"], "source: 'nowhere.csv' is not a file"),
+        (["--data", "foo", "--data_path", "x.csv"], "--data: expected with --data_path, a Time"),
+        (["--root_path", "d"], "--root_path: expected --data_path with it"),
+        (["--threads", "0"], "--threads: expected a positive integer, got int 0"),
+    ],
+)
+def test_train_checks_every_argument_before_training(tmp_path, monkeypatch, extra, message):
+    _no_training(monkeypatch)
+    rc, _, stderr = _run(_bad_train(tmp_path, *extra))
+    assert rc == 2 and message in _one_line(stderr)
+    assert not (tmp_path / "r").exists()  # nothing created for a run that cannot start
+
+
+def test_train_checks_the_output_folder_before_training(tmp_path, monkeypatch):
+    _no_training(monkeypatch)
+    a_file = tmp_path / "results"
+    a_file.write_text("not a folder")
+    rc, _, stderr = _run(["train", "--out", str(a_file), *TINY])
+    assert rc == 2
+    assert _one_line(stderr) == (
+        f"diffsample: error: --out: expected a directory, got the existing file {a_file}\n"
+    )
+
+    def read_only(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    with monkeypatch.context() as m:
+        m.setattr(report.tempfile, "mkstemp", read_only)
+        rc, _, stderr = _run(["train", "--out", str(tmp_path / "ro"), *TINY])
+    assert (
+        rc == 2
+        and f"cannot write into the directory {tmp_path / 'ro'}: Permission denied"
+        in _one_line(stderr)
+    )
+    if os.geteuid() != 0:  # a real read-only folder (root writes anyway)
+        ro = tmp_path / "locked"
+        ro.mkdir(mode=0o500)
+        rc, _, stderr = _run(["train", "--out", str(ro / "r"), *TINY])
+        assert rc == 2 and str(ro / "r") in _one_line(stderr)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a CPU-only torch")
+def test_cuda_on_a_cpu_only_torch_is_one_line(tmp_path, monkeypatch):
+    _no_training(monkeypatch)
+    rc, _, stderr = _run(_bad_train(tmp_path, "--device", "cuda"))
+    assert rc == 2 and "--device: expected a device this machine has, got 'cuda'" in _one_line(
+        stderr
     )
 
 
-def test_train_command_on_a_tiny_budget(tmp_path):
-    rc = main(
-        [
-            "train",
-            "--out",
-            str(tmp_path / "run"),
-            "--lookback",
-            "24",
-            "--horizon",
-            "12",
-            "--d-model",
-            "16",
-            "--epochs",
-            "1",
-            "--diffusion-epochs",
-            "1",
-            "--batches-per-epoch",
-            "2",
-            "--samples",
-            "3",
-            "--steps",
-            "2",
-            "--windows",
-            "4",
-            "--no-progress",
-        ]
+# ------------------------------------------------------------------------------------ evaluate
+def test_evaluate_scores_on_the_checkpoints_own_data_by_default(run, tmp_path):
+    out, _ = run
+    rc, stdout, stderr = _run(
+        ["evaluate", str(out / "model.pt"), *SAMPLING, "--out", str(tmp_path)]
     )
-    assert rc == 0
-    report = json.loads((tmp_path / "run" / "results.json").read_text())
-    assert [r["stage"] for r in report["history"]] == [1, 2]
-    assert ITransformerDiffusion.load(tmp_path / "run" / "model.pt").config.d_model == 16
+    assert (rc, stderr) == (0, "")
+    assert "data: synthetic(n_steps=6000, n_variates=7, seed=0)" in stdout
+    r = json.loads((tmp_path / "eval_test.json").read_text())
+    assert r["command"] == "evaluate" and r["checkpoint"] == str(out / "model.pt")
+    assert r["data"] == json.loads((out / "results.json").read_text())["data"]
+    assert r["scores"]["windows"] == 6 and r["train"] is None
+    assert (tmp_path / "eval_test_per_step.csv").is_file()
+    assert (tmp_path / "eval_test_fan_chart.png").is_file()
+    # the same windows, seed and sampler as the train command scored: the same scores
+    assert r["scores"]["crps"] == pytest.approx(
+        json.loads((out / "results.json").read_text())["scores"]["crps"], rel=1e-6
+    )
 
 
-def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
-    target = tmp_path / "results.json"
-    atomic_write(target, lambda f: f.write(b"old"))
+def test_evaluate_refuses_other_data(run, tmp_path):
+    out, _ = run
+    g = np.random.default_rng(0)
+    rows = ["date," + ",".join(f"var{i}" for i in range(7))]
+    for t in range(600):
+        day, hour = divmod(t, 24)
+        values = ",".join(f"{v:.3f}" for v in g.normal(size=7))
+        rows.append(f"2020-01-{1 + day % 28:02d} {hour:02d}:00:00,{values}")
+    other = tmp_path / "other.csv"
+    other.write_text("\n".join(rows) + "\n")
+    rc, _, stderr = _run(["evaluate", str(out / "model.pt"), "--data", str(other), *SAMPLING])
+    assert rc == 2
+    assert "data: expected the data the model was trained on" in _one_line(stderr)
+    assert not (out / "eval_test.json").exists()
 
-    def broken(f):
-        f.write(b"half")
-        raise RuntimeError("disk full")
 
-    with pytest.raises(RuntimeError, match="disk full"):
-        atomic_write(target, broken)
-    assert target.read_bytes() == b"old"
-    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]  # no temp file left behind
+def test_an_interrupted_run_is_refused_then_resumed(tmp_path, monkeypatch):
+    flags = ["--out", str(tmp_path / "r"), *TINY, "--diffusion_epochs", "2", *SAMPLING]
+    printer = cli._epoch_printer
+
+    def killed_in_stage_2(tc):
+        show = printer(tc)
+
+        def on_epoch(r):
+            show(r)
+            if r["stage"] == 2:
+                raise KeyboardInterrupt
+
+        return on_epoch
+
+    with monkeypatch.context() as m:
+        m.setattr(cli, "_epoch_printer", killed_in_stage_2)
+        rc, _, stderr = _run(["train", *flags])
+    assert rc == 130 and "interrupted" in stderr and "--resume" in stderr
+    model = tmp_path / "r" / "model.pt"
+    rc, _, stderr = _run(["evaluate", str(model), *SAMPLING])
+    assert rc == 2 and "unfinished" in _one_line(stderr) and "--allow-unfinished" in stderr
+    rc, stdout, stderr = _run(["evaluate", str(model), *SAMPLING, "--allow-unfinished"])
+    assert (rc, stderr) == (0, "") and "CRPS" in stdout
+    rc, stdout, stderr = _run(["train", *flags, "--resume"])
+    assert (rc, stderr) == (0, ""), stderr
+    assert "stage 2 epoch 2/2" in stdout and "stage 1 epoch" not in stdout
+    r = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert [(h["stage"], h["epoch"]) for h in r["history"]] == [(1, 1), (2, 1), (2, 2)]
+    assert ITransformerDiffusion.load(model).data_spec == r["data"]
+
+
+@pytest.fixture(scope="module")
+def untrained(tmp_path_factory):
+    model = ITransformerDiffusion(ForecastConfig(lookback=24, horizon=12, d_model=16, n_heads=2))
+    return model.save(tmp_path_factory.mktemp("untrained") / "model.pt")
+
+
+def test_evaluate_errors_are_one_line_and_exit_2(untrained, tmp_path, monkeypatch):
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    bad = {
+        "missing.pt": None,
+        "garbage.pt": b"not a checkpoint",
+        "foreign.pt": {"weight": torch.zeros(2)},
+        "no_config.pt": {"format": "diffsample.ITransformerDiffusion/1", "state_dict": {}},
+        "evil.pt": {"format": "diffsample.ITransformerDiffusion/2", "x": Evil()},
+    }
+    for name, content in bad.items():
+        if isinstance(content, bytes):
+            (tmp_path / name).write_bytes(content)
+        elif content is not None:
+            torch.save(content, tmp_path / name)
+    messages = {
+        "missing.pt": "no such checkpoint file",
+        "garbage.pt": "is not a readable diffsample checkpoint",
+        "foreign.pt": "is not a diffsample checkpoint",
+        "no_config.pt": "holds no config",
+        "evil.pt": "not loaded",
+    }
+    for name, message in messages.items():
+        rc, _, stderr = _run(["evaluate", str(tmp_path / name), "--allow-unfinished"])
+        assert rc == 2 and message in _one_line(stderr), (name, stderr)
+    assert not marker.exists()  # the malicious file's code never ran
+    _no_training(monkeypatch)
+    for flags, message in [
+        (["--batch-size", "0"], "batch_size: expected a positive integer, got int 0"),
+        (["--batch_size", "-3"], "batch_size: expected a positive integer, got int -3"),
+        (["--device", "foo"], "--device: expected auto, cpu, cuda"),
+        (["--samples", "0"], "n_samples: expected a positive integer, got int 0"),
+        ([], "does not record the data it was trained on"),
+        (["--out", str(untrained / "x.json")], "expected a directory, got the existing file"),
+    ]:
+        rc, _, stderr = _run(["evaluate", str(untrained), *flags])
+        assert rc == 2 and message in _one_line(stderr), (flags, stderr)
+
+
+def test_a_full_disk_loses_no_scores(run, tmp_path, monkeypatch):
+    out, _ = run
+
+    def disk_full(path, write):
+        def failing(f):
+            f.write(b"{")
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        return atomic_write(path, failing)
+
+    monkeypatch.setattr(report, "atomic_write", disk_full)
+    rc, stdout, stderr = _run(
+        ["evaluate", str(out / "model.pt"), *SAMPLING, "--out", str(tmp_path)]
+    )
+    assert rc == 2
+    assert _one_line(stderr) == (
+        f"diffsample: error: cannot write {tmp_path / 'eval_test.json'}: No space left on device\n"
+    )
+    assert "CRPS" in stdout and "coverage" in stdout  # printed before the write
+    assert list(tmp_path.iterdir()) == []  # no half-written file, no temp file
+
+
+def test_nan_scores_are_null_in_the_json_with_a_note(run, tmp_path, monkeypatch):
+    out, _ = run
+    real = cli.evaluate_split
+
+    def with_a_nan(*args, **kwargs):
+        ev = real(*args, **kwargs)
+        return dataclasses.replace(ev, metrics={**ev.metrics, "quantile_crps": math.nan})
+
+    monkeypatch.setattr(cli, "evaluate_split", with_a_nan)
+    rc, stdout, _ = _run(["evaluate", str(out / "model.pt"), *SAMPLING, "--out", str(tmp_path)])
+    assert rc == 0 and "quantile CRPS nan" in stdout
+    text = (tmp_path / "eval_test.json").read_text()
+
+    def refuse(name):
+        raise AssertionError(f"bare {name}")
+
+    r = json.loads(text, parse_constant=refuse)
+    assert r["scores"]["quantile_crps"] is None
+    assert any("scores.quantile_crps" in note for note in r["notes"])
+
+
+def test_without_matplotlib_a_notice_and_no_picture(run, tmp_path, monkeypatch):
+    out, _ = run
+    for name in ("matplotlib", "matplotlib.figure", "matplotlib.backends.backend_agg"):
+        monkeypatch.setitem(sys.modules, name, None)
+    rc, stdout, stderr = _run(
+        ["evaluate", str(out / "model.pt"), *SAMPLING, "--out", str(tmp_path)]
+    )
+    assert (rc, stderr) == (0, "")
+    assert cli._MISSING_MATPLOTLIB in stdout.splitlines()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "eval_test.json",
+        "eval_test_per_step.csv",
+    ]
+    assert json.loads((tmp_path / "eval_test.json").read_text())["files"]["fan_chart"] is None
+
+
+def test_unexpected_errors_are_one_line_too(untrained, monkeypatch):
+    def bug(*args, **kwargs):
+        raise KeyError("oops")
+
+    monkeypatch.setattr(cli, "_evaluation_data", bug)
+    rc, _, stderr = _run(["evaluate", str(untrained)])
+    assert rc == 1 and "unexpected KeyError: 'oops'" in _one_line(stderr)
+
+
+def test_type_errors_are_one_line_and_exit_2(run, monkeypatch):
+    out, _ = run
+
+    def wrong_kind(*args, **kwargs):
+        raise TypeError("n_samples: expected a positive integer,\ngot float 1.5")
+
+    monkeypatch.setattr(cli, "evaluate_split", wrong_kind)
+    rc, _, stderr = _run(["evaluate", str(out / "model.pt")])
+    assert rc == 2
+    assert _one_line(stderr) == (
+        "diffsample: error: n_samples: expected a positive integer, got float 1.5\n"
+    )

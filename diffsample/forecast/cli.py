@@ -1,285 +1,771 @@
 """The ``diffsample`` command: demo, train, evaluate.
 
-    diffsample demo                                   # synthetic data, ~1-2 minutes on a laptop CPU
+    diffsample demo                                   # synthetic data, about half a minute on a CPU
     diffsample train --data ETTh1 --out runs/etth1    # ETT CSV from $DIFFSAMPLE_ETT_DIR, a path, or --download
-    diffsample evaluate runs/etth1/model.pt --data ETTh1 --samples 100 --steps 50
+    diffsample train --root_path ./dataset/ETT-small/ --data_path ETTh1.csv --data ETTh1 \\
+        --seq_len 96 --pred_len 96 --enc_in 7 --out runs/etth1   # Time-Series-Library flag names
+    diffsample train --resume --out runs/etth1 ...    # continue a killed run (the same flags)
+    diffsample evaluate runs/etth1/model.pt --samples 100 --steps 50   # on the data it was trained on
 
-Only this module parses arguments; the library takes frozen configs and keyword arguments, and
-the choices and defaults offered here are read from the library (its Literal types, its
-sampler registry, its config defaults). Results are written atomically as JSON next to the
-checkpoint (or where --out says). A bad argument ends the command with one line on stderr and
-exit status 2, never a traceback.
+Flags take Time-Series-Library's names (``--seq_len``, ``--d_model``, ``--learning_rate``, ...),
+with ``-`` or ``_`` alike; every default shown is the library's (ForecastConfig, TrainConfig,
+evaluate_split). The results go beside the checkpoint: a JSON file (configuration, data,
+machine, versions, wall times, scores), a per-horizon-step CSV, a fan chart PNG (with
+matplotlib) and, with --save-samples, the samples. A bad argument or an unwritable output ends
+the command before any training with one line on stderr and exit status 2, never a traceback.
+
+Dimensions (in what it prints and writes): S samples, W windows scored, H horizon, N variates.
+Only this module parses arguments; it turns them into the library's frozen configs and keyword
+arguments, and prints. What it writes is built by :mod:`diffsample.forecast.report`.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
+import inspect
 import sys
-from collections.abc import Sequence
+import time
+import typing
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 
-from .._utils import atomic_write, choices_of, expected
-from ..prediction import Prediction
+from .._utils import check_int, choices_of, expected
 from ..samplers import SAMPLERS
-from .data import ForecastDataset, load_dataset
-from .evaluation import Evaluation, evaluate_split
-from .model import DenoiserName, ForecastConfig, ITransformerDiffusion, ScheduleName
-from .training import AmpMode, TrainConfig, train
+from .data import ForecastDataset, Protocol, WindowBatch, check_data_spec, load_dataset
+from .evaluation import Evaluation, check_evaluation_args, evaluate_split
+from .model import Forecast, ForecastConfig, ITransformerDiffusion
+from .report import (
+    OutputFiles,
+    SampleStore,
+    WindowKeeper,
+    check_output_file,
+    fan_chart,
+    have_matplotlib,
+    prepare_output_dir,
+    results_dict,
+    spread_windows,
+    write_json,
+    write_per_step_csv,
+)
+from .training import TrainConfig, TrainResult, train
 
 __all__ = ["main"]
 
-# what a user can get wrong: bad values and types, missing or unreadable files, no network
-_USER_ERRORS = (ValueError, TypeError, OSError)
+# what a user can get wrong: bad values and types, missing or unreadable files, a full disk, no
+# network, a diverged run (NonFiniteLossError), no such device
+_USER_ERRORS = (ValueError, TypeError, OSError, RuntimeError)
 _SPLITS = ("test", "val", "train")  # the ForecastDataset attributes a checkpoint can be scored on
+# Time-Series-Library's --data names -> the split protocol of load_dataset
+_TSL_DATA: dict[str, Protocol] = {
+    "ETTh1": "etth",
+    "ETTh2": "etth",
+    "ETTm1": "ettm",
+    "ETTm2": "ettm",
+    "custom": "custom",
+}
+_MISSING_MATPLOTLIB = (
+    "note: no fan chart: matplotlib is not installed (pip install 'diffsample[plot]')"
+)
+
+# config field -> (flag, other spellings, help); type, choices and default come from the field
+_MODEL_FLAGS: dict[str, tuple[str, tuple[str, ...], str]] = {
+    "lookback": ("--seq_len", ("--lookback",), "L, the history length in time steps"),
+    "horizon": ("--pred_len", ("--horizon",), "H, the forecast length in time steps"),
+    "d_model": ("--d_model", (), "D, the width of the iTransformer backbone"),
+    "n_heads": ("--n_heads", (), "attention heads of the backbone"),
+    "n_layers": ("--e_layers", (), "encoder layers of the backbone"),
+    "d_ff": ("--d_ff", (), "feed-forward width of the backbone"),
+    "dropout": ("--dropout", (), "dropout of the backbone"),
+    "denoiser": ("--denoiser", (), "the residual denoiser: token transformer or 1D U-Net"),
+    "denoiser_width": (
+        "--denoiser_width",
+        (),
+        "the denoiser's width (D of the token transformer, the U-Net's embedding)",
+    ),
+    "denoiser_layers": ("--denoiser_layers", (), "transformer layers of the token denoiser"),
+    "denoiser_heads": ("--denoiser_heads", (), "attention heads of the denoiser"),
+    "unet_channels": ("--unet_channels", (), "channels per level of the U-Net denoiser"),
+    "prediction": ("--prediction", (), "what the denoiser predicts"),
+    "schedule": ("--schedule", (), "the noise schedule"),
+    "num_train_steps": (
+        "--diffusion_steps",
+        ("--num_train_steps",),
+        "T, the noise schedule's training steps",
+    ),
+}
+_TRAIN_FLAGS: dict[str, tuple[str, tuple[str, ...], str]] = {
+    "batch_size": ("--batch_size", (), "windows per training batch"),
+    "point_epochs": (
+        "--train_epochs",
+        ("--epochs",),
+        "stage 1 (point forecast) epochs, at most (early stopping)",
+    ),
+    "point_lr": ("--learning_rate", (), "stage 1 learning rate (Adam)"),
+    "point_lr_decay": (
+        "--lr_decay",
+        (),
+        "stage 1 learning rate factor after each epoch (Time-Series-Library's lradj type1: 0.5)",
+    ),
+    "diffusion_epochs": (
+        "--diffusion_epochs",
+        (),
+        "stage 2 (denoiser) epochs, at most (early stopping)",
+    ),
+    "diffusion_lr": ("--diffusion_learning_rate", (), "stage 2 learning rate (AdamW)"),
+    "weight_decay": ("--weight_decay", (), "weight decay of both stages"),
+    "patience": ("--patience", (), "epochs without a better validation loss before a stage stops"),
+    "max_batches_per_epoch": (
+        "--batches_per_epoch",
+        (),
+        "training batches per epoch at most; none: every window once",
+    ),
+    "grad_clip": ("--grad_clip", (), "largest global gradient norm; none: no clipping"),
+    "amp": ("--amp", (), "mixed precision: auto is bf16 (or fp16) on a GPU and fp32 on a CPU"),
+    "seed": ("--seed", (), "seeds the weights, batch order, training noise and sampling noise"),
+    "calibration": (
+        "--calibration",
+        (),
+        "after stage 2, fit the samples' spread to the validation residuals (val_spread) or not (none)",
+    ),
+    "calibration_samples": (
+        "--calibration_samples",
+        (),
+        "samples per validation window of the calibration",
+    ),
+    "calibration_steps": (
+        "--calibration_steps",
+        (),
+        "sampling steps (DPM-Solver++(2M)) of the calibration",
+    ),
+    "calibration_windows": (
+        "--calibration_windows",
+        (),
+        "validation windows of the calibration, evenly spaced; none: all",
+    ),
+}
+# the demo: the train command on the synthetic data, sized for about half a minute on a CPU
+_DEMO = {
+    "lookback": 96,
+    "horizon": 24,
+    "d_model": 64,
+    "d_ff": 64,
+    "n_heads": 4,
+    "denoiser_width": 32,
+    "point_epochs": 4,
+    "point_lr": 1e-3,
+    "diffusion_epochs": 8,
+    "diffusion_lr": 2e-3,
+    "max_batches_per_epoch": 60,
+    "calibration_windows": 128,
+    "samples": 32,
+    "steps": 20,
+    "windows": 256,
+    # one thread: a model this small gains little from a second, and on a busy machine an idle
+    # OpenMP thread spins (measured: 26 s with one thread, 139 s with two, on a loaded 2-core CPU)
+    "threads": 1,
+}
 
 
 # ---------------------------------------------------------------------------------------- commands
-def _demo(a: argparse.Namespace) -> dict[str, Any]:
-    data = load_dataset(None, lookback=a.lookback, horizon=a.horizon)
-    config = ForecastConfig(  # small enough for a laptop CPU in a minute or two
-        lookback=a.lookback,
-        horizon=a.horizon,
-        n_variates=data.n_variates,
-        n_time_features=data.n_marks,
-        d_model=64,
-        d_ff=64,
-        n_heads=4,
-        denoiser_width=64,
-    )
-    tc = TrainConfig(
-        point_epochs=a.epochs,
-        point_lr=1e-3,
-        diffusion_epochs=2 * a.epochs,
-        diffusion_lr=2e-3,
-        max_batches_per_epoch=a.batches_per_epoch,
-        seed=a.seed,
-    )
-    return _train_and_report(a, data, config, tc)
+def _demo(a: argparse.Namespace) -> None:
+    _train_and_report(a, "demo", source=None, protocol="auto")
 
 
-def _train(a: argparse.Namespace) -> dict[str, Any]:
-    data = load_dataset(a.data, lookback=a.lookback, horizon=a.horizon, download=a.download)
-    config = ForecastConfig(
-        lookback=a.lookback,
-        horizon=a.horizon,
-        n_variates=data.n_variates,
-        n_time_features=data.n_marks,
-        d_model=a.d_model,
-        d_ff=a.d_model,
-        denoiser=a.denoiser,
-        prediction=a.prediction,
-        schedule=a.schedule,
-    )
-    tc = TrainConfig(
-        point_epochs=a.epochs,
-        diffusion_epochs=a.diffusion_epochs,
-        batch_size=a.batch_size,
-        max_batches_per_epoch=a.batches_per_epoch,
-        amp=a.amp,
-        seed=a.seed,
-    )
-    return _train_and_report(a, data, config, tc)
+def _train(a: argparse.Namespace) -> None:
+    source, protocol = _source(a)
+    _train_and_report(a, "train", source=source, protocol=protocol)
 
 
 def _train_and_report(
-    a: argparse.Namespace, data: ForecastDataset, config: ForecastConfig, tc: TrainConfig
-) -> dict[str, Any]:
+    a: argparse.Namespace, command: str, *, source: str | None, protocol: Protocol
+) -> None:
+    # every check before any work: a bad --samples or an unwritable --out fails now, not after
+    # the hour of training it would follow
     device = _device(a.device)
+    _check_sampling(a, batch_size=_EVAL_BATCH)
+    tc = TrainConfig(**{field: getattr(a, field) for field in _TRAIN_FLAGS})
+    data = load_dataset(
+        source, lookback=a.lookback, horizon=a.horizon, protocol=protocol, download=a.download
+    )
+    _check_enc_in(a.enc_in, data)
+    config = ForecastConfig(
+        n_variates=data.n_variates,
+        n_time_features=data.n_marks,
+        **{field: _field_value(a, field) for field in _MODEL_FLAGS},
+    )
+    out = prepare_output_dir(a.out, name="--out")
+    files = OutputFiles.beside(out / "results.json")
+    plot = _can_plot()
+    checkpoint = out / "model.pt"
+
     torch.manual_seed(a.seed)  # the weight initialisation (the library never seeds globally)
-    out_dir = Path(a.out)
     model = ITransformerDiffusion(config)
     n_params = sum(p.numel() for p in model.parameters())
-    print(
-        f"data: {data.source} | train/val/test windows {len(data.train)}/{len(data.val)}/{len(data.test)} | "
-        f"model: {n_params / 1e6:.2f}M parameters ({config.denoiser} denoiser) | device: {device}"
+    _say(
+        f"data: {data.source} | windows train/val/test {len(data.train)}/{len(data.val)}/"
+        f"{len(data.test)} | model: {n_params / 1e6:.2f}M parameters ({config.denoiser} "
+        f"denoiser) | device: {device}"
+    )
+    if a.resume:
+        _say(f"resuming the run in {checkpoint}")
+    calibration = "" if tc.calibration == "none" else ", then the spread calibration"
+    _say(
+        f"training: stage 1 (point forecast) up to {tc.point_epochs} epochs, stage 2 (denoiser) "
+        f"up to {tc.diffusion_epochs} epochs{calibration}"
     )
     result = train(
         model,
         data,
         tc,
         device=device,
-        checkpoint=out_dir / "model.pt",
+        checkpoint=checkpoint,
+        resume=a.resume,
         progress=a.progress,
-        on_epoch=lambda r: print("  " + ", ".join(f"{k}={_fmt(v)}" for k, v in r.items())),
+        on_epoch=_epoch_printer(tc),
     )
-    print(f"trained in {result.seconds:.1f} s; checkpoint {out_dir / 'model.pt'}")
-    ev = evaluate_split(
+    _say(f"trained in {result.seconds:.1f} s; checkpoint {checkpoint}")
+    _score_and_write(
+        a,
+        command,
         model,
-        data.test,
-        n_samples=a.samples,
-        num_steps=a.steps,
-        sampler=a.sampler,
-        max_windows=a.windows,
-        seed=a.seed,
-        progress=a.progress,
+        data,
+        "test",
+        files,
+        device,
+        plot=plot,
+        checkpoint=checkpoint,
+        batch_size=_EVAL_BATCH,
+        train_config=tc,
+        result=result,
     )
-    report = {
-        "data": data.source,
-        "config": dataclasses.asdict(config),
-        "train": dataclasses.asdict(tc),
-        "history": list(result.history),
-        "test": ev.as_dict(),
-    }
-    _print_scores(ev, "test")
-    _write_json(report, out_dir / "results.json")
-    print(f"results: {out_dir / 'results.json'}")
-    return report
 
 
-def _evaluate(a: argparse.Namespace) -> dict[str, Any]:
+def _evaluate(a: argparse.Namespace) -> None:
     device = _device(a.device)
-    model = ITransformerDiffusion.load(a.checkpoint, map_location=device)
+    _check_sampling(a, batch_size=a.batch_size)
+    checkpoint = Path(a.checkpoint)
+    files = OutputFiles.beside(_results_path(a.out, checkpoint, a.split))
+    check_output_file(files.results, name="--out")
+    plot = _can_plot()
+    try:
+        model = ITransformerDiffusion.load(
+            checkpoint, map_location=device, allow_unfinished=a.allow_unfinished
+        )
+    except ValueError as exc:  # the library's advice, in the command's words
+        raise ValueError(
+            str(exc)
+            .replace("pass allow_unfinished=True", "pass --allow-unfinished")
+            .replace("train(..., checkpoint=path, resume=True)", "diffsample train --resume")
+        ) from None
+    data = _evaluation_data(a, model)
+    n_params = sum(p.numel() for p in model.parameters())
+    _say(
+        f"checkpoint: {checkpoint} ({n_params / 1e6:.2f}M parameters, {model.config.denoiser} "
+        f"denoiser) | data: {data.source} | device: {device}"
+    )
+    _score_and_write(
+        a,
+        "evaluate",
+        model,
+        data,
+        a.split,
+        files,
+        device,
+        plot=plot,
+        checkpoint=checkpoint,
+        batch_size=a.batch_size,
+    )
+
+
+def _score_and_write(
+    a: argparse.Namespace,
+    command: str,
+    model: ITransformerDiffusion,
+    data: ForecastDataset,
+    split_name: str,
+    files: OutputFiles,
+    device: torch.device,
+    *,
+    plot: bool,
+    checkpoint: Path,
+    batch_size: int,
+    train_config: TrainConfig | None = None,
+    result: TrainResult | None = None,
+) -> None:
+    """Sample and score a split, print the scores, then write the files (scores first)."""
+    split = getattr(data, split_name)
+    n = len(split) if a.windows is None else min(a.windows, len(split))
+    keeper = WindowKeeper(spread_windows(n))
     c = model.config
-    data = load_dataset(a.data, lookback=c.lookback, horizon=c.horizon, download=a.download)
+    store = SampleStore(n, a.samples, c.horizon, c.n_variates) if a.save_samples else None
+
+    def on_batch(b: WindowBatch, fc: Forecast) -> None:
+        keeper(b, fc)
+        if store is not None:
+            store(b, fc)
+
+    _say(
+        f"sampling the {split_name} set: {n} windows x {a.samples} samples, {a.sampler} "
+        f"{a.steps} steps, {batch_size} windows per call"
+    )
+    if store is not None:
+        mib = store.samples.numel() * store.samples.element_size() / 2**20
+        _say(f"--save-samples: keeping all {mib:.0f} MiB of samples in memory to write them")
     ev = evaluate_split(
         model,
-        getattr(data, a.split),
+        split,
         n_samples=a.samples,
         num_steps=a.steps,
         sampler=a.sampler,
-        batch_size=a.batch_size,
+        batch_size=batch_size,
         max_windows=a.windows,
         seed=a.seed,
         progress=a.progress,
+        on_batch=on_batch,
     )
-    _print_scores(ev, a.split)
-    out = Path(a.out) if a.out else Path(a.checkpoint).with_name(f"eval_{a.split}.json")
-    report = {
-        "checkpoint": str(a.checkpoint),
-        "data": data.source,
-        "split": a.split,
-        "scores": ev.as_dict(),
-    }
-    _write_json(report, out)
-    print(f"results: {out}")
-    return report
+    rate = ev.windows * ev.samples / max(ev.seconds, 1e-9)
+    _say(
+        f"sampled in {ev.seconds:.1f} s ({rate:.0f} samples/s), scored in "
+        f"{ev.scoring_seconds:.1f} s"
+    )
+    _print_scores(ev, split_name, data.source)
+    report = results_dict(
+        command=command,
+        data=data.spec(),
+        split=split_name,
+        evaluation=ev,
+        config=c,
+        device=device,
+        checkpoint=checkpoint,
+        train_config=train_config,
+        history=() if result is None else result.history,
+        training_seconds=None if result is None else result.seconds,
+        files={
+            "per_step": files.per_step,
+            "fan_chart": files.fan_chart if plot else None,
+            "samples": files.samples if store is not None else None,
+        },
+    )
+    # the scores are on screen already; the results file is written first, each file atomically
+    _say(f"results: {write_json(files.results, report)}")
+    _say(f"per-step scores: {write_per_step_csv(files.per_step, ev.per_step)}")
+    if plot:
+        samples, truth, history, ids = keeper.stacked()
+        inv = data.scaler.inverse_transform  # the chart in the data's own units
+        chart = fan_chart(
+            files.fan_chart,
+            inv(samples),
+            inv(truth),
+            history=inv(history),
+            window_ids=ids,
+            variate_name=data.columns[-1],
+            title=f"{Path(data.source).name}, {split_name} split: {ev.samples} samples, "
+            f"{ev.sampler} {ev.steps} steps",
+        )
+        _say(f"fan chart: {chart}")
+    if store is not None:
+        saved = store.save(
+            files.samples,
+            data=data.spec(),
+            split=split_name,
+            units="scaled (the data spec's scaler_mean and scaler_std map them back)",
+        )
+        _say(f"samples: {saved} ([S, W, H, N] = {list(store.samples.shape)} float32)")
 
 
-# ---------------------------------------------------------------------------------------- helpers
+# ---------------------------------------------------------------------------------------- checks
 def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
-    except RuntimeError as exc:
-        raise ValueError(expected("--device", "auto, cpu, cuda, cuda:1, ...", name)) from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device: expected a device this machine has, got {name!r} (no CUDA)")
+    except RuntimeError:
+        raise ValueError(expected("--device", "auto, cpu, cuda, cuda:1, ...", name)) from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"--device: expected a device this machine has, got {name!r} (this torch "
+                f"{torch.__version__} sees no CUDA device)"
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"--device: expected a device this machine has, got {name!r} "
+                f"({torch.cuda.device_count()} CUDA devices)"
+            )
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device: expected a device this machine has, got {name!r} (no MPS)")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(expected("--device", "auto, cpu, cuda, cuda:1, mps", name))
     return device
+
+
+def _check_sampling(a: argparse.Namespace, *, batch_size: int) -> None:
+    check_evaluation_args(
+        n_samples=a.samples,
+        num_steps=a.steps,
+        sampler=a.sampler,
+        batch_size=batch_size,
+        max_windows=a.windows,
+    )
+
+
+def _check_enc_in(enc_in: int | None, data: ForecastDataset) -> None:
+    if enc_in is not None and enc_in != data.n_variates:
+        raise ValueError(
+            f"--enc_in: expected the data's {data.n_variates} variates "
+            f"({', '.join(data.columns)} in {Path(data.source).name}), got {enc_in}"
+        )
+
+
+def _source(a: argparse.Namespace) -> tuple[str | None, Protocol]:
+    """(source for load_dataset, protocol) from --data, or from --root_path / --data_path with
+    --data naming the split protocol as in Time-Series-Library."""
+    if a.data_path is None:
+        if a.root_path is not None:
+            raise ValueError(
+                "--root_path: expected --data_path with it (the CSV's name in that folder)"
+            )
+        return a.data, "auto"
+    path = str(Path(a.root_path or ".") / a.data_path)
+    if a.data is None:
+        return path, "auto"
+    if a.data not in _TSL_DATA:
+        raise ValueError(
+            expected(
+                "--data",
+                f"with --data_path, a Time-Series-Library dataset name ({', '.join(_TSL_DATA)})",
+                a.data,
+            )
+        )
+    return path, _TSL_DATA[a.data]
+
+
+def _evaluation_data(a: argparse.Namespace, model: ITransformerDiffusion) -> ForecastDataset:
+    """The data a checkpoint is scored on: its own by default; --data only if it matches."""
+    spec, c = model.data_spec, model.config
+    source, protocol = _source(a)
+    if source is None:
+        if spec is None:
+            raise ValueError(
+                f"--data: {a.checkpoint} does not record the data it was trained on (saved "
+                "before training, or by an older version); pass --data"
+            )
+        data = _reload(spec, a.download)
+    else:
+        data = load_dataset(
+            source, lookback=c.lookback, horizon=c.horizon, protocol=protocol, download=a.download
+        )
+        if spec is None:
+            _say(
+                "note: the checkpoint does not record its training data; the data given "
+                "could not be checked"
+            )
+    if spec is not None:
+        check_data_spec(spec, data)
+    return data
+
+
+def _reload(spec: dict[str, Any], download: bool) -> ForecastDataset:
+    """The data of a data spec: its source, else (another machine) its ETT name."""
+    protocol = spec.get("protocol", "auto")
+    kw: dict[str, Any] = dict(lookback=spec["lookback"], horizon=spec["horizon"])
+    try:
+        return load_dataset(spec["source"], protocol=protocol, **kw)
+    except FileNotFoundError as exc:
+        if spec.get("ett"):
+            return load_dataset(spec["ett"], protocol=protocol, download=download, **kw)
+        raise FileNotFoundError(
+            f"{exc} (the data the checkpoint was trained on; pass --data to say where it is now)"
+        ) from None
+
+
+def _results_path(out: str | None, checkpoint: Path, split: str) -> Path:
+    name = f"eval_{split}.json"
+    if out is None:
+        return checkpoint.with_name(name)
+    p = Path(out)
+    return p / name if p.is_dir() or out.endswith(("/", "\\")) else p
+
+
+def _can_plot() -> bool:
+    if have_matplotlib():
+        return True
+    _say(_MISSING_MATPLOTLIB)
+    return False
+
+
+# ---------------------------------------------------------------------------------------- printing
+def _say(line: str) -> None:
+    print(line, flush=True)  # flushed: a log file shows each stage as it happens
+
+
+def _epoch_printer(tc: TrainConfig) -> Callable[[dict[str, float]], None]:
+    """``on_epoch`` for train: one line per epoch, with its stage's epoch budget and time."""
+    totals = {1: tc.point_epochs, 2: tc.diffusion_epochs}
+    last = [time.perf_counter()]
+
+    def show(r: dict[str, float]) -> None:
+        now = time.perf_counter()
+        stage, epoch = int(r["stage"]), int(r["epoch"])
+        rest = ", ".join(f"{k} {_fmt(v)}" for k, v in r.items() if k not in ("stage", "epoch"))
+        _say(f"stage {stage} epoch {epoch}/{totals[stage]}: {rest} ({now - last[0]:.1f} s)")
+        last[0] = now
+
+    return show
 
 
 def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-def _print_scores(ev: Evaluation, split: str) -> None:
+def _print_scores(ev: Evaluation, split: str, source: str) -> None:
     m = ev.metrics
-    print(
-        f"{split} set: {ev.windows} windows x {ev.samples} samples, {ev.sampler} {ev.steps} steps, "
-        f"sampled in {ev.seconds:.2f} s (scaled units)"
+    _say(
+        f"{split} set of {source}: {ev.windows} windows x {ev.samples} samples, {ev.sampler} "
+        f"{ev.steps} steps (scaled units)"
     )
-    print(f"  point forecast (iTransformer)  mse {m['point_mse']:.4f}  mae {m['point_mae']:.4f}")
-    print(f"  mean of the samples            mse {m['mse_mean']:.4f}  mae {m['mae_mean']:.4f}")
-    print(f"  median of the samples          mse {m['mse_median']:.4f}  mae {m['mae_median']:.4f}")
-    print(
-        f"  CRPS {m['crps']:.4f} | quantile CRPS {m['quantile_crps']:.4f} | CRPS-sum {m['quantile_crps_sum']:.4f}"
+    _say(f"  point forecast (iTransformer)  mse {m['point_mse']:.4f}  mae {m['point_mae']:.4f}")
+    _say(f"  mean of the samples            mse {m['mse_mean']:.4f}  mae {m['mae_mean']:.4f}")
+    _say(f"  median of the samples          mse {m['mse_median']:.4f}  mae {m['mae_median']:.4f}")
+    _say(
+        f"  CRPS {m['crps']:.4f} | quantile CRPS {m['quantile_crps']:.4f} | "
+        f"CRPS-sum {m['quantile_crps_sum']:.4f}"
     )
     for level in (50, 90):
-        print(
-            f"  {level}% central interval: coverage {m[f'coverage_{level}']:.3f} (nominal {level / 100:.2f}), "
-            f"width {m[f'width_{level}']:.3f}"
+        _say(
+            f"  {level}% central interval: coverage {m[f'coverage_{level}']:.3f} (nominal "
+            f"{level / 100:.2f}), width {m[f'width_{level}']:.3f}"
         )
 
 
-def _write_json(obj: Any, path: Path) -> None:
-    def write(f: IO[bytes]) -> None:
-        f.write(json.dumps(obj, indent=2, default=str).encode())
+# ---------------------------------------------------------------------------------------- parser
+class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The docstring as written; each flag's spellings once with one metavar; its default after
+    its help (a flag whose default is None says in its help what None means)."""
 
-    atomic_write(path, write)
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.nargs == 0 or "default:" in text:  # on/off switches; a default in words
+            return text
+        if action.default is None:
+            return f"{text} (default: none)"
+        return super()._get_help_string(action)
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        if not action.option_strings or action.nargs == 0:
+            return super()._format_action_invocation(action)
+        metavar = self._format_args(action, self._get_default_metavar_for_optional(action))
+        return f"{', '.join(action.option_strings)} {metavar}"
+
+
+def _spellings(flag: str, *aliases: str) -> list[str]:
+    """``flag`` and its aliases, each with ``_`` and ``-`` alike (``--batch_size``, ``--batch-size``)."""
+    out: list[str] = []
+    for f in (flag, *aliases):
+        body = f[2:]
+        for s in (f, "--" + body.replace("-", "_"), "--" + body.replace("_", "-")):
+            if s not in out:
+                out.append(s)
+    return out
+
+
+def _optional(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        return None if text.lower() == "none" else kind(text)
+
+    parse.__name__ = kind.__name__  # argparse names the type in "invalid int value"
+    return parse
+
+
+def _add_field(
+    q: argparse._ActionsContainer, cls: type, field: str, spec: tuple[str, tuple[str, ...], str]
+) -> None:
+    """A flag for a config field: its type, choices and default read from the dataclass."""
+    flag, aliases, help_text = spec
+    hint = typing.get_type_hints(cls)[field]
+    default = next(f.default for f in dataclasses.fields(cls) if f.name == field)
+    kw: dict[str, Any] = {"dest": field, "default": default, "help": help_text}
+    metavar = flag[2:].upper()
+    args = [t for t in typing.get_args(hint) if t is not type(None)]
+    if typing.get_origin(hint) is typing.Literal:
+        kw.update(choices=choices_of(hint))
+    elif typing.get_origin(hint) is tuple:  # tuple[int, ...]
+        kw.update(type=args[0], nargs="+", metavar="C")
+    elif len(args) == 1 and type(None) in typing.get_args(hint):  # int | None, float | None
+        kw.update(type=_optional(args[0]), metavar=f"{metavar}|none")
+    else:
+        kw.update(type=hint, metavar=metavar)
+    q.add_argument(*_spellings(flag, *aliases), **kw)
+
+
+def _field_value(a: argparse.Namespace, field: str) -> Any:
+    v = getattr(a, field)
+    return tuple(v) if isinstance(v, list) else v  # nargs="+" gives a list
+
+
+# evaluate_split's defaults, read once (the flags show them)
+_EVAL = {k: v.default for k, v in inspect.signature(evaluate_split).parameters.items()}
+_EVAL_BATCH: int = _EVAL["batch_size"]
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="diffsample", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="diffsample", description=__doc__, formatter_class=_Formatter, allow_abbrev=False
     )
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, metavar="{demo,train,evaluate}")
 
-    def common(
-        q: argparse.ArgumentParser, *, samples: int, steps: int, windows: int | None
-    ) -> None:
-        q.add_argument(
-            "--samples", type=int, default=samples, help="samples per window (default %(default)s)"
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(
+            name,
+            help=help_text,
+            description=help_text,
+            formatter_class=_Formatter,
+            allow_abbrev=False,
         )
-        q.add_argument(
-            "--steps", type=int, default=steps, help="sampling steps (default %(default)s)"
+
+    def data_flags(q: argparse.ArgumentParser, data_help: str) -> argparse._ArgumentGroup:
+        g = q.add_argument_group("data")
+        g.add_argument("--data", default=None, help=data_help)
+        g.add_argument(
+            *_spellings("--root_path"),
+            default=None,
+            help="folder of --data_path (Time-Series-Library; default: the current folder)",
         )
-        q.add_argument("--sampler", choices=choices_of(SAMPLERS), default="ddim")
-        q.add_argument(
-            "--windows", type=int, default=windows, help="score only the first N windows"
+        g.add_argument(
+            *_spellings("--data_path"),
+            default=None,
+            help="the CSV's file name in --root_path; --data then names its split protocol "
+            f"({', '.join(_TSL_DATA)}; default: by the file's name). Without it, --data is the "
+            "source",
         )
-        q.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-        q.add_argument("--seed", type=int, default=TrainConfig.seed)
-        q.add_argument("--no-progress", dest="progress", action="store_false", default=None)
+        g.add_argument(
+            "--download",
+            action="store_true",
+            help="fetch a named ETT file into the cache if missing",
+        )
+        return g
 
-    def window_lengths(q: argparse.ArgumentParser) -> None:
-        q.add_argument("--lookback", type=int, default=ForecastConfig.lookback)
-        q.add_argument("--horizon", type=int, default=ForecastConfig.horizon)
+    def model_and_training(q: argparse.ArgumentParser) -> None:
+        g = q.add_argument_group("model (ForecastConfig)")
+        for field, spec in _MODEL_FLAGS.items():
+            _add_field(g, ForecastConfig, field, spec)
+        g = q.add_argument_group("training (TrainConfig)")
+        for field, spec in _TRAIN_FLAGS.items():
+            _add_field(g, TrainConfig, field, spec)
+        g.add_argument(
+            *_spellings("--use_amp"),
+            dest="amp",
+            action="store_const",
+            const="auto",
+            default=argparse.SUPPRESS,
+            help="Time-Series-Library's switch: the same as --amp auto",
+        )
+        g.add_argument(
+            "--resume",
+            action="store_true",
+            help="continue the killed run saved in --out/model.pt (pass the same flags)",
+        )
 
-    d = sub.add_parser(
-        "demo", help="train a small model on the built-in synthetic data and score it"
-    )
-    d.add_argument("--out", default="runs/demo")
-    window_lengths(d)
-    d.add_argument("--epochs", type=int, default=4)
-    d.add_argument("--batches-per-epoch", type=int, default=100)
-    common(d, samples=32, steps=20, windows=128)
-    d.set_defaults(run=_demo)
+    def sampling(
+        q: argparse.ArgumentParser,
+        *,
+        out_help: str,
+        out_default: str | None = None,
+        out_required: bool = False,
+    ) -> argparse._ArgumentGroup:
+        s = g = q.add_argument_group("sampling and scoring")
+        g.add_argument(
+            "--samples",
+            type=int,
+            default=_EVAL["n_samples"],
+            help="S, samples per window",
+        )
+        g.add_argument(
+            "--steps",
+            type=int,
+            default=_EVAL["num_steps"],
+            help="K, sampling steps",
+        )
+        g.add_argument(
+            "--sampler",
+            choices=choices_of(SAMPLERS),
+            default=_EVAL["sampler"],
+            help="the sampler",
+        )
+        g.add_argument(
+            "--windows",
+            type=_optional(int),
+            default=None,
+            help="score only the first N windows of the split; none: all",
+        )
+        g.add_argument(
+            *_spellings("--save_samples"),
+            action="store_true",
+            help="also write the samples, [S, W, H, N] float32 with their window ids (.pt)",
+        )
+        g = q.add_argument_group("run")
+        g.add_argument("--out", default=out_default, required=out_required, help=out_help)
+        g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+        g.add_argument(
+            "--threads",
+            type=_optional(int),
+            default=None,
+            help="CPU threads of torch; none: torch's own choice. On a busy machine fewer "
+            "threads are faster (an idle OpenMP thread spins)",
+        )
+        g.add_argument(
+            *_spellings("--no_progress"),
+            dest="progress",
+            action="store_false",
+            default=None,
+            help="no progress bars (there are none without a terminal anyway)",
+        )
+        return s
 
-    t = sub.add_parser(
-        "train", help="train on a CSV (ETT protocol or 70/10/20) or the synthetic data"
+    d = command("demo", "train a small model on the built-in synthetic data and score it")
+    model_and_training(d)
+    sampling(d, out_help="folder for model.pt and the results", out_default="runs/demo")
+    d.set_defaults(run=_demo, data=None, download=False, enc_in=None, **_DEMO)
+
+    t = command(
+        "train",
+        "train on a CSV (ETT protocol or 70/10/20) or the synthetic data, then score the test split",
     )
-    t.add_argument(
-        "--data",
-        default=None,
-        help="ETTh1 | ETTh2 | ETTm1 | ETTm2 | a CSV path | synthetic (default)",
+    g = data_flags(
+        t, "ETTh1 | ETTh2 | ETTm1 | ETTm2 | a CSV path | synthetic (default: the synthetic data)"
     )
-    t.add_argument(
-        "--download", action="store_true", help="fetch a named ETT file into the cache if missing"
-    )
-    t.add_argument("--out", required=True)
-    window_lengths(t)
-    t.add_argument("--d-model", type=int, default=ForecastConfig.d_model)
-    t.add_argument("--denoiser", choices=choices_of(DenoiserName), default=ForecastConfig.denoiser)
-    t.add_argument(
-        "--prediction", choices=choices_of(Prediction), default=ForecastConfig.prediction
-    )
-    t.add_argument("--schedule", choices=choices_of(ScheduleName), default=ForecastConfig.schedule)
-    t.add_argument(
-        "--epochs",
+    g.add_argument(
+        *_spellings("--enc_in"),
         type=int,
-        default=TrainConfig.point_epochs,
-        help="stage 1 (point forecast) epochs",
+        default=None,
+        help="N, the data's variates (Time-Series-Library); if given, checked against the data",
     )
-    t.add_argument("--diffusion-epochs", type=int, default=TrainConfig.diffusion_epochs)
-    t.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
-    t.add_argument("--batches-per-epoch", type=int, default=TrainConfig.max_batches_per_epoch)
-    t.add_argument("--amp", choices=choices_of(AmpMode), default=TrainConfig.amp)
-    common(t, samples=100, steps=50, windows=None)
+    model_and_training(t)
+    sampling(t, out_help="folder for model.pt and the results", out_required=True)
     t.set_defaults(run=_train)
 
-    e = sub.add_parser("evaluate", help="score a saved model on a split")
-    e.add_argument("checkpoint")
-    e.add_argument("--data", default=None)
-    e.add_argument("--download", action="store_true")
-    e.add_argument("--split", choices=_SPLITS, default="test")
-    e.add_argument("--batch-size", type=int, default=256, help="windows per forecast call")
-    e.add_argument("--out", default=None)
-    common(e, samples=100, steps=50, windows=None)
+    e = command("evaluate", "score a saved model on a split of the data it was trained on")
+    e.add_argument("checkpoint", help="a model.pt written by diffsample train")
+    data_flags(e, "the data to score on (default: the checkpoint's own; other data are refused)")
+    g = sampling(
+        e,
+        out_help="the results file; a folder puts eval_<split>.json there (default: "
+        "eval_<split>.json beside the checkpoint)",
+    )
+    g.add_argument("--split", choices=_SPLITS, default="test", help="the split to score")
+    g.add_argument(
+        *_spellings("--batch_size"), type=int, default=_EVAL_BATCH, help="windows per forecast call"
+    )
+    g.add_argument(
+        *_spellings("--allow_unfinished"),
+        action="store_true",
+        help="also score the checkpoint of a run that has not finished (its best weights so far)",
+    )
+    g.add_argument("--seed", type=int, default=TrainConfig.seed, help="keys the sampling noise")
     e.set_defaults(run=_evaluate)
     return p
 
@@ -287,13 +773,36 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
     args = _parser().parse_args(argv)
+    threads = torch.get_num_threads()
     try:
+        if args.threads is not None:  # for this command only (main may run in-process)
+            torch.set_num_threads(check_int("--threads", args.threads))
         args.run(args)
+    except KeyboardInterrupt:
+        hint = (
+            " (continue it with the same command and --resume)"
+            if args.command != "evaluate"
+            else ""
+        )
+        print(f"diffsample: interrupted{hint}", file=sys.stderr)
+        return 130
     except _USER_ERRORS as exc:
-        message = " ".join(str(exc).split())  # one line, whatever the message held
-        print(f"diffsample {args.command}: error: {message}", file=sys.stderr)
+        print(f"diffsample: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except Exception as exc:  # a bug: still one line, and a different status
+        print(
+            f"diffsample: error: unexpected {type(exc).__name__}: {_one_line(exc)} (a bug in "
+            "diffsample; please report it with the command line)",
+            file=sys.stderr,
+        )
+        return 1
+    finally:
+        torch.set_num_threads(threads)
     return 0
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 if __name__ == "__main__":

@@ -1,30 +1,44 @@
 """Scoring a split: probabilistic forecasts batch by batch into streaming metrics, with timings.
 
-Dimensions: S samples, B windows per forecast call, H horizon, N variates.
+Dimensions: S samples, B windows per forecast call, W windows scored, H horizon, N variates,
+V interval levels.
 
     for each batch of B windows:  Forecast(samples [S, B, H, N], point [B, H, N]) = model.forecast(...)
                                    ForecastMetrics.update(samples, y)    float64 sums, nothing kept
-    Evaluation(metrics, sampler, steps, samples, windows, seconds)
+                                   StepMetrics.update(samples, y, point) float64 sums [H] per score
+                                   on_batch(batch, forecast)             the caller's hook
+    Evaluation(metrics, sampler, steps, samples, windows, seconds, scoring_seconds, per_step)
 
-Windows keep their index in the split as the key of their noise, so the scores do not depend
-on the batch size (up to the float round-off of the denoiser's kernels).
+The backbone's point_mse and point_mae are StepMetrics' overall means. Windows keep their index
+in the split as the key of their noise, so the scores do not depend on the batch size (up to
+the float round-off of the denoiser's kernels). One progress bar covers the whole split
+(windows done, samples per second, time left), not one per batch.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
+from tqdm.auto import tqdm
 
-from .._utils import check_int, expected
-from ..metrics import ForecastMetrics
-from ..samplers import Sampler
-from .data import ForecastSplit
-from .model import ITransformerDiffusion
+from .._utils import (
+    check_choice,
+    check_int,
+    check_number,
+    check_tensor,
+    expected,
+    progress_disabled,
+)
+from ..metrics import ForecastMetrics, coverage, crps
+from ..samplers import SAMPLERS, Sampler
+from .data import ForecastSplit, WindowBatch
+from .model import Forecast, ITransformerDiffusion
 
-__all__ = ["Evaluation", "evaluate_split"]
+__all__ = ["Evaluation", "StepMetrics", "check_evaluation_args", "evaluate_split"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +54,9 @@ class Evaluation:
         samples: S samples per window.
         windows: windows scored.
         seconds: wall time of the forecast calls (backbone and sampling), device synchronised.
+        scoring_seconds: wall time of the metrics (both accumulators).
+        per_step: column name -> H values, the scores of each horizon step averaged over
+            windows and variates (:meth:`StepMetrics.compute`); empty if not computed.
     """
 
     metrics: Mapping[str, float]
@@ -48,14 +65,20 @@ class Evaluation:
     samples: int
     windows: int
     seconds: float
+    scoring_seconds: float = 0.0
+    per_step: Mapping[str, tuple[float, ...]] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        # a private copy: the caller's dict changing later must not change a frozen record
+        # private copies: the caller's dicts changing later must not change a frozen record
         object.__setattr__(self, "metrics", {k: float(v) for k, v in self.metrics.items()})
+        per_step = {k: tuple(float(x) for x in v) for k, v in self.per_step.items()}
+        object.__setattr__(self, "per_step", per_step)
 
     def as_dict(self) -> dict[str, float | int | str]:
         """One flat JSON-ready dict: the metrics, then ``windows``, ``samples``, ``steps``,
-        ``sampler`` and ``sampling_seconds`` (rounded to milliseconds)."""
+        ``sampler``, ``sampling_seconds`` and ``scoring_seconds`` (rounded to milliseconds).
+        NaN metrics stay NaN here; :func:`diffsample.forecast.report.write_json` writes them
+        as null."""
         return {
             **self.metrics,
             "windows": self.windows,
@@ -63,7 +86,118 @@ class Evaluation:
             "steps": self.steps,
             "sampler": self.sampler,
             "sampling_seconds": round(self.seconds, 3),
+            "scoring_seconds": round(self.scoring_seconds, 3),
         }
+
+
+class StepMetrics:
+    """Scores per horizon step, streaming: float64 sums ``[H]`` over windows and variates.
+
+    Computed with the public elementwise scores (:func:`diffsample.crps`,
+    :func:`diffsample.metrics.coverage`), so each column agrees with the headline metric of the
+    same name averaged over the steps (for equal counts per step, as here).
+
+    Columns of :meth:`compute`: ``step`` (1..H), ``point_mse``, ``point_mae`` (the backbone's
+    point forecast), ``mse_mean``, ``mae_mean`` (the mean of the samples), ``crps`` (exact,
+    ecdf), ``coverage_<p>`` per interval level (p in percent).
+
+    Args:
+        levels: central interval levels, each in (0, 1).
+    """
+
+    def __init__(self, *, levels: Sequence[float] = (0.5, 0.9)) -> None:
+        self._levels = tuple(
+            check_number(f"levels[{i}]", v, minimum=0.0, maximum=1.0, open_min=True, open_max=True)
+            for i, v in enumerate(levels)
+        )
+        self._sums: dict[str, torch.Tensor] = {}  # column -> [H] float64, on the data's device
+        self._count = 0  # windows x variates per step
+
+    def update(
+        self, samples: torch.Tensor, obs: torch.Tensor, point: torch.Tensor | None = None
+    ) -> None:
+        """Add one batch.
+
+        Args:
+            samples: ``[S, B, H, N]``.
+            obs: ``[B, H, N]``.
+            point: ``[B, H, N]`` point forecast, or None (its columns are then not reported).
+        """
+        check_tensor("samples", samples, floating=True)
+        check_tensor("obs", obs, floating=True)
+        if samples.ndim != 4 or obs.shape != samples.shape[1:]:
+            raise ValueError(
+                f"samples, obs: expected [S, B, H, N] and [B, H, N], got "
+                f"{tuple(samples.shape)} and {tuple(obs.shape)}"
+            )
+        y = obs.double()
+
+        def per_step(x: torch.Tensor) -> torch.Tensor:
+            return x.double().sum((0, 2))  # [B, H, N] -> [H]
+
+        parts = {
+            "mse_mean": per_step((samples.mean(0) - y) ** 2),
+            "mae_mean": per_step((samples.mean(0) - y).abs()),
+            "crps": per_step(crps(samples, obs)),
+        }
+        for level in self._levels:
+            parts[f"coverage_{100 * level:g}"] = per_step(coverage(samples, obs, level=level))
+        if point is not None:
+            err = point.double() - y  # [B, H, N]
+            parts.update(point_mse=per_step(err**2), point_mae=per_step(err.abs()))
+        for k, v in parts.items():
+            self._sums[k] = self._sums[k] + v if k in self._sums else v
+        self._count += obs.shape[0] * obs.shape[2]
+
+    def overall(self, column: str) -> float:
+        """A column's mean over every step, window and variate (NaN before the first update)."""
+        if column not in self._sums:
+            return math.nan
+        total = self._sums[column].sum()
+        return float(total) / (self._count * self._sums[column].shape[0])
+
+    def compute(self) -> dict[str, tuple[float, ...]]:
+        """Column name -> H values (means per step); empty before the first update."""
+        if not self._sums:
+            return {}
+        horizon = next(iter(self._sums.values())).shape[0]
+        out: dict[str, tuple[float, ...]] = {"step": tuple(float(h + 1) for h in range(horizon))}
+        order = ["point_mse", "point_mae", "mse_mean", "mae_mean", "crps"]
+        order += [k for k in self._sums if k.startswith("coverage_")]
+        for k in order:
+            if k in self._sums:
+                out[k] = tuple((self._sums[k] / self._count).cpu().tolist())
+        return out
+
+
+def check_evaluation_args(
+    *,
+    n_samples: object,
+    num_steps: object,
+    sampler: object,
+    batch_size: object,
+    max_windows: object,
+) -> tuple[int, int, int, int | None]:
+    """The sampling settings of :func:`evaluate_split`, checked (the command checks them before
+    training, so that a bad value fails in a second, not after the training it follows).
+
+    Returns:
+        ``(n_samples, num_steps, batch_size, max_windows)`` as ints (``max_windows`` may be None).
+
+    Raises:
+        TypeError: a non-integer count, a sampler that is neither a name nor a callable.
+        ValueError: a count below 1, an unknown sampler name.
+    """
+    if isinstance(sampler, str):
+        check_choice("sampler", sampler, SAMPLERS)
+    elif not callable(sampler):
+        raise TypeError(expected("sampler", "a name in SAMPLERS or a sampler function", sampler))
+    return (
+        check_int("n_samples", n_samples),
+        check_int("num_steps", num_steps),
+        check_int("batch_size", batch_size),
+        None if max_windows is None else check_int("max_windows", max_windows),
+    )
 
 
 def evaluate_split(
@@ -77,6 +211,7 @@ def evaluate_split(
     max_windows: int | None = None,
     seed: int = 0,
     progress: bool | None = None,
+    on_batch: Callable[[WindowBatch, Forecast], None] | None = None,
 ) -> Evaluation:
     """Score the first ``max_windows`` windows of a split (all by default), streaming: the
     samples of one batch are scored and dropped before the next is drawn.
@@ -92,49 +227,75 @@ def evaluate_split(
         batch_size: windows per :meth:`~ITransformerDiffusion.forecast` call.
         max_windows: score only the first this many windows.
         seed: keys the noise together with each window's index in the split.
-        progress: passed to ``forecast``.
+        progress: None or True: one bar for the whole split (windows, samples per second, time
+            left) when stderr is a terminal; False: none.
+        on_batch: called after each batch is scored with the batch and its forecast
+            (``samples [S, B, H, N]``, ``point [B, H, N]``, on the model's device), e.g. to
+            keep some samples (:mod:`diffsample.forecast.report`); the loop keeps nothing.
 
     Returns:
-        An :class:`Evaluation`; ``.as_dict()`` gives the JSON the ``diffsample`` command writes.
+        An :class:`Evaluation`; ``.as_dict()`` gives the scores the ``diffsample`` command writes.
     """
     if not isinstance(model, ITransformerDiffusion):
         raise TypeError(expected("model", "an ITransformerDiffusion", model))
     if not isinstance(split, ForecastSplit):
         raise TypeError(expected("split", "a ForecastSplit (e.g. load_dataset(...).test)", split))
-    n_samples = check_int("n_samples", n_samples)
-    num_steps = check_int("num_steps", num_steps)
-    batch_size = check_int("batch_size", batch_size)
+    n_samples, num_steps, batch_size, max_windows = check_evaluation_args(
+        n_samples=n_samples,
+        num_steps=num_steps,
+        sampler=sampler,
+        batch_size=batch_size,
+        max_windows=max_windows,
+    )
+    if on_batch is not None and not callable(on_batch):
+        raise TypeError(expected("on_batch", "a callable or None", on_batch))
     if len(split) == 0:
         raise ValueError("split: expected at least one window, got an empty split")
-    n = len(split)
-    if max_windows is not None:
-        n = min(check_int("max_windows", max_windows), n)
+    n = len(split) if max_windows is None else min(max_windows, len(split))
     device = next(model.parameters()).device
     split = split.to(device)
-    metrics = ForecastMetrics()
-    sq = ab = torch.zeros((), dtype=torch.float64, device=device)
-    count, seconds = 0, 0.0
-    for lo in range(0, n, batch_size):
-        b = split.windows(torch.arange(lo, min(lo + batch_size, n)))
-        t0 = time.perf_counter()
-        fc = model.forecast(
-            b.x,
-            n_samples,
-            time_features=b.x_mark,
-            sampler=sampler,
-            num_steps=num_steps,
-            seed=seed,
-            window_ids=b.index,
-            progress=progress,
-        )
-        if device.type == "cuda":  # kernels run asynchronously: time them, not their launch
-            torch.cuda.synchronize(device)
-        seconds += time.perf_counter() - t0
-        metrics.update(fc.samples, b.y)
-        err = (fc.point - b.y).double()  # [B, H, N]
-        sq, ab, count = sq + (err**2).sum(), ab + err.abs().sum(), count + err.numel()
+    metrics, steps = ForecastMetrics(), StepMetrics()
+    seconds, scoring = 0.0, 0.0
+    bar = tqdm(
+        total=n,
+        unit="window",
+        desc=f"sampling {split.name}",
+        leave=False,
+        disable=progress_disabled(progress),
+    )
+    try:
+        for lo in range(0, n, batch_size):
+            b = split.windows(torch.arange(lo, min(lo + batch_size, n)))
+            t0 = time.perf_counter()
+            fc = model.forecast(
+                b.x,
+                n_samples,
+                time_features=b.x_mark,
+                sampler=sampler,
+                num_steps=num_steps,
+                seed=seed,
+                window_ids=b.index,
+                progress=False,  # the one bar is this loop's
+            )
+            if device.type == "cuda":  # kernels run asynchronously: time them, not their launch
+                torch.cuda.synchronize(device)
+            t1 = time.perf_counter()
+            metrics.update(fc.samples, b.y)
+            steps.update(fc.samples, b.y, fc.point)
+            if device.type == "cuda":  # the metrics' kernels too
+                torch.cuda.synchronize(device)
+            seconds, scoring = seconds + t1 - t0, scoring + time.perf_counter() - t1
+            if on_batch is not None:
+                on_batch(b, fc)
+            bar.update(b.x.shape[0])
+            bar.set_postfix_str(f"{bar.n * n_samples / max(seconds, 1e-9):.0f} samples/s")
+    finally:
+        bar.close()
+    t0 = time.perf_counter()
     scores = dict(metrics.compute())
-    scores.update(point_mse=float(sq) / count, point_mae=float(ab) / count)
+    scores.update(point_mse=steps.overall("point_mse"), point_mae=steps.overall("point_mae"))
+    per_step = steps.compute()
+    scoring += time.perf_counter() - t0
     return Evaluation(
         metrics=scores,
         sampler=sampler if isinstance(sampler, str) else getattr(sampler, "__name__", "custom"),
@@ -142,4 +303,6 @@ def evaluate_split(
         samples=n_samples,
         windows=n,
         seconds=seconds,
+        scoring_seconds=scoring,
+        per_step=per_step,
     )
