@@ -6,6 +6,9 @@ Not part of the default test run. Run::
 
 Each benchmark times one full sampling run (DDIM, the token denoiser at ETTh1 shapes), records
 rows, chunk and peak memory in extra_info, and checks the result against the reference run.
+``test_cpu_autocast_and_compile`` compares eager fp32 with bf16 autocast and with
+``torch.compile`` of the denoiser (compile time excluded: a warm-up round; see
+docs/benchmarks.md for why neither is on by default on a CPU).
 Environment: DIFFSAMPLE_BENCH_STEPS (default 50), DIFFSAMPLE_BENCH_B (default "16,64,256"),
 DIFFSAMPLE_BENCH_S (samples per window in the batch benchmarks, default 32).
 """
@@ -108,3 +111,20 @@ def test_noise_cost(benchmark, kind):
     )
     out = benchmark.pedantic(fn, rounds=5, iterations=1, warmup_rounds=1)
     assert out.shape == (8192, *EVENT)
+
+
+# ---------------------------------------------------------------- bf16 autocast, torch.compile
+@pytest.mark.parametrize("mode", ["eager_fp32", "autocast_bf16", "compiled"])
+def test_cpu_autocast_and_compile(benchmark, mode):
+    """B = 16 windows x S = 32 at the default chunking; "compiled" wraps the denoiser in
+    torch.compile (inductor) and pays its compilation in the warm-up round, not the timing."""
+    benchmark.group = f"CPU eager vs bf16 vs torch.compile, B=16, S={S_BATCH}, DDIM-{K}"
+    z, M = make_cond(16), 16 * S_BATCH
+    net = torch.compile(NET) if mode == "compiled" else NET
+    kw = {"autocast": torch.bfloat16} if mode == "autocast_bf16" else {}
+    fn = functools.partial(folded, net, z, S_BATCH, K, **kw)
+    out = benchmark.pedantic(fn, rounds=3, iterations=1, warmup_rounds=1)
+    benchmark.extra_info.update(rows=M, steps=K, mode=mode)
+    ref = folded(NET, z, S_BATCH, K)
+    tol = 0.05 if mode == "autocast_bf16" else 1e-4  # bf16: 8 significant bits in the network
+    torch.testing.assert_close(out, ref, rtol=tol, atol=tol * float(ref.abs().max()))

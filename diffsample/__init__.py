@@ -8,7 +8,7 @@ Core API (the forecasting layer lives in ``diffsample.forecast`` and is imported
 from .batching import plan_chunk, sample_many
 from .metrics import ForecastMetrics, crps, crps_sum, quantile_crps
 from .noise import keyed_normal
-from .prediction import Denoiser, Prediction, to_x0_eps, training_target
+from .prediction import Denoiser, Prediction, PreparesCond, to_x0_eps, training_target
 from .samplers import SAMPLERS, sample_ddim, sample_ddpm, sample_dpmpp_2m
 from .schedules import NoiseSchedule
 
@@ -20,6 +20,7 @@ __all__ = [
     "ForecastMetrics",
     "NoiseSchedule",
     "Prediction",
+    "PreparesCond",
     "crps",
     "crps_sum",
     "keyed_normal",

@@ -15,13 +15,15 @@ import functools
 import logging
 import math
 import numbers
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
 from ._utils import (
+    check_bool,
     check_choice,
     check_finite,
     check_int,
@@ -29,9 +31,10 @@ from ._utils import (
     expected,
     progress_disabled,
 )
+from .graph import ChunkGraph, HostSyncError
 from .memory import back_off, fit_row_cost, free_bytes, is_oom
 from .noise import keyed_normal, row_keys
-from .prediction import Denoiser, check_output
+from .prediction import Denoiser, autocast_denoiser, check_output
 from .samplers import SAMPLERS, Sampler, check_grid
 from .schedules import NoiseSchedule
 
@@ -74,6 +77,8 @@ def sample_many(
     seed: int = 0,
     device: str | torch.device | None = None,
     dtype: torch.dtype = torch.float32,
+    autocast: torch.dtype | None = None,
+    graph: bool = False,
     progress: bool | None = None,
     **sampler_kwargs: Any,
 ) -> torch.Tensor:
@@ -89,7 +94,11 @@ def sample_many(
     Args:
         sampler: a sampler function (``sample_ddpm``, ``sample_ddim``, ``sample_dpmpp_2m`` or any
             :class:`~diffsample.samplers.Sampler`) or its name ("ddpm", "ddim", "dpmpp_2m").
-        denoiser: ``denoiser(x_t [M, *E], t [M] long, **cond) -> [M, *E]``.
+        denoiser: ``denoiser(x_t [M, *E], t [M] long, **cond) -> [M, *E]``. ``t`` is a stride-0
+            view of one step (see :class:`~diffsample.prediction.Denoiser`). If it has a
+            ``prepare_cond(**cond) -> dict`` method (:class:`~diffsample.prediction.PreparesCond`),
+            that is called once on the B conditions and its tensors are gathered per chunk
+            instead of ``cond``.
         event_shape: E, the shape of one sample.
         n_samples: S >= 1 samples per condition.
         schedule: the training schedule (keyword-only, required).
@@ -106,6 +115,15 @@ def sample_many(
         device: where to sample; default the device of ``cond``'s tensors, else of the
             denoiser's parameters, else CPU.
         dtype: dtype of the samples (the noise is drawn in float32 and cast).
+        autocast: run only the denoiser (and its ``prepare_cond``) under
+            ``torch.autocast(device.type, autocast)``, e.g. ``torch.bfloat16``; its output is
+            cast back to ``dtype`` before conversion, and x, the update arithmetic and the
+            schedule coefficients stay in ``dtype``. None (default): no autocast.
+        graph: CUDA only: capture one chunk's whole step loop (denoiser, update, keyed noise) as
+            a CUDA graph and replay it per chunk; chunks have a fixed size (the last is padded
+            and the padded rows dropped). Where it cannot run (not CUDA, a per-step
+            ``callback``, a non-tensor cond value, a failed capture) it warns once and samples
+            eagerly. With it the progress bar advances once per chunk.
         progress: None or True: a progress bar when stderr is a terminal; False: none.
         **sampler_kwargs: passed to the sampler: ``prediction``, ``eta``, ``clip_x0``,
             ``variance``, ``callback``, ... (not ``generator`` or ``noise_sampler``: the noise
@@ -113,7 +131,8 @@ def sample_many(
 
     Returns:
         Samples ``[S, B, *E]``. For a given seed x_T is bitwise identical whatever the chunking,
-        and the outputs agree to the float round-off of the denoiser's kernels.
+        and the outputs agree to the float round-off of the denoiser's kernels (graph mode
+        included: it replays the eager kernels).
 
     Raises:
         TypeError: an argument of the wrong kind (a float ``n_samples``, a non-tensor
@@ -129,6 +148,7 @@ def sample_many(
     E = _check_event_shape(event_shape)
     S = check_int("n_samples", n_samples)
     seed = check_int("seed", seed, minimum=None)
+    graph = check_bool("graph", graph)
     _check_dtype(dtype)
     if not isinstance(schedule, NoiseSchedule):
         raise TypeError(expected("schedule", "a NoiseSchedule", schedule))
@@ -144,13 +164,19 @@ def sample_many(
     for k, v in cond.items():  # once, before sampling: NaN in a condition means NaN samples
         if isinstance(v, torch.Tensor) and v.is_floating_point():
             check_finite(f"cond[{k!r}]", v)
-
+    denoiser = autocast_denoiser(denoiser, device.type, _check_autocast(autocast))
     user_callback = sampler_kwargs.pop("callback", None)
     n_steps = len(grid)
+    grid_t = torch.tensor(grid, dtype=torch.long)  # [K] on the host: no transfer in a capture
     with torch.no_grad():
+        cond = _prepared_cond(denoiser, cond, B)
         chunk = _plan(
             denoiser, E, M, max_batch, memory_budget, device, dtype, cond, B, t_probe=grid[0]
         )
+        why_not = _graph_unavailable(device, user_callback, cond) if graph else None
+        if why_not is not None:
+            warnings.warn(f"sample_many: graph=True {why_not}; sampling eagerly", stacklevel=2)
+            graph = False
         out = torch.empty((M, *E), dtype=dtype, device=device)  # [S * B, *E]
         with tqdm(
             total=math.ceil(M / chunk) * n_steps,
@@ -165,25 +191,42 @@ def sample_many(
                 if user_callback is not None:
                     user_callback(info)
 
+            def run(
+                keys: torch.Tensor, rows: Mapping[str, Any], callback: Any = None
+            ) -> torch.Tensor:
+                """One chunk: keys [C] -> samples [C, *E]."""
+                return sample_fn(
+                    denoiser,
+                    keyed_normal(keys, -1, E, dtype=dtype),  # x_T [C, *E]
+                    schedule,
+                    grid_t,
+                    cond=rows,
+                    noise_sampler=functools.partial(keyed_normal, keys, event_shape=E, dtype=dtype),
+                    progress=False,
+                    callback=callback,
+                    **sampler_kwargs,
+                )
+
+            replay: ChunkGraph | None = None
             r0 = 0
             while r0 < M:
                 r1 = min(r0 + chunk, M)
-                s_idx, b_idx = _rows(r0, r1, B, device)
-                keys = row_keys(seed, ids[b_idx], s_idx)  # [rows]
+                # graph mode: every chunk has `chunk` rows; the last one's padding repeats its
+                # last row (same keys, same cond) and is dropped below
+                s_idx, b_idx = _rows(r0, r0 + chunk if graph else r1, B, device, end=r1)
+                keys = row_keys(seed, ids[b_idx], s_idx)  # [C]
+                rows = _cond_rows(cond, B, b_idx)
                 try:
-                    y = sample_fn(
-                        denoiser,
-                        keyed_normal(keys, -1, E, dtype=dtype),  # x_T [rows, *E]
-                        schedule,
-                        timesteps,
-                        cond=_cond_rows(cond, B, b_idx),
-                        noise_sampler=functools.partial(
-                            keyed_normal, keys, event_shape=E, dtype=dtype
-                        ),
-                        progress=False,
-                        callback=on_step,
-                        **sampler_kwargs,
-                    )
+                    if not graph:
+                        y = run(keys, rows, on_step)
+                    else:
+                        if replay is None:
+                            replay, y = _capture(run, keys, rows)
+                            graph = replay is not None
+                        else:
+                            y = replay(keys, rows)
+                        y = y[: r1 - r0]  # [rows, *E]: the padded rows dropped
+                        bar.update(n_steps)
                 except Exception as exc:
                     if not is_oom(exc) or r1 - r0 == 1:
                         raise
@@ -191,6 +234,7 @@ def sample_many(
                 else:
                     failed = False
                 if failed:  # outside the except block, so the failed chunk's tensors are released
+                    replay, graph = None, False  # the eager loop backs off; a graph would not fit
                     chunk = back_off(r1 - r0, device, "sample_many")
                     bar.total = bar.n + math.ceil((M - r0) / chunk) * n_steps
                     bar.set_postfix(rows=M, chunk=chunk)
@@ -198,6 +242,77 @@ def sample_many(
                 out[r0:r1] = _check_samples(y, r0, r1, B)
                 r0 = r1
     return out.view(S, B, *E)
+
+
+def _capture(
+    run: Callable[..., torch.Tensor], keys: torch.Tensor, rows: Mapping[str, Any]
+) -> tuple[ChunkGraph | None, torch.Tensor]:
+    """(the chunk graph, the first chunk's samples [C, *E]), or (None, those samples) with
+    one warning when the capture fails. The warm-up's own errors (a broken denoiser, OOM)
+    propagate as they would eagerly."""
+    try:  # warm-up: the first chunk, eagerly, on a side stream
+        replay = ChunkGraph(run, keys, rows)
+    except HostSyncError as exc:
+        warnings.warn(
+            f"sample_many: graph=True found a host-device sync in the step loop ({exc}); "
+            "sampling eagerly",
+            stacklevel=3,
+        )
+        return None, run(keys, rows)
+    try:
+        replay.capture()
+    except Exception as exc:  # a sync, a CPU op or an uncapturable kernel in the step loop
+        first_line = str(exc).splitlines()[0] if str(exc) else ""
+        warnings.warn(
+            f"sample_many: graph=True could not capture the step loop "
+            f"({type(exc).__name__}: {first_line}); sampling eagerly",
+            stacklevel=3,
+        )
+        return None, replay.first
+    return replay, replay.first
+
+
+def _graph_unavailable(device: torch.device, callback: Any, cond: Mapping[str, Any]) -> str | None:
+    """Why graph mode cannot run here (None if it can)."""
+    if device.type != "cuda":
+        return f"needs a CUDA device, got {device}"
+    if not torch.cuda.is_available():  # pragma: no cover - a cuda device without CUDA fails earlier
+        return "needs CUDA, which is not available"
+    if callback is not None:
+        return "cannot run a per-step callback (host work) inside a CUDA graph"
+    odd = [k for k, v in cond.items() if not isinstance(v, torch.Tensor)]
+    if odd:
+        return f"needs tensor cond values (static graph inputs), got non-tensors for {odd}"
+    return None
+
+
+def _check_autocast(autocast: object) -> torch.dtype | None:
+    if autocast is None:
+        return None
+    if not (isinstance(autocast, torch.dtype) and autocast.is_floating_point):
+        raise TypeError(
+            expected("autocast", "None or a floating torch.dtype such as torch.bfloat16", autocast)
+        )
+    return autocast
+
+
+def _prepared_cond(denoiser: Any, cond: dict[str, Any], B: int) -> dict[str, Any]:
+    """``denoiser.prepare_cond(**cond)`` (the per-condition hook), checked to keep one row per
+    condition, or ``cond`` itself for a denoiser without the hook."""
+    prepare = getattr(denoiser, "prepare_cond", None)
+    if not callable(prepare):
+        return cond
+    prepared = prepare(**cond)
+    if not isinstance(prepared, Mapping):
+        raise TypeError(expected("denoiser.prepare_cond", "a dict of keyword arguments", prepared))
+    sizes = {k: tuple(v.shape) for k, v in prepared.items() if isinstance(v, torch.Tensor)}
+    wrong = {k: shape for k, shape in sizes.items() if not shape or shape[0] != B}
+    if wrong:
+        raise ValueError(
+            f"denoiser.prepare_cond: expected tensors with the leading dimension B={B} (one row "
+            f"per condition), got shapes {wrong}"
+        )
+    return dict(prepared)
 
 
 def plan_chunk(
@@ -210,6 +325,7 @@ def plan_chunk(
     memory_budget: int | float | None = None,
     device: str | torch.device | None = None,
     dtype: torch.dtype = torch.float32,
+    autocast: torch.dtype | None = None,
     t_probe: int = 0,
 ) -> int:
     """Rows per denoiser call that :func:`sample_many` would use for the same arguments.
@@ -221,8 +337,9 @@ def plan_chunk(
     out of memory, the chunk is at most the largest probe that ran.
 
     Args:
-        denoiser, event_shape, n_samples, cond, max_batch, memory_budget, device, dtype: as in
-            :func:`sample_many` (cond tensors ``[B, ...]``, so the rows are ``n_samples * B``).
+        denoiser, event_shape, n_samples, cond, max_batch, memory_budget, device, dtype,
+            autocast: as in :func:`sample_many` (cond tensors ``[B, ...]``, so the rows are
+            ``n_samples * B``; the denoiser's ``prepare_cond`` hook is applied as there).
         t_probe: the timestep the probe calls see (sample_many uses the grid's first).
 
     Returns:
@@ -233,6 +350,9 @@ def plan_chunk(
     _check_dtype(dtype)
     t_probe = check_int("t_probe", t_probe, minimum=0)
     cond, B, device = _prepare_cond(cond, None, device, denoiser)
+    denoiser = autocast_denoiser(denoiser, device.type, _check_autocast(autocast))
+    with torch.no_grad():
+        cond = _prepared_cond(denoiser, cond, B)
     return _plan(
         denoiser, E, S * B, max_batch, memory_budget, device, dtype, cond, B, t_probe=t_probe
     )
@@ -245,6 +365,7 @@ def row_cost(
     cond: Mapping[str, Any] | None = None,
     device: str | torch.device | None = None,
     dtype: torch.dtype = torch.float32,
+    autocast: torch.dtype | None = None,
     t_probe: int = 0,
 ) -> tuple[float, float]:
     """Memory of sampling as ``(fixed, per_row)`` bytes: two probe calls of the denoiser at
@@ -253,7 +374,7 @@ def row_cost(
     at half the rows (see :func:`diffsample.memory.fit_row_cost`).
 
     Args:
-        denoiser, event_shape, cond, device, dtype: as in :func:`sample_many`.
+        denoiser, event_shape, cond, device, dtype, autocast: as in :func:`sample_many`.
         t_probe: the timestep the probe calls see.
 
     Returns:
@@ -263,6 +384,9 @@ def row_cost(
     _check_dtype(dtype)
     t_probe = check_int("t_probe", t_probe, minimum=0)
     cond, B, device = _prepare_cond(cond, None, device, denoiser)
+    denoiser = autocast_denoiser(denoiser, device.type, _check_autocast(autocast))
+    with torch.no_grad():
+        cond = _prepared_cond(denoiser, cond, B)
     fixed, per_row, _ = _probe(denoiser, E, cond, B, device, dtype, t_probe)
     return fixed, per_row
 
@@ -280,7 +404,7 @@ def _probe(
 
     def call(n: int) -> None:
         x = torch.zeros((n, *E), dtype=dtype, device=device)  # [n, *E]
-        t = torch.full((n,), t_probe, dtype=torch.long, device=device)  # [n]
+        t = torch.full((1,), t_probe, dtype=torch.long, device=device).expand(n)  # [n], stride 0
         check_output(denoiser(x, t, **_cond_rows(cond, B, _rows(0, n, B, device)[1])), x)
 
     with torch.no_grad():
@@ -335,10 +459,14 @@ def _plan(
     return max(1, min(cap, fits))
 
 
-def _rows(r0: int, r1: int, B: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def _rows(
+    r0: int, r1: int, B: int, device: torch.device, *, end: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample and condition index ``[r1 - r0]`` each of rows r0..r1-1 (row r = sample r // B of
-    condition r % B)."""
+    condition r % B); rows at or past ``end`` repeat row ``end - 1`` (a padded graph chunk)."""
     r = torch.arange(r0, r1, device=device)  # [rows]
+    if end is not None and end < r1:
+        r = r.clamp(max=end - 1)
     return r // B, r % B
 
 

@@ -19,16 +19,86 @@ import torch
 
 from ._utils import check_choice, expected
 
-__all__ = ["Denoiser", "Prediction", "check_prediction", "to_x0_eps", "training_target"]
+__all__ = [
+    "Denoiser",
+    "Prediction",
+    "PreparesCond",
+    "autocast_denoiser",
+    "check_prediction",
+    "to_x0_eps",
+    "training_target",
+]
 
 Prediction = Literal["eps", "x0", "v"]
 Scalar = float | torch.Tensor  # a Python float or a tensor broadcastable to [M, *E]
 
 
 class Denoiser(Protocol):
-    """``denoiser(x_t [M, *E], t [M] long, **cond) -> [M, *E]``: eps, x0 or v, as declared."""
+    """``denoiser(x_t [M, *E], t [M] long, **cond) -> [M, *E]``: eps, x0 or v, as declared.
+
+    ``t`` is read-only. The samplers pass one step for all rows as a stride-0 view
+    (``torch.full((1,), t).expand(M)``), so a denoiser may test ``t.stride(0) == 0`` (host
+    metadata, no device sync) and compute what depends on the step alone once, from ``t[:1]``,
+    then broadcast it over the M rows. A ``t`` with ``stride(0) != 0`` (training, or another
+    caller) may hold a different step per row.
+    """
 
     def __call__(self, x_t: torch.Tensor, t: torch.Tensor, **cond: Any) -> torch.Tensor: ...
+
+
+class PreparesCond(Protocol):
+    """The optional per-condition hook: a denoiser with ``prepare_cond(**cond) -> dict``.
+
+    :func:`diffsample.sample_many` calls it once on the B raw conditions (each tensor
+    ``[B, ...]``) before chunking, under the same ``no_grad``/autocast as the denoiser, and
+    then gathers the *prepared* tensors per chunk (each must keep the leading dimension B)
+    and passes them to the denoiser instead of the raw ``cond``. Work that depends on the
+    condition alone (projecting z, attention keys and values of z) then runs once per
+    condition instead of once per row per step. The denoiser must accept the prepared
+    keywords; a caller without the hook (training) keeps passing the raw ones.
+    """
+
+    def prepare_cond(self, **cond: Any) -> dict[str, Any]: ...
+
+
+class _Autocast:
+    """A denoiser that runs under ``torch.autocast(device_type, dtype)`` and answers in the
+    dtype of its input x_t; ``prepare_cond`` (when the wrapped denoiser has it) runs under the
+    same autocast. Only the network sees the low precision: the sampler's update arithmetic,
+    x and the schedule coefficients stay outside it, in the sample dtype."""
+
+    def __init__(self, denoiser: Denoiser, device_type: str, dtype: torch.dtype) -> None:
+        self.denoiser, self.device_type, self.dtype = denoiser, device_type, dtype
+        if callable(getattr(denoiser, "prepare_cond", None)):
+            self.prepare_cond = self._prepare_cond
+
+    def _context(self) -> torch.autocast:
+        # cache_enabled=False: each call is its own autocast region (nothing to reuse), and a
+        # cached weight cast must not outlive a CUDA graph capture
+        return torch.autocast(self.device_type, dtype=self.dtype, cache_enabled=False)
+
+    def __call__(self, x_t: torch.Tensor, t: torch.Tensor, **cond: Any) -> torch.Tensor:
+        with self._context():
+            out = self.denoiser(x_t, t, **cond)
+        return out.to(x_t.dtype) if isinstance(out, torch.Tensor) else out
+
+    def _prepare_cond(self, **cond: Any) -> dict[str, Any]:
+        with self._context():
+            return cast(PreparesCond, self.denoiser).prepare_cond(**cond)
+
+
+def autocast_denoiser(denoiser: Denoiser, device_type: str, dtype: torch.dtype | None) -> Denoiser:
+    """``denoiser`` run under ``torch.autocast(device_type, dtype)``, its output cast back to
+    x_t's dtype before any conversion (``dtype=None``: the denoiser unchanged).
+
+    The one place mixed-precision sampling is applied: :func:`diffsample.sample_many`'s
+    ``autocast=`` wraps the denoiser with it, so only the network runs in bf16/fp16 while x,
+    the update arithmetic and the coefficients stay in the sample dtype (bf16 would round
+    alpha_bar near 1 to exactly 1).
+    """
+    if dtype is None:
+        return denoiser
+    return _Autocast(denoiser, device_type, dtype)
 
 
 def check_prediction(prediction: object) -> Prediction:

@@ -423,3 +423,136 @@ def test_bad_input_messages():
         sample_many("ddim", NET, E, 2, cond={"z": Z}, generator=torch.Generator(), **kw)
     with pytest.raises(TypeError, match="sampler: expected a tensor of 12 rows"):
         sample_many(lambda *a, **k: None, NET, E, 2, cond={"z": Z}, **kw)
+
+
+# ---------------------------------------------------------------- bf16: only the denoiser
+class DtypeRecorder(torch.nn.Module):
+    """CondDenoiser's maths through a Linear (autocast casts it), recording what it sees."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = CondDenoiser()
+        self.lin = torch.nn.Linear(15 + 4 + 1, 32, bias=False)
+        self.lin.weight.data = self.inner.w1.data.T.clone()
+        self.lin2 = torch.nn.Linear(32, 15, bias=False)
+        self.lin2.weight.data = self.inner.w2.data.T.clone()
+        self.seen: list[tuple[torch.dtype, torch.dtype, bool]] = []  # x dtype, output, autocast
+
+    def forward(self, x, t, *, z):
+        h = torch.cat([x.flatten(1), z, t[:, None].to(x.dtype) / 200], dim=1)
+        out = self.lin2(torch.tanh(self.lin(h)))
+        self.seen.append((x.dtype, out.dtype, torch.is_autocast_enabled("cpu")))
+        return out.view_as(x)
+
+
+def test_autocast_runs_only_the_denoiser_in_bf16(monkeypatch):
+    net = DtypeRecorder()
+    coef_dtypes: list[torch.dtype] = []
+    real = batching.SAMPLERS["ddim"]
+
+    def sampler(denoiser, x, schedule, timesteps, **kw):
+        coef_dtypes.append(schedule.alpha_bar(torch.tensor([0])).dtype)
+        return real(denoiser, x, schedule, timesteps, **kw)
+
+    fp32 = sample_many(
+        sampler,
+        net,
+        E,
+        9,
+        cond={"z": Z},
+        schedule=SCH,
+        timesteps=SCH.timesteps(10),
+        seed=11,
+        progress=False,
+    )
+    assert all(s == (torch.float32, torch.float32, False) for s in net.seen)
+    net.seen.clear()
+    bf16 = sample_many(
+        sampler,
+        net,
+        E,
+        9,
+        cond={"z": Z},
+        schedule=SCH,
+        autocast=torch.bfloat16,
+        timesteps=SCH.timesteps(10),
+        seed=11,
+        progress=False,
+    )
+    # the denoiser saw fp32 x under autocast and computed its Linear in bf16 ...
+    assert net.seen and all(s == (torch.float32, torch.bfloat16, True) for s in net.seen)
+    # ... while the samples, and the schedule the sampler reads, stay in fp32 / fp64
+    assert bf16.dtype == torch.float32 and coef_dtypes == [torch.float64] * 2
+    assert not torch.equal(bf16, fp32)
+    # bf16 keeps 8 bits of mantissa (eps 2**-8 = 0.0039); the error of a few steps stays near it
+    torch.testing.assert_close(bf16, fp32, rtol=0, atol=4 * 2**-8 * float(fp32.abs().max()))
+
+
+def test_autocast_must_be_a_floating_dtype():
+    with pytest.raises(TypeError, match=r"autocast: expected None or a floating torch\.dtype"):
+        run(autocast="bf16")
+    with pytest.raises(TypeError, match="autocast"):
+        run(autocast=torch.int8)
+
+
+# ---------------------------------------------------------------- hooks for row-free work
+class Counting(torch.nn.Module):
+    """CondDenoiser with the optional hooks: ``prepare_cond`` projects z once per condition, the
+    step embedding is computed once per call when ``t`` is stride 0. Counts the rows each sees."""
+
+    def __init__(self, hooks: bool = True) -> None:
+        super().__init__()
+        self.net, self.hooks = CondDenoiser(), hooks
+        self.cond_rows = self.step_rows = 0
+        if not hooks:
+            self.prepare_cond = None  # type: ignore[assignment]
+
+    def prepare_cond(self, *, z):  # an instance attribute None hides it (hooks=False)
+        self.cond_rows += z.shape[0]
+        return {"zp": z @ self.net.w1[15:19]}  # [B, 32]
+
+    def forward(self, x, t, *, z=None, zp=None):
+        if zp is None:
+            self.cond_rows += z.shape[0]
+            zp = z @ self.net.w1[15:19]
+        ts = t[:1] if self.hooks and t.stride(0) == 0 else t  # [1] or [M]
+        self.step_rows += ts.shape[0]
+        step = ts[:, None].to(x.dtype) / 200 @ self.net.w1[19:]  # [1 or M, 32]
+        h = x.flatten(1) @ self.net.w1[:15] + zp + step
+        return (torch.tanh(h) @ self.net.w2).view_as(x)
+
+
+@pytest.mark.parametrize("max_batch", [None, 7])
+def test_prepare_cond_and_stride0_step_are_used_once_and_change_nothing(max_batch):
+    hooked, plain = Counting(), Counting(hooks=False)
+    kw = {"max_batch": max_batch, "timesteps": SCH.timesteps(10), "schedule": SCH}
+    a = sample_many("ddim", hooked, E, 9, cond={"z": Z}, seed=11, progress=False, **kw)
+    b = sample_many("ddim", plain, E, 9, cond={"z": Z}, seed=11, progress=False, **kw)
+    torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    calls = 10 * (1 if max_batch is None else -(-54 // 7))  # denoiser calls while sampling
+    assert hooked.cond_rows == 6  # once per condition, before chunking
+    assert plain.cond_rows == 54 * 10  # every row at every step
+    assert hooked.step_rows == calls  # one row per call
+    assert plain.step_rows == 54 * 10
+
+
+def test_prepare_cond_must_keep_one_row_per_condition():
+    class Bad(Counting):
+        def prepare_cond(self, *, z):
+            return {"zp": (z @ self.net.w1[15:19])[:2]}
+
+    with pytest.raises(
+        ValueError,
+        match=r"prepare_cond: expected tensors with the leading "
+        r"dimension B=6.*\{'zp': \(2, 32\)\}",
+    ):
+        sample_many(
+            "ddim",
+            Bad(),
+            E,
+            9,
+            cond={"z": Z},
+            schedule=SCH,
+            timesteps=SCH.timesteps(4),
+            progress=False,
+        )

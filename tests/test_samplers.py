@@ -406,3 +406,19 @@ def test_bad_input_messages():
         sample_ddim(lambda x, t: (x,), x, SCH, grid)
     with pytest.raises(ValueError, match=r"clip_x0: expected a finite number > 0, got float 0\.0"):
         sample_ddim(_toy_eps, x, SCH, grid, clip_x0=0.0)
+
+
+@pytest.mark.parametrize("name", ["ddpm", "ddim", "dpmpp_2m"])
+def test_samplers_pass_one_step_as_a_stride0_view(name):
+    """The step hook of the denoiser contract: t [M] is one value seen through stride 0."""
+    seen = []
+
+    def den(x, t):
+        seen.append((t.shape, t.stride(), t.dtype, t[0].item(), bool((t == t[0]).all())))
+        return 0.1 * x
+
+    sch = NoiseSchedule.cosine(100)
+    ts = sch.timesteps(4)
+    SAMPLERS[name](den, torch.randn(5, 3), sch, ts, progress=False)
+    assert [s[3] for s in seen] == ts.tolist()
+    assert all(s[:3] == ((5,), (0,), torch.long) and s[4] for s in seen)
