@@ -5,6 +5,19 @@ backbone's variate tokens z, C U-Net channels, T train steps.
 
 Contract (the core's): ``denoiser(x_t [M, H, N], t [M] long, *, z [M, N, Dz]) -> [M, H, N]``.
 
+Both use the core's two optional hooks for work that does not depend on the row:
+
+- per step: when ``t.stride(0) == 0`` (the samplers pass one step for all rows as a stride-0
+  view; host metadata, no sync) the step embedding and what is computed from it alone (the
+  adaLN modulation of the token denoiser) are computed once from ``t[:1]`` and broadcast;
+- per condition: ``prepare_cond(z=z [B, N, Dz]) -> dict`` (the core's ``PreparesCond``),
+  called once per window by ``sample_many``, returns what depends on z alone (the token
+  denoiser's projected tokens; the U-Net's own-token embedding and every cross-attention
+  layer's keys and values); ``forward`` accepts those prepared keywords instead of ``z``.
+
+Attention runs through ``F.scaled_dot_product_attention`` (fused kernels on GPU); the weights
+stay in the ``nn.MultiheadAttention`` modules, so checkpoints load unchanged.
+
 - ``TokenDenoiser`` (the default): a light transformer over the N variate tokens, each token the
   noisy residual series of one variate (Linear H -> D) plus its backbone token z_n; the
   diffusion step modulates every block adaLN-Zero style (Peebles & Xie, 2023), so each block
@@ -61,7 +74,39 @@ def _zero(layer: nn.Linear | nn.Conv1d) -> None:
 
 
 def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return x * (1 + scale[:, None]) + shift[:, None]  # x [M, N, D], shift/scale [M, D]
+    return x * (1 + scale[:, None]) + shift[:, None]  # x [M, N, D], shift/scale [M or 1, D]
+
+
+def _step_rows(t: torch.Tensor) -> torch.Tensor:
+    """``t [M]`` -> ``[1]`` when every row holds the same step as a stride-0 view (what the
+    samplers pass; host metadata, no sync), else ``t`` itself: the step embedding is then
+    computed once and broadcast over the rows."""
+    return t[:1] if t.ndim == 1 and t.shape[0] > 1 and t.stride(0) == 0 else t
+
+
+def _in_proj(
+    attn: nn.MultiheadAttention,
+) -> tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor | None, ...]]:
+    """(W_q, W_k, W_v), (b_q, b_k, b_v) of an ``nn.MultiheadAttention`` (packed or not)."""
+    if attn._qkv_same_embed_dim:
+        wq, wk, wv = attn.in_proj_weight.chunk(3)
+    else:
+        wq, wk, wv = attn.q_proj_weight, attn.k_proj_weight, attn.v_proj_weight
+    if attn.in_proj_bias is None:
+        return (wq, wk, wv), (None, None, None)
+    return (wq, wk, wv), tuple(attn.in_proj_bias.chunk(3))
+
+
+def _sdpa(
+    attn: nn.MultiheadAttention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+) -> torch.Tensor:
+    """Attention of projected ``q [M, Lq, C]`` to projected ``k, v [M, Lk, C]`` with the
+    module's heads, dropout and output projection -> ``[M, Lq, C]``."""
+    h = attn.num_heads
+    q, k, v = (rearrange(a, "m l (h d) -> m h l d", h=h) for a in (q, k, v))
+    p = attn.dropout if attn.training else 0.0
+    out = F.scaled_dot_product_attention(q, k, v, dropout_p=p)  # [M, heads, Lq, C / heads]
+    return attn.out_proj(rearrange(out, "m h l d -> m l (h d)"))
 
 
 class _AdaLNBlock(nn.Module):
@@ -83,7 +128,9 @@ class _AdaLNBlock(nn.Module):
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(c).chunk(6, dim=-1)  # each [M, D]
         h = _modulate(self.norm1(x), shift1, scale1)
-        x = x + gate1[:, None] * self.attn(h, h, h, need_weights=False)[0]
+        (wq, wk, wv), (bq, bk, bv) = _in_proj(self.attn)
+        q, k, v = F.linear(h, wq, bq), F.linear(h, wk, bk), F.linear(h, wv, bv)  # [M, N, D]
+        x = x + gate1[:, None] * _sdpa(self.attn, q, k, v)
         return x + gate2[:, None] * self.mlp(_modulate(self.norm2(x), shift2, scale2))
 
 
@@ -122,9 +169,26 @@ class TokenDenoiser(nn.Module):
         for layer in (final_ada, self.out):  # the whole network starts at output 0
             _zero(layer)
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor, *, z: torch.Tensor) -> torch.Tensor:
-        tokens = self.embed(rearrange(x_t, "m h n -> m n h")) + self.cond(z)  # [M, N, D]
-        c = self.step(t)  # [M, D]
+    def prepare_cond(self, *, z: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The per-condition hook: z ``[B, N, Dz]`` -> ``{"z_tokens": [B, N, D]}``, the
+        projection of the backbone's tokens, computed once per window."""
+        return {"z_tokens": self.cond(z)}
+
+    def forward(
+        self,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        *,
+        z: torch.Tensor | None = None,
+        z_tokens: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """x_t ``[M, H, N]``, t ``[M]``, and either z ``[M, N, Dz]`` or the prepared
+        z_tokens ``[M, N, D]`` (from :meth:`prepare_cond`) -> ``[M, H, N]``."""
+        if (z is None) == (z_tokens is None):
+            raise TypeError("TokenDenoiser: pass exactly one of z= or z_tokens= (prepare_cond)")
+        cz = self.cond(z) if z_tokens is None else z_tokens  # [M, N, D]
+        tokens = self.embed(rearrange(x_t, "m h n -> m n h")) + cz  # [M, N, D]
+        c = self.step(_step_rows(t))  # [M, D], or [1, D] for one step (broadcast)
         for block in self.blocks:
             tokens = block(tokens, c)
         shift, scale = self.final_ada(c).chunk(2, dim=-1)
@@ -180,10 +244,22 @@ class _CrossAttention(nn.Module):
         )
         _zero(self.attn.out_proj)  # the residual branch starts at 0
 
-    def forward(self, x: torch.Tensor, z_rows: torch.Tensor) -> torch.Tensor:
-        q = rearrange(self.norm(x), "r c l -> r l c")  # [R, L, C], R = M * N
-        out = self.attn(q, z_rows, z_rows, need_weights=False)[0]  # [R, L, C]
-        return x + rearrange(out, "r l c -> r c l")
+    def kv(self, z: torch.Tensor) -> torch.Tensor:
+        """Keys and values of tokens z ``[B, N, Dz]`` -> ``[B, N, 2C]`` (what prepare_cond keeps)."""
+        (_, wk, wv), (_, bk, bv) = _in_proj(self.attn)
+        return torch.cat([F.linear(z, wk, bk), F.linear(z, wv, bv)], dim=-1)
+
+    def forward(self, x: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+        """x ``[M*N, C, L]`` (the N series of a row consecutive), kv ``[M, N, 2C]`` -> same as x.
+
+        The N series of one row attend to the same N tokens, so the queries of a row are one
+        sequence ``[M, N*L, C]`` against its ``[M, N, C]`` keys: no copy of z per series."""
+        M = kv.shape[0]
+        (wq, _, _), (bq, _, _) = _in_proj(self.attn)
+        q = F.linear(rearrange(self.norm(x), "(m n) c l -> m (n l) c", m=M), wq, bq)
+        k, v = kv.chunk(2, dim=-1)  # [M, N, C] each
+        out = _sdpa(self.attn, q, k.to(q.dtype), v.to(q.dtype))  # [M, N*L, C]
+        return x + rearrange(out, "m (n l) c -> (m n) c l", l=x.shape[-1])
 
 
 class UNet1DDenoiser(nn.Module):
@@ -237,25 +313,53 @@ class UNet1DDenoiser(nn.Module):
             nn.GroupNorm(_group_count(channels[0], groups), channels[0]), nn.SiLU(), out
         )
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor, *, z: torch.Tensor) -> torch.Tensor:
+    def _attentions(self) -> list[_CrossAttention]:
+        """Every cross-attention layer, in the order prepare_cond packs their keys and values."""
+        layers = [*self.down_attn, self.mid_attn, *self.up_attn]
+        return [a for a in layers if isinstance(a, _CrossAttention)]
+
+    def prepare_cond(self, *, z: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The per-condition hook: z ``[B, N, Dz]`` -> ``{"own": [B, N, E], "z_kv": [B, N,
+        sum 2C]}``: the variate tokens' FiLM embedding and every cross-attention layer's keys
+        and values, computed once per window."""
+        return self._prepare(z)
+
+    def _prepare(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
+        kv = torch.cat([a.kv(z) for a in self._attentions()], dim=-1)  # [B, N, sum 2C]
+        return {"own": self.own_token(z), "z_kv": kv}
+
+    def forward(
+        self,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        *,
+        z: torch.Tensor | None = None,
+        own: torch.Tensor | None = None,
+        z_kv: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """x_t ``[M, H, N]``, t ``[M]``, and either z ``[M, N, Dz]`` or the prepared
+        ``own``, ``z_kv`` (from :meth:`prepare_cond`) -> ``[M, H, N]``."""
+        if z is not None and (own is None) and (z_kv is None):
+            prepared = self._prepare(z)  # [M, ...]: z's work for each row
+            own, z_kv = prepared["own"], prepared["z_kv"]
+        elif z is not None or own is None or z_kv is None:
+            raise TypeError("UNet1DDenoiser: pass z=, or both own= and z_kv= (prepare_cond)")
         M, H, N = x_t.shape
         mult = 2 ** (self.levels - 1)
         pad = -H % mult
         x = rearrange(F.pad(x_t, (0, 0, 0, pad)), "m h n -> (m n) 1 h")  # [M*N, 1, H + pad]
-        emb = self.step(t)[:, None] + self.own_token(
-            z
-        )  # [M, N, E]: the step plus the variate's own token
+        # the step (once per call for one step) plus the variate's own token: [M, N, E]
+        emb = self.step(_step_rows(t))[:, None] + own.to(x_t.dtype)
         emb = rearrange(emb, "m n e -> (m n) e")
-        z_rows = z.repeat_interleave(
-            N, dim=0
-        )  # [M*N, N, Dz]: every series reads its window's tokens
+        widths = [2 * a.attn.embed_dim for a in self._attentions()]
+        kvs = dict(zip(map(id, self._attentions()), z_kv.split(widths, dim=-1), strict=True))
         h, skips = self.inp(x), []
         for block, attn, pool in zip(self.down, self.down_attn, self.pool, strict=True):
             h = block(h, emb)
-            h = attn(h, z_rows) if isinstance(attn, _CrossAttention) else h
+            h = attn(h, kvs[id(attn)]) if isinstance(attn, _CrossAttention) else h
             skips.append(h)
             h = pool(h)
-        h = self.mid_attn(self.mid(h, emb), z_rows)
+        h = self.mid_attn(self.mid(h, emb), kvs[id(self.mid_attn)])
         for block, attn in zip(self.up, self.up_attn, strict=True):
             skip = skips.pop()
             h = (
@@ -264,6 +368,6 @@ class UNet1DDenoiser(nn.Module):
                 else h
             )
             h = block(torch.cat([h, skip], dim=1), emb)
-            h = attn(h, z_rows) if isinstance(attn, _CrossAttention) else h
+            h = attn(h, kvs[id(attn)]) if isinstance(attn, _CrossAttention) else h
         out = self.out(h)[:, 0, :H]  # [M*N, H]
         return rearrange(out, "(m n) h -> m h n", m=M, n=N)
