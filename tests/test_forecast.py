@@ -249,6 +249,51 @@ def test_forecast_is_the_point_forecast_plus_rescaled_residual_samples():
     torch.testing.assert_close(s2, y_det + (s1 - y_det) * std + mean, rtol=1e-5, atol=1e-5)
 
 
+def test_residual_scale_multiplies_the_sampled_residual_per_step_and_variate():
+    m = tiny_model()
+    for p in m.denoiser.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    x, marks = inputs(B=3)
+    m.set_residual_stats(torch.tensor([0.5, -1.0, 0.0]), torch.tensor([2.0, 0.5, 1.0]))
+    assert torch.equal(m.res_scale, torch.ones(12, 3))  # uncalibrated until told
+
+    def run() -> Forecast:
+        return m.forecast(x, 4, time_features=marks, num_steps=3, progress=False)
+
+    s1, y_det = run()
+    scale = torch.linspace(0.5, 2.0, 36).reshape(12, 3)  # [H, N]
+    m.set_residual_scale(scale)
+    s2, _ = run()
+    # y = y_det + res_mean + res_std * res_scale * r, with the same r
+    dev = s1 - y_det - m.res_mean
+    torch.testing.assert_close(s2, y_det + m.res_mean + dev * scale, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("scale", "error", "pattern"),
+    [
+        (torch.ones(3), ValueError, r"^scale: expected a tensor \[12, 3\] \(H, N\), got"),
+        (torch.zeros(12, 3), ValueError, r"^scale: expected positive finite values"),
+        (torch.full((12, 3), math.inf), ValueError, r"^scale: expected positive finite"),
+        (torch.ones(12, 3, dtype=torch.long), TypeError, r"^scale: expected a floating-point"),
+    ],
+)
+def test_bad_residual_scale(scale, error, pattern):
+    with pytest.raises(error, match=pattern):
+        tiny_model().set_residual_scale(scale)
+
+
+def test_checkpoint_without_residual_scale_loads_uncalibrated(tmp_path):
+    m = tiny_model()
+    m.set_residual_scale(torch.full((12, 3), 2.0))
+    path = m.save(tmp_path / "model.pt")
+    payload = torch.load(path, weights_only=True)
+    del payload["state_dict"]["res_scale"]  # as written before the spread calibration existed
+    _write_checkpoint(path, payload)
+    back = ITransformerDiffusion.load(path)
+    assert torch.equal(back.res_scale, torch.ones(12, 3))
+
+
 def test_forecast_identical_across_max_batch_and_test_batches():
     m = tiny_model()
     for p in m.denoiser.parameters():

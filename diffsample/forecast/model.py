@@ -6,7 +6,13 @@ D backbone width, T train steps, K sampling steps, M rows (samples x windows).
     history [B, L, N] --backbone (once per window)--> y_det [B, H, N], z [B, N, D]
     residual r = (y - y_det - res_mean) / res_std            per variate, stats fixed after training
     denoiser(r_t [M, H, N], t [M], z [M, N, D]) -> eps | x0 | v
-    forecast: y = y_det + res_std * r + res_mean,   r ~ sample_many(...)   -> [S, B, H, N]
+    forecast: y = y_det + res_std * res_scale * r + res_mean,   r ~ sample_many(...)   -> [S, B, H, N]
+
+``res_scale [H, N]`` (ones unless calibrated) is an optional spread calibration fitted after
+stage 2 (``TrainConfig.calibration``, :func:`~diffsample.forecast.training.fit_spread_scale`):
+the trained denoiser, sampled with a few-step solver, returns residuals narrower than the ones
+it was trained on (on ETTh1 ~0.78 of their rms on its own training windows, more at the far
+horizon steps; see docs/results.md), and the scale undoes that per horizon step and variate.
 
 The backbone never runs per sample: ``forecast`` hands z to ``sample_many``, which folds the
 S samples into the batch. A researcher with another denoiser copies ``forecast`` and swaps
@@ -165,6 +171,7 @@ class ITransformerDiffusion(nn.Module):
 
     res_mean: torch.Tensor  # [N] buffer
     res_std: torch.Tensor  # [N] buffer
+    res_scale: torch.Tensor  # [H, N] buffer: spread calibration of the samples, ones by default
     data_spec: dict[str, Any] | None  # what it was trained on (ForecastDataset.spec()), or None
 
     def __init__(self, config: ForecastConfig = ForecastConfig()) -> None:
@@ -204,6 +211,7 @@ class ITransformerDiffusion(nn.Module):
         self._device_schedules: dict[torch.device, tuple[NoiseSchedule, NoiseSchedule]] = {}
         self.register_buffer("res_mean", torch.zeros(c.n_variates))  # [N]
         self.register_buffer("res_std", torch.ones(c.n_variates))  # [N]
+        self.register_buffer("res_scale", torch.ones(c.horizon, c.n_variates))  # [H, N]
         self.data_spec = None  # set by train(); saved and loaded with the weights
 
     # ------------------------------------------------------------------ pieces
@@ -287,6 +295,20 @@ class ITransformerDiffusion(nn.Module):
         self.res_mean.copy_(mean)
         self.res_std.copy_(std)
 
+    @torch.no_grad()
+    def set_residual_scale(self, scale: torch.Tensor) -> None:
+        """Fix the spread calibration ``[H, N]``: sampled residuals are multiplied by it (per
+        horizon step and variate) before they are mapped back to the data's units. Ones undo it."""
+        c = self.config
+        check_tensor("scale", scale, floating=True)
+        if scale.shape != (c.horizon, c.n_variates):
+            raise ValueError(
+                expected("scale", f"a tensor [{c.horizon}, {c.n_variates}] (H, N)", scale)
+            )
+        if not bool((scale > 0).all()) or not bool(torch.isfinite(scale).all()):
+            raise ValueError(expected("scale", "positive finite values", scale))
+        self.res_scale.copy_(scale)
+
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()
     def forecast(
@@ -347,7 +369,8 @@ class ITransformerDiffusion(nn.Module):
             # a broadcast takes its operands' memory layout; a permuted one (from the backbone
             # or a denoiser's output) made the metrics on these samples ~20x slower
             point = y_det.contiguous()
-            samples = (point + r * self.res_std + self.res_mean).contiguous()  # [S, B, H, N]
+            scale = self.res_std * self.res_scale  # [H, N]
+            samples = (point + r * scale + self.res_mean).contiguous()  # [S, B, H, N]
         finally:
             self.train(was_training)
         return Forecast(samples, point)
@@ -411,6 +434,8 @@ class ITransformerDiffusion(nn.Module):
         state, own = payload["state_dict"], model.state_dict()
         if not isinstance(state, Mapping):
             raise ValueError(f"checkpoint: {path} holds no state_dict of weights")
+        if "res_scale" not in state:  # written before the spread calibration: uncalibrated
+            state = {**state, "res_scale": torch.ones_like(model.res_scale)}
         missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
         wrong = [
             f"{k}: file {tuple(getattr(state[k], 'shape', ()))} vs model {tuple(v.shape)}"

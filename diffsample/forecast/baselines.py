@@ -1,0 +1,112 @@
+"""What the diffusion head must beat: the same backbone with Gaussian noise.
+
+Dimensions: S samples, B windows, H horizon, N variates.
+
+    sigma = residual_std(model, split)                    [N]  std of y - y_det on a split
+    samples = gaussian_samples(point, sigma, S)           [S, B, H, N]  y ~ N(y_det, sigma_n^2)
+    gaussian_crps(point, sigma, y)                        [B, H, N]  the exact CRPS of that law
+
+With ``sigma`` fitted on the training windows (``model.res_std``, what stage 2 normalises by) or
+on held-out ones (``residual_std(model, data.val)``) these are the two baselines that every
+result of the diffusion head is reported beside (see ``docs/results.md``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .._utils import check_int, check_tensor, expected
+from .data import ForecastSplit
+from .model import ITransformerDiffusion
+
+__all__ = ["gaussian_crps", "gaussian_samples", "residual_std"]
+
+
+def _check_sigma(sigma: torch.Tensor, point: torch.Tensor) -> torch.Tensor:
+    check_tensor("sigma", sigma, floating=True)
+    try:
+        torch.broadcast_shapes(sigma.shape, point.shape)
+    except RuntimeError:
+        raise ValueError(
+            expected("sigma", f"a tensor broadcastable to the point's {tuple(point.shape)}", sigma)
+        ) from None
+    if not bool((sigma > 0).all()) or not bool(torch.isfinite(sigma).all()):
+        raise ValueError(expected("sigma", "positive finite values", sigma))
+    return sigma.to(point.dtype)
+
+
+def gaussian_samples(
+    point: torch.Tensor,
+    sigma: torch.Tensor,
+    n_samples: int,
+    *,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Samples of the Gaussian-residual baseline, y ~ N(point, sigma^2) elementwise.
+
+    Args:
+        point: ``[B, H, N]`` the backbone's point forecast.
+        sigma: ``[N]`` (per variate) or anything broadcastable to ``point`` (e.g. ``[H, N]``).
+        n_samples: S.
+        generator: draws the noise (on ``point``'s device).
+
+    Returns:
+        ``[S, B, H, N]``, contiguous, ``point``'s dtype.
+    """
+    check_tensor("point", point, floating=True)
+    n_samples = check_int("n_samples", n_samples)
+    sigma = _check_sigma(sigma, point)
+    noise = torch.randn(
+        (n_samples, *point.shape), generator=generator, device=point.device, dtype=point.dtype
+    )  # [S, B, H, N]
+    return (point + sigma * noise).contiguous()
+
+
+def gaussian_crps(point: torch.Tensor, sigma: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
+    """The exact CRPS of N(point, sigma^2) at ``obs`` (Gneiting & Raftery, 2007)::
+
+        CRPS = sigma (z (2 Phi(z) - 1) + 2 phi(z) - 1 / sqrt(pi)),   z = (obs - point) / sigma
+
+    Args:
+        point: ``[B, H, N]``.
+        sigma: broadcastable to ``point`` (``[N]`` per variate).
+        obs: ``[B, H, N]``.
+
+    Returns:
+        ``[B, H, N]`` in the units of ``obs``.
+    """
+    check_tensor("point", point, floating=True)
+    check_tensor("obs", obs, floating=True)
+    sigma = _check_sigma(sigma, point)
+    z = (obs - point) / sigma
+    normal = torch.distributions.Normal(torch.zeros_like(z), torch.ones_like(z))
+    pdf, cdf = normal.log_prob(z).exp(), normal.cdf(z)
+    return sigma * (z * (2 * cdf - 1) + 2 * pdf - 1 / math.sqrt(math.pi))
+
+
+@torch.no_grad()
+def residual_std(
+    model: ITransformerDiffusion, split: ForecastSplit, *, batch_size: int = 256
+) -> torch.Tensor:
+    """Per-variate std ``[N]`` of y - y_det over every window of ``split`` (float64 sums).
+
+    On the training split this is what training stores as ``model.res_std``; on the
+    validation split it is the held-out ("val-fitted") sigma of the baseline.
+    """
+    if not isinstance(model, ITransformerDiffusion):
+        raise TypeError(expected("model", "an ITransformerDiffusion", model))
+    if not isinstance(split, ForecastSplit):
+        raise TypeError(expected("split", "a ForecastSplit", split))
+    batch_size = check_int("batch_size", batch_size)
+    from .training import _residual_stats  # the one implementation of these sums
+
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        _, std = _residual_stats(model, split.to(device), batch_size, device)
+    finally:
+        model.train(was_training)
+    return std

@@ -1,0 +1,149 @@
+"""The Gaussian-residual baseline: its closed-form CRPS against properscoring and against the
+ecdf CRPS of its own samples, the residual std against a direct computation, and the ETTh1
+results script end to end on the synthetic data with a tiny configuration.
+
+Dimensions: S samples, B windows, H horizon, N variates."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from diffsample import crps
+from diffsample.forecast import (
+    ForecastConfig,
+    ITransformerDiffusion,
+    TrainConfig,
+    synthetic_dataset,
+    train,
+)
+from diffsample.forecast.baselines import gaussian_crps, gaussian_samples, residual_std
+
+TINY = ForecastConfig(
+    lookback=24,
+    horizon=12,
+    n_variates=3,
+    n_time_features=4,
+    d_model=16,
+    n_heads=2,
+    n_layers=1,
+    d_ff=24,
+    dropout=0.0,
+    denoiser_width=16,
+    denoiser_layers=1,
+    denoiser_heads=2,
+    num_train_steps=50,
+)
+
+
+def test_gaussian_crps_matches_properscoring():
+    properscoring = pytest.importorskip("properscoring")
+    g = torch.Generator().manual_seed(0)
+    point = torch.randn(4, 5, 3, generator=g, dtype=torch.float64)
+    sigma = torch.rand(3, generator=g, dtype=torch.float64) + 0.1  # [N]
+    obs = torch.randn(4, 5, 3, generator=g, dtype=torch.float64)
+    want = properscoring.crps_gaussian(obs.numpy(), mu=point.numpy(), sig=sigma.numpy())
+    np.testing.assert_allclose(gaussian_crps(point, sigma, obs).numpy(), want, rtol=1e-10)
+
+
+def test_gaussian_crps_closed_form_at_zero():
+    # CRPS(N(0, s^2), 0) = s (2 / sqrt(2 pi) - 1 / sqrt(pi))
+    s = torch.tensor([0.5, 2.0], dtype=torch.float64)
+    got = gaussian_crps(torch.zeros(2, dtype=torch.float64), s, torch.zeros(2, dtype=torch.float64))
+    want = s * (2 / math.sqrt(2 * math.pi) - 1 / math.sqrt(math.pi))
+    torch.testing.assert_close(got, want)
+
+
+def test_samples_score_like_the_closed_form():
+    g = torch.Generator().manual_seed(1)
+    point = torch.randn(8, 6, 3, generator=g, dtype=torch.float64)  # [B, H, N]
+    sigma = torch.tensor([0.3, 1.0, 2.0], dtype=torch.float64)
+    obs = point + sigma * torch.randn(8, 6, 3, generator=g, dtype=torch.float64)
+    x = gaussian_samples(point, sigma, 4000, generator=g)  # [S, B, H, N]
+    assert x.shape == (4000, 8, 6, 3) and x.is_contiguous()
+    torch.testing.assert_close(x.mean(0), point, atol=0.12, rtol=0)
+    torch.testing.assert_close(x.std(0).mean((0, 1)), sigma, atol=0.03, rtol=0.02)
+    exact = gaussian_crps(point, sigma, obs).mean()
+    fair = crps(x, obs, estimator="fair").mean()
+    assert abs(float(fair - exact)) < 0.01 * float(exact)
+
+
+@pytest.mark.parametrize(
+    ("sigma", "error", "pattern"),
+    [
+        (torch.tensor([1.0, 0.0, 1.0]), ValueError, r"^sigma: expected positive finite values"),
+        (torch.ones(4), ValueError, r"^sigma: expected a tensor broadcastable"),
+        (torch.ones(3, dtype=torch.long), TypeError, r"^sigma: expected a floating-point tensor"),
+        ([1.0, 1.0, 1.0], TypeError, r"^sigma: expected a torch.Tensor"),
+    ],
+)
+def test_bad_sigma(sigma, error, pattern):
+    with pytest.raises(error, match=pattern):
+        gaussian_samples(torch.zeros(2, 5, 3), sigma, 10)
+
+
+def test_bad_n_samples():
+    with pytest.raises(TypeError, match=r"^n_samples: expected a positive integer, got float"):
+        gaussian_samples(torch.zeros(2, 5, 3), torch.ones(3), 10.0)  # type: ignore[arg-type]
+
+
+def test_residual_std_is_the_training_statistic():
+    data = synthetic_dataset(n_steps=600, n_variates=3, lookback=24, horizon=12, seed=0)
+    torch.manual_seed(0)
+    model = ITransformerDiffusion(TINY)
+    quick = TrainConfig(point_epochs=1, diffusion_epochs=1, max_batches_per_epoch=2, batch_size=16)
+    train(model, data, quick, device="cpu", progress=False)
+    torch.testing.assert_close(residual_std(model, data.train, batch_size=7), model.res_std)
+    with torch.no_grad():
+        b = data.val.windows(torch.arange(len(data.val)))
+        y_det, _ = model(b.x, b.x_mark)
+    want = (b.y - y_det).double().reshape(-1, 3).std(0, unbiased=False).float()
+    torch.testing.assert_close(residual_std(model, data.val), want, rtol=1e-4, atol=1e-6)
+
+
+def _load_script():
+    """benchmarks/etth1_results.py as a module (benchmarks/ is not a package)."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "etth1_results.py"
+    spec = importlib.util.spec_from_file_location("etth1_results", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_results_script_runs_tiny(tmp_path):
+    bench = _load_script()
+    out = tmp_path / "res"
+    rc = bench.main(
+        [
+            "--data",
+            "synthetic(n_steps=600, n_variates=3, seed=0)",
+            "--tiny",
+            "--seeds",
+            "0",
+            "--samples",
+            "8",
+            "--solvers",
+            "dpmpp_2m:4",
+            "--windows",
+            "16",
+            "--diag-windows",
+            "8",
+            "--out",
+            str(out),
+        ]
+    )
+    assert rc == 0
+    record = json.loads((out / "results.json").read_text())
+    rows = record["rows"]
+    methods = {r["method"] for r in rows}
+    assert {"diffusion", "gaussian_train_sigma", "gaussian_val_sigma"} <= methods
+    for r in rows:
+        assert math.isfinite(r["crps"]) and r["windows"] == 16
+    assert (out / "results.md").read_text().startswith("#")
