@@ -156,6 +156,100 @@ def test_denoisers_read_the_step_and_the_tokens_once_trained_a_little(denoiser):
     assert not torch.allclose(out, m.denoiser(x, torch.tensor([3, 3]), z=z + 1))
 
 
+def _trained_a_little(net: nn.Module) -> nn.Module:
+    torch.manual_seed(5)
+    for p in net.parameters():  # off the zero/identity init, so every branch matters
+        torch.nn.init.normal_(p, std=0.1)
+    return net.eval().requires_grad_(False)
+
+
+def _denoisers(horizon=12):
+    return [
+        _trained_a_little(TokenDenoiser(horizon, 16, d_model=16, n_heads=2, n_layers=2)),
+        # channels 16 = Dz packs q, k, v in one in_proj weight; 32 keeps three: both paths
+        _trained_a_little(UNet1DDenoiser(horizon, 16, channels=(8, 16, 32), emb_dim=16, n_heads=2)),
+    ]
+
+
+def _mha_token_forward(net: TokenDenoiser, x_t, t, z):
+    """TokenDenoiser written with nn.MultiheadAttention's own forward (what SDPA replaced)."""
+    tokens = net.embed(x_t.transpose(1, 2)) + net.cond(z)
+    c = net.step(t)
+    for b in net.blocks:
+        s1, c1, g1, s2, c2, g2 = b.ada(c).chunk(6, dim=-1)
+        h = b.norm1(tokens) * (1 + c1[:, None]) + s1[:, None]
+        tokens = tokens + g1[:, None] * b.attn(h, h, h, need_weights=False)[0]
+        h = b.norm2(tokens) * (1 + c2[:, None]) + s2[:, None]
+        tokens = tokens + g2[:, None] * b.mlp(h)
+    shift, scale = net.final_ada(c).chunk(2, dim=-1)
+    return net.out(net.norm(tokens) * (1 + scale[:, None]) + shift[:, None]).transpose(1, 2)
+
+
+def test_attention_through_sdpa_matches_nn_multiheadattention():
+    g = torch.Generator().manual_seed(6)
+    x, t = torch.randn(4, 12, 3, generator=g), torch.randint(0, 50, (4,), generator=g)
+    z = torch.randn(4, 3, 16, generator=g)
+    token, unet = _denoisers()
+    with torch.no_grad():
+        torch.testing.assert_close(token(x, t, z=z), _mha_token_forward(token, x, t, z))
+        for attn in (unet.down_attn[1], unet.mid_attn):  # C = 16 (packed) and 32 (not)
+            # the U-Net's cross-attention: every series reads its row's N tokens
+            h = torch.randn(4 * 3, attn.attn.embed_dim, 5, generator=g)  # [M*N, C, L]
+            q = attn.norm(h).transpose(1, 2)
+            z_rows = z.repeat_interleave(3, dim=0)  # [M*N, N, Dz]
+            ref = h + attn.attn(q, z_rows, z_rows, need_weights=False)[0].transpose(1, 2)
+            torch.testing.assert_close(attn(h, attn.kv(z)), ref)
+    # the weights stay where they were: checkpoints of earlier versions load unchanged
+    assert {"blocks.0.attn.in_proj_weight", "blocks.0.attn.out_proj.weight"} <= set(
+        token.state_dict()
+    )
+    assert {"down_attn.1.attn.in_proj_weight", "mid_attn.attn.k_proj_weight"} <= set(
+        unet.state_dict()
+    )
+
+
+@pytest.mark.parametrize("which", [0, 1], ids=["token", "unet"])
+def test_denoiser_hooks_give_the_same_output_and_see_fewer_rows(which):
+    net = _denoisers()[which]
+    g = torch.Generator().manual_seed(7)
+    x, z = torch.randn(6, 12, 3, generator=g), torch.randn(6, 3, 16, generator=g)
+    t_rows = torch.full((6,), 17)  # one step, one value per row
+    t_view = torch.full((1,), 17).expand(6)  # one step as a stride-0 view (what samplers pass)
+    step_rows = []
+    net.step.register_forward_hook(lambda mod, args, out: step_rows.append(args[0].shape[0]))
+    with torch.no_grad():
+        ref = net(x, t_rows, z=z)
+        torch.testing.assert_close(net(x, t_view, z=z), ref)
+        torch.testing.assert_close(net(x, t_view, **net.prepare_cond(z=z)), ref)
+    assert step_rows == [6, 1, 1]  # the step embedding once per call for a stride-0 t
+    prepared = net.prepare_cond(z=z[:2])
+    assert all(v.shape[0] == 2 for v in prepared.values())  # one row per window
+    with pytest.raises(TypeError, match="pass"):
+        net(x, t_rows)  # neither z nor the prepared keywords
+
+
+@pytest.mark.parametrize("denoiser", ["token", "unet"])
+def test_sample_many_uses_prepare_cond_once_per_window_and_changes_nothing(denoiser):
+    from diffsample import sample_many
+
+    m = tiny_model(denoiser=denoiser)
+    _trained_a_little(m.denoiser)
+    g = torch.Generator().manual_seed(8)
+    z = torch.randn(5, 3, 16, generator=g)  # B = 5 windows
+    calls = []
+    prepare = m.denoiser.prepare_cond
+    m.denoiser.prepare_cond = lambda **c: calls.append(c["z"].shape[0]) or prepare(**c)
+    kw = dict(cond={"z": z}, schedule=m.schedule, timesteps=m.schedule.timesteps(6),
+              prediction="v", progress=False, max_batch=7)  # fmt: skip
+    hooked = sample_many("ddim", m.denoiser, (12, 3), 4, **kw)
+
+    def plain(x, t, *, z):  # no hooks: a copy of t per row, no prepare_cond attribute
+        return m.denoiser(x, t.contiguous(), z=z)
+
+    torch.testing.assert_close(hooked, sample_many("ddim", plain, (12, 3), 4, **kw))
+    assert calls == [5]  # once, on the B windows, before chunking
+
+
 # ---------------------------------------------------------------- model paths
 @pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
 @pytest.mark.parametrize("denoiser", ["token", "unet"])
