@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import dataclasses
 import errno
+import inspect
 import io
 import json
 import math
@@ -25,6 +26,7 @@ from diffsample.forecast import (
     ITransformerDiffusion,
     TrainConfig,
     cli,
+    evaluate_split,
     report,
 )
 from diffsample.forecast.cli import main
@@ -127,7 +129,12 @@ def test_every_config_field_has_a_flag_whose_default_is_the_library_default():
     assert TrainConfig(**{f: getattr(args, f) for f in cli._TRAIN_FLAGS}) == TrainConfig()
     built = ForecastConfig(**{f: cli._field_value(args, f) for f in cli._MODEL_FLAGS})
     assert built == ForecastConfig()
-    assert (args.samples, args.steps, args.sampler) == (100, 50, "ddim")  # evaluate_split's
+    ev = {k: v.default for k, v in inspect.signature(evaluate_split).parameters.items()}
+    assert (args.samples, args.steps, args.sampler) == (
+        ev["n_samples"],
+        ev["num_steps"],
+        ev["sampler"],
+    )
     assert cli._parser().parse_args(["evaluate", "m.pt"]).batch_size == 256
     # the demo is train with a preset: valid configs, one thread, the synthetic data
     demo = cli._parser().parse_args(["demo"])
@@ -185,7 +192,7 @@ def test_train_prints_a_line_per_stage_and_writes_its_outputs(run):
     for line in (
         "stage 1 epoch 1/1: train_point_mse",
         "stage 2 epoch 1/1: train_diffusion_loss",
-        "sampling the test set: 6 windows x 4 samples, ddim 2 steps",
+        "sampling the test set: 6 windows x 4 samples, dpmpp_2m 2 steps",
         "scored in",
         "test set of synthetic(n_steps=6000, n_variates=7, seed=0)",
         "CRPS",

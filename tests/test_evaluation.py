@@ -65,7 +65,7 @@ def test_evaluate_split_does_not_depend_on_the_batch_size(model, data):
     kw = dict(n_samples=6, num_steps=3, max_windows=10, progress=False)
     a = evaluate_split(model, data.test, batch_size=3, **kw)
     b = evaluate_split(model, data.test, batch_size=10, **kw)
-    assert (a.windows, a.samples, a.steps, a.sampler) == (10, 6, 3, "ddim")
+    assert (a.windows, a.samples, a.steps, a.sampler) == (10, 6, 3, "dpmpp_2m")
     assert a.metrics.keys() == b.metrics.keys()
     for k in ("crps", "quantile_crps", "coverage_90", "point_mse", "mse_mean"):
         assert math.isfinite(a.metrics[k]), k
@@ -190,7 +190,7 @@ def test_evaluation_is_a_frozen_record_with_a_json_form(model, data):
         "windows": 4,
         "samples": 3,
         "steps": 2,
-        "sampler": "ddim",
+        "sampler": "dpmpp_2m",
     }
     assert d["sampling_seconds"] == round(ev.seconds, 3) and d["crps"] == ev.metrics["crps"]
     assert d["scoring_seconds"] == round(ev.scoring_seconds, 3)

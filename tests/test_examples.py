@@ -46,7 +46,6 @@ def test_etth1_forecaster(tmp_path, etth1_path):
         "etth1_forecaster.py", "--data", str(etth1_path), "--out", str(tmp_path / "run"),
         "--epochs", "1", "--diffusion-epochs", "1", "--batches-per-epoch", "2", "--windows", "8",
         "--samples", "8", "--steps", "5", "--d-model", "16", "--denoiser-width", "16",
-        "--calibration-windows", "16",
         cwd=tmp_path,
     )  # fmt: skip
     assert "ETTh1.csv: 7 variates HUFL, HULL, MUFL, MULL, LUFL, LULL, OT" in out

@@ -5,7 +5,7 @@
     diffsample train --root_path ./dataset/ETT-small/ --data_path ETTh1.csv --data ETTh1 \\
         --seq_len 96 --pred_len 96 --enc_in 7 --out runs/etth1   # Time-Series-Library flag names
     diffsample train --resume --out runs/etth1 ...    # continue a killed run (the same flags)
-    diffsample evaluate runs/etth1/model.pt --samples 100 --steps 50   # on the data it was trained on
+    diffsample evaluate runs/etth1/model.pt --samples 100 --steps 10   # on the data it was trained on
 
 Flags take Time-Series-Library's names (``--seq_len``, ``--d_model``, ``--learning_rate``, ...),
 with ``-`` or ``_`` alike; every default shown is the library's (ForecastConfig, TrainConfig,
@@ -116,6 +116,11 @@ _TRAIN_FLAGS: dict[str, tuple[str, tuple[str, ...], str]] = {
         "stage 2 (denoiser) epochs, at most (early stopping)",
     ),
     "diffusion_lr": ("--diffusion_learning_rate", (), "stage 2 learning rate (AdamW)"),
+    "diffusion_lr_decay": (
+        "--diffusion_lr_decay",
+        (),
+        "stage 2 learning rate factor after each epoch (1: constant)",
+    ),
     "weight_decay": ("--weight_decay", (), "weight decay of both stages"),
     "patience": ("--patience", (), "epochs without a better validation loss before a stage stops"),
     "max_batches_per_epoch": (
@@ -129,12 +134,14 @@ _TRAIN_FLAGS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "calibration": (
         "--calibration",
         (),
-        "after stage 2, fit the samples' spread to the validation residuals (val_spread) or not (none)",
+        "after stage 2, scale the samples' spread per horizon step and variate to match the true "
+        "residuals of the training (train_spread) or validation (val_spread) windows; none: no "
+        "scaling",
     ),
     "calibration_samples": (
         "--calibration_samples",
         (),
-        "samples per validation window of the calibration",
+        "samples per window of the calibration",
     ),
     "calibration_steps": (
         "--calibration_steps",
@@ -144,7 +151,7 @@ _TRAIN_FLAGS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "calibration_windows": (
         "--calibration_windows",
         (),
-        "validation windows of the calibration, evenly spaced; none: all",
+        "windows of the calibration, evenly spaced; none: all",
     ),
 }
 # the demo: the train command on the synthetic data, sized for about half a minute on a CPU
@@ -160,9 +167,8 @@ _DEMO = {
     "diffusion_epochs": 8,
     "diffusion_lr": 2e-3,
     "max_batches_per_epoch": 60,
-    "calibration_windows": 128,
     "samples": 32,
-    "steps": 20,
+    "steps": 10,
     "windows": 256,
     # one thread: a model this small gains little from a second, and on a busy machine an idle
     # OpenMP thread spins (measured: 26 s with one thread, 139 s with two, on a loaded 2-core CPU)
