@@ -46,6 +46,7 @@ from diffsample.forecast import (
     train,
 )
 from diffsample.forecast.baselines import gaussian_crps, gaussian_samples, residual_std
+from diffsample.forecast.evaluation import forecast_windows
 from diffsample.forecast.training import fit_spread_scale
 from diffsample.metrics import ForecastMetrics
 
@@ -138,20 +139,18 @@ def score_setting(
     diff = Scores()
     gauss = {name: Scores() for name in sigmas}
     g = torch.Generator().manual_seed(seed + 10_000)
-    for lo in range(0, len(idx), batch_size):
-        b = split.windows(idx[lo : lo + batch_size])
-        t0 = time.perf_counter()
-        fc = model.forecast(
-            b.x,
-            n_samples,
-            time_features=b.x_mark,
-            sampler=sampler,
-            num_steps=steps,
-            seed=seed,
-            window_ids=b.index,
-            progress=False,
-        )
-        diff.seconds += time.perf_counter() - t0
+    batches = forecast_windows(
+        model,
+        split,
+        idx,
+        n_samples,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_steps=steps,
+        seed=seed,
+    )
+    for b, fc, seconds in batches:
+        diff.seconds += seconds
         diff.add(fc.samples, fc.point, b.y)
         for name, sigma in sigmas.items():
             x = gaussian_samples(fc.point, sigma, n_samples, generator=g)  # [S, B, H, N]
@@ -178,17 +177,10 @@ def spread_table(
     for name, split in splits.items():
         idx = spaced(len(split), n_windows)
         acc: dict[str, torch.Tensor] = {}
-        for lo in range(0, len(idx), batch_size):
-            b = split.windows(idx[lo : lo + batch_size])
-            fc = model.forecast(
-                b.x,
-                n_samples,
-                time_features=b.x_mark,
-                sampler=sampler,
-                num_steps=steps,
-                window_ids=b.index,
-                progress=False,
-            )
+        batches = forecast_windows(
+            model, split, idx, n_samples, batch_size=batch_size, sampler=sampler, num_steps=steps
+        )
+        for b, fc, _ in batches:
             scale = model.res_std * model.res_scale  # [H, N]
             r_true = (b.y - fc.point - model.res_mean) / scale  # [B, H, N]
             r = (fc.samples - fc.point - model.res_mean) / scale  # [S, B, H, N]

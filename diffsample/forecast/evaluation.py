@@ -20,7 +20,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -38,7 +39,13 @@ from ..samplers import SAMPLERS, Sampler
 from .data import ForecastSplit, WindowBatch
 from .model import Forecast, ITransformerDiffusion
 
-__all__ = ["Evaluation", "StepMetrics", "check_evaluation_args", "evaluate_split"]
+__all__ = [
+    "Evaluation",
+    "StepMetrics",
+    "check_evaluation_args",
+    "evaluate_split",
+    "forecast_windows",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,6 +207,38 @@ def check_evaluation_args(
     )
 
 
+def forecast_windows(
+    model: ITransformerDiffusion,
+    split: ForecastSplit,
+    windows: torch.Tensor,
+    n_samples: int,
+    *,
+    batch_size: int,
+    **forecast_kwargs: Any,
+) -> Iterator[tuple[WindowBatch, Forecast, float]]:
+    """Forecast the windows ``windows [W]`` (indices into ``split``) in batches of
+    ``batch_size``: yields ``(batch, forecast, seconds)``, ``seconds`` the forecast's wall time
+    (the device synchronised, so it is the kernels' time, not their launch). The noise of each
+    window is keyed by its index in the split, so a window gets the same samples in any batch.
+    ``forecast_kwargs`` go to :meth:`ITransformerDiffusion.forecast` (sampler, num_steps, seed...).
+    """
+    device = next(model.parameters()).device
+    for lo in range(0, windows.numel(), batch_size):
+        b = split.windows(windows[lo : lo + batch_size])
+        t0 = time.perf_counter()
+        fc = model.forecast(
+            b.x,
+            n_samples,
+            time_features=b.x_mark,
+            window_ids=b.index,
+            progress=False,
+            **forecast_kwargs,
+        )
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        yield b, fc, time.perf_counter() - t0
+
+
 def evaluate_split(
     model: ITransformerDiffusion,
     split: ForecastSplit,
@@ -267,27 +306,23 @@ def evaluate_split(
         disable=progress_disabled(progress),
     )
     try:
-        for lo in range(0, n, batch_size):
-            b = split.windows(torch.arange(lo, min(lo + batch_size, n)))
-            t0 = time.perf_counter()
-            fc = model.forecast(
-                b.x,
-                n_samples,
-                time_features=b.x_mark,
-                sampler=sampler,
-                num_steps=num_steps,
-                seed=seed,
-                window_ids=b.index,
-                progress=False,  # the one bar is this loop's
-            )
-            if device.type == "cuda":  # kernels run asynchronously: time them, not their launch
-                torch.cuda.synchronize(device)
+        batches = forecast_windows(
+            model,
+            split,
+            torch.arange(n, device=device),
+            n_samples,
+            batch_size=batch_size,
+            sampler=sampler,
+            num_steps=num_steps,
+            seed=seed,
+        )
+        for b, fc, sampled in batches:  # the one bar is this loop's
             t1 = time.perf_counter()
             metrics.update(fc.samples, b.y)
             steps.update(fc.samples, b.y, fc.point)
             if device.type == "cuda":  # the metrics' kernels too
                 torch.cuda.synchronize(device)
-            seconds, scoring = seconds + t1 - t0, scoring + time.perf_counter() - t1
+            seconds, scoring = seconds + sampled, scoring + time.perf_counter() - t1
             if on_batch is not None:
                 on_batch(b, fc)
             bar.update(b.x.shape[0])

@@ -58,6 +58,7 @@ from .._utils import (
     progress_disabled,
 )
 from .data import ForecastDataset, ForecastSplit, WindowBatch, check_data_spec
+from .evaluation import forecast_windows
 from .model import ITransformerDiffusion, _read_checkpoint, _write_checkpoint
 
 __all__ = [
@@ -704,18 +705,17 @@ def fit_spread_scale(
     c = model.config
     true_ms = torch.zeros(c.horizon, c.n_variates, dtype=torch.float64, device=device)
     sample_ms = torch.zeros_like(true_ms)
-    for lo in range(0, n, batch_size):
-        b = split.windows(idx[lo : lo + batch_size])
-        fc = model.forecast(
-            b.x,
-            n_samples,
-            time_features=b.x_mark,
-            sampler=sampler,
-            num_steps=num_steps,
-            seed=seed,
-            window_ids=b.index,
-            progress=False,
-        )
+    batches = forecast_windows(
+        model,
+        split,
+        idx,
+        n_samples,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_steps=num_steps,
+        seed=seed,
+    )
+    for b, fc, _ in batches:
         scale = model.res_std * model.res_scale  # [H, N]: undo the scale in use, if any
         r_true = (b.y - fc.point - model.res_mean) / model.res_std  # [B, H, N]
         r = (fc.samples - fc.point - model.res_mean) / scale  # [S, B, H, N]
