@@ -6,6 +6,7 @@ Dimensions: S samples, B windows, H horizon, N variates."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import math
@@ -14,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny import TINY as TINY_BASE
 
 from diffsample import crps
 from diffsample.forecast import (
-    ForecastConfig,
     ITransformerDiffusion,
     TrainConfig,
     synthetic_dataset,
@@ -25,21 +26,7 @@ from diffsample.forecast import (
 )
 from diffsample.forecast.baselines import gaussian_crps, gaussian_samples, residual_std
 
-TINY = ForecastConfig(
-    lookback=24,
-    horizon=12,
-    n_variates=3,
-    n_time_features=4,
-    d_model=16,
-    n_heads=2,
-    n_layers=1,
-    d_ff=24,
-    dropout=0.0,
-    denoiser_width=16,
-    denoiser_layers=1,
-    denoiser_heads=2,
-    num_train_steps=50,
-)
+TINY = dataclasses.replace(TINY_BASE, n_layers=1)
 
 
 def test_gaussian_crps_matches_properscoring():

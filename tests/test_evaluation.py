@@ -10,12 +10,12 @@ import sys
 
 import pytest
 import torch
+from tiny import TINY as TINY_BASE
 
 from diffsample import sample_ddim
 from diffsample._utils import atomic_write
 from diffsample.forecast import (
     Evaluation,
-    ForecastConfig,
     ITransformerDiffusion,
     evaluate_split,
     evaluation,
@@ -25,18 +25,8 @@ from diffsample.forecast import (
 from diffsample.forecast.evaluation import StepMetrics
 from diffsample.metrics import ForecastMetrics, coverage, crps
 
-TINY = ForecastConfig(
-    lookback=24,
-    horizon=12,
-    n_variates=7,
-    n_time_features=4,
-    d_model=16,
-    n_heads=2,
-    d_ff=16,
-    denoiser_width=16,
-    denoiser_layers=1,
-    denoiser_heads=2,
-    num_train_steps=50,
+TINY = dataclasses.replace(
+    TINY_BASE, n_variates=7, n_layers=2, d_ff=16, dropout=0.1, unet_channels=(32, 64)
 )
 
 

@@ -15,34 +15,17 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny import TINY
 from torch import nn
 
 from diffsample.forecast import (
     Forecast,
-    ForecastConfig,
     ITransformer,
     ITransformerDiffusion,
     TokenDenoiser,
     UNet1DDenoiser,
 )
 from diffsample.forecast.model import _write_checkpoint
-
-TINY = ForecastConfig(
-    lookback=24,
-    horizon=12,
-    n_variates=3,
-    n_time_features=4,
-    d_model=16,
-    n_heads=2,
-    n_layers=2,
-    d_ff=24,
-    dropout=0.0,
-    denoiser_width=16,
-    denoiser_layers=1,
-    denoiser_heads=2,
-    unet_channels=(8, 16),
-    num_train_steps=50,
-)
 
 
 def tiny_model(**changes) -> ITransformerDiffusion:

@@ -13,9 +13,9 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from tiny import TINY
 
 from diffsample.forecast import (
-    ForecastConfig,
     ITransformerDiffusion,
     NonFiniteLossError,
     TrainConfig,
@@ -24,22 +24,6 @@ from diffsample.forecast import (
 )
 from diffsample.forecast import training as training_module
 
-TINY = ForecastConfig(
-    lookback=24,
-    horizon=12,
-    n_variates=3,
-    n_time_features=4,
-    d_model=16,
-    n_heads=2,
-    n_layers=2,
-    d_ff=24,
-    dropout=0.0,
-    denoiser_width=16,
-    denoiser_layers=1,
-    denoiser_heads=2,
-    unet_channels=(8, 16),
-    num_train_steps=50,
-)
 # 3 batches an epoch, 2 + 3 epochs: every path (stage change, lr decay, early-stopping state)
 # in well under a second a run
 QUICK = TrainConfig(
@@ -51,6 +35,7 @@ QUICK = TrainConfig(
     max_batches_per_epoch=3,
     seed=0,
 )
+
 BATCHES = QUICK.max_batches_per_epoch
 
 
