@@ -22,32 +22,21 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+
+# a C++-side weak reference to a storage: it expires when the memory is released
+from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
-
-try:  # C++-side weak reference to a storage: expires when the memory is released
-    from torch.multiprocessing.reductions import StorageWeakRef
-except ImportError:  # pragma: no cover - very old torch
-    StorageWeakRef = None  # type: ignore[assignment,misc]
 
 __all__ = ["back_off", "fit_row_cost", "free_bytes", "is_oom", "peak_bytes"]
 
 log = logging.getLogger(__name__)
 
-_OOM_TYPES: tuple[type, ...] = tuple(
-    t
-    for t in (
-        getattr(torch, "OutOfMemoryError", None),
-        getattr(torch.cuda, "OutOfMemoryError", None),
-    )
-    if t
-)
-
 
 def is_oom(exc: BaseException) -> bool:
-    """True for torch's out-of-memory errors (``torch.OutOfMemoryError`` from torch 2.4,
-    ``torch.cuda.OutOfMemoryError`` on every version)."""
-    return isinstance(exc, _OOM_TYPES)
+    """True for torch's out-of-memory errors (``torch.OutOfMemoryError``; from torch 2.4, the
+    package's floor, ``torch.cuda.OutOfMemoryError`` is the same class)."""
+    return isinstance(exc, torch.OutOfMemoryError)
 
 
 def back_off(rows: int, device: torch.device, what: str) -> int:
@@ -125,10 +114,6 @@ def peak_bytes(fn: Callable[[], Any], device: str | torch.device) -> int:
         fn()
         torch.cuda.synchronize(device)
         return int(torch.cuda.max_memory_allocated(device) - base)
-    if StorageWeakRef is None:  # pragma: no cover
-        raise RuntimeError(
-            "peak_bytes: this torch build lacks StorageWeakRef; pass max_batch instead"
-        )
     with _StorageTracker() as tracker:
         fn()
     return int(tracker.peak)

@@ -547,11 +547,9 @@ class _Watch:
         return _Pass(total / max(count, 1), int(bad) + 1 if bad >= 0 else None, bad_loss)
 
 
-def _grad_scaler(device: torch.device, enabled: bool) -> Any:
-    """GradScaler for fp16 (a no-op when disabled); torch < 2.3 only has the CUDA one."""
-    if hasattr(torch.amp, "GradScaler"):
-        return torch.amp.GradScaler(device.type, enabled=enabled)
-    return torch.cuda.amp.GradScaler(enabled=enabled)  # pragma: no cover - torch 2.2
+def _grad_scaler(device: torch.device, enabled: bool) -> torch.amp.GradScaler:
+    """GradScaler for fp16 (a no-op when disabled)."""
+    return torch.amp.GradScaler(device.type, enabled=enabled)
 
 
 def _epoch(
