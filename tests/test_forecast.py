@@ -679,3 +679,16 @@ def test_checkpoints_of_diffsample_0_1_load_only_when_asked(tmp_path):
         ITransformerDiffusion.load(old)
     back = ITransformerDiffusion.load(old, allow_unfinished=True)
     assert all(torch.equal(v, back.state_dict()[k]) for k, v in m.state_dict().items())
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_history_is_refused_before_sampling(bad):
+    model = tiny_model()
+    x = torch.randn(2, TINY.lookback, TINY.n_variates)
+    x[1, 3, 2] = bad
+    marks = torch.zeros(2, TINY.lookback, TINY.n_time_features)
+    with pytest.raises(
+        ValueError,
+        match=r"^history: expected finite values, got 1 NaN/inf value\(s\), the first at index \(1, 3, 2\)",
+    ):
+        model.forecast(x, 2, time_features=marks, num_steps=2)

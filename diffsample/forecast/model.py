@@ -46,6 +46,7 @@ from .._utils import (
     atomic_write,
     check_bool,
     check_choice,
+    check_finite,
     check_int,
     check_number,
     check_tensor,
@@ -349,7 +350,12 @@ class ITransformerDiffusion(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            y_det, z = self(history, time_features)  # [B, H, N], [B, N, D]
+            y_det, z = self(history, time_features)  # [B, H, N], [B, N, D]; checks the shapes
+            # once per call, before sampling (not in forward: a sync per training batch);
+            # NaN here would only surface as NaN samples
+            check_finite("history", history)
+            if time_features is not None and self.config.n_time_features:
+                check_finite("time_features", time_features)
             c = self.config
             r = sample_many(
                 sampler,
