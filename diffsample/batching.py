@@ -152,6 +152,10 @@ def sample_many(
     _check_dtype(dtype)
     if not isinstance(schedule, NoiseSchedule):
         raise TypeError(expected("schedule", "a NoiseSchedule", schedule))
+    # the samplers read their coefficients on the host: a device copy would cost a sync per
+    # chunk (and break graph capture, which forbids syncs)
+    if schedule.device.type != "cpu":
+        schedule = schedule.to("cpu")
     grid = check_grid(timesteps, schedule.num_train_steps)  # [K] host ints
     bad = [k for k in _RESERVED if k in sampler_kwargs]
     if bad:
@@ -567,14 +571,17 @@ def _num_conditions(cond: Mapping[str, Any], cond_ids: Any) -> int:
             f"cond: every tensor must have the same leading dimension B (one row per condition); "
             f"got {sizes}"
         )
-    if sizes:
-        return next(iter(sizes.values()))
-    return 1 if cond_ids is None else len(cond_ids)
+    B = next(iter(sizes.values())) if sizes else 1 if cond_ids is None else len(cond_ids)
+    if B < 1:  # an empty batch of windows: nothing to sample, and no chunk size to plan
+        raise ValueError(f"cond: expected at least one condition (B >= 1), got B = {B}")
+    return B
 
 
 def _check_cond_ids(cond_ids: Any, B: int, device: torch.device) -> torch.Tensor:
     if cond_ids is None:
         return torch.arange(B, device=device)
+    if isinstance(cond_ids, (str, bytes)) or not isinstance(cond_ids, (torch.Tensor, Sequence)):
+        raise TypeError(expected("cond_ids", "a tensor or sequence of integer ids", cond_ids))
     ids = torch.as_tensor(cond_ids, device=device)
     if ids.dtype.is_floating_point or ids.dtype == torch.bool or ids.dtype.is_complex:
         raise TypeError(expected("cond_ids", "integer ids", ids))

@@ -73,6 +73,8 @@ class ChunkGraph:
         try:
             torch.cuda.set_sync_debug_mode("error")
             with torch.cuda.stream(self.stream):
+                # one warm-up run is K denoiser calls of the same shapes, enough for the lazy
+                # initialisation (cuBLAS workspaces, kernel selection) the docs warm up for
                 self.first = run(self.keys, self.cond).clone()  # warm-up = the first chunk
         except RuntimeError as exc:
             if "synchroniz" not in str(exc):
@@ -82,6 +84,7 @@ class ChunkGraph:
             torch.cuda.set_sync_debug_mode(mode)
             torch.cuda.current_stream(keys.device).wait_stream(self.stream)
         self.graph: torch.cuda.CUDAGraph | None = None
+        self.out: torch.Tensor | None = None  # the graph's output buffer, set by capture()
 
     def capture(self) -> None:
         """Record the chunk's work into a CUDA graph (torch's capture errors propagate: a
@@ -105,7 +108,7 @@ class ChunkGraph:
             new = cond_rows[k]
             if new.data_ptr() != buf.data_ptr() or new.stride() != buf.stride():
                 buf.copy_(new)
-        if self.graph is None:
+        if self.graph is None or self.out is None:
             raise RuntimeError("ChunkGraph: call capture() before replaying")
         self.graph.replay()
         return self.out.clone()

@@ -556,3 +556,38 @@ def test_prepare_cond_must_keep_one_row_per_condition():
             timesteps=SCH.timesteps(4),
             progress=False,
         )
+
+
+def test_zero_conditions_and_bad_cond_ids_are_clear_errors():
+    sch = NoiseSchedule.cosine(10)
+    kw = dict(schedule=sch, timesteps=sch.timesteps(2), progress=False)
+    with pytest.raises(
+        ValueError, match=r"^cond: expected at least one condition \(B >= 1\), got B = 0"
+    ):
+        sample_many("ddim", lambda x, t, z: x, (3,), 2, cond={"z": torch.zeros(0, 3)}, **kw)
+    with pytest.raises(
+        TypeError, match=r"^cond_ids: expected a tensor or sequence of integer ids, got str 'ab'"
+    ):
+        sample_many("ddim", lambda x, t: x, (3,), 2, cond_ids="ab", **kw)
+
+
+def test_a_schedule_on_another_device_is_read_on_the_host():
+    sch = NoiseSchedule.cosine(10)
+    calls = []
+
+    class Moved(NoiseSchedule):  # stands in for schedule.to("cuda") on a CPU-only machine
+        @property
+        def device(self) -> torch.device:
+            return torch.device("meta")
+
+        def to(self, device):
+            calls.append(str(device))
+            return sch
+
+    moved = Moved(sch.betas, sch.alphas_cumprod, "cosine")
+    kw = dict(timesteps=sch.timesteps(3), progress=False, cond_ids=torch.arange(2))
+    out = sample_many("ddim", lambda x, t: 0.1 * x, (4,), 3, schedule=moved, **kw)
+    torch.testing.assert_close(
+        out, sample_many("ddim", lambda x, t: 0.1 * x, (4,), 3, schedule=sch, **kw), rtol=0, atol=0
+    )
+    assert calls == ["cpu"]

@@ -23,6 +23,7 @@ from diffsample.forecast import (
     train,
 )
 from diffsample.forecast import training as training_module
+from diffsample.forecast.model import _read_checkpoint, _write_checkpoint
 
 # 3 batches an epoch, 2 + 3 epochs: every path (stage change, lr decay, early-stopping state)
 # in well under a second a run
@@ -309,6 +310,9 @@ def test_a_non_finite_loss_later_keeps_the_last_good_checkpoint(tmp_path, data, 
     assert math.isnan(err.loss)
     assert len(seen) == (BATCHES + 2 if eager else 2 * BATCHES)  # the per-epoch check runs on
     assert len(saved) == 3 and path.read_bytes() == saved[-1]  # stage 2 epoch 1, untouched
+    best = ITransformerDiffusion.load(path, allow_unfinished=True).state_dict()
+    for k, v in m.state_dict().items():  # the model is left with its best weights, finite
+        assert torch.equal(v, best[k]), k
     with pytest.raises(
         ValueError, match=r"unfinished training run \(saved after stage 2 epoch 1\)"
     ):
@@ -465,3 +469,45 @@ def test_resume_refuses_what_it_cannot_continue(tmp_path, data, reference):
         train(model, other, QUICK, checkpoint=ref_path, resume=True)
     with pytest.raises(TypeError, match=r"^resume: expected True or False, got str 'yes'$"):
         train(model, data, QUICK, checkpoint=ref_path, resume="yes")
+
+
+def test_resume_refuses_another_kind_of_device(tmp_path, data, monkeypatch):
+    """The RNG states and the mixed precision of a run only continue on the device kind it
+    was trained on: a CUDA run resumed on a CPU gets one line, not a generator-state error."""
+    path = tmp_path / "model.pt"
+    step, calls = training_module._step, []
+
+    def interrupting(*args):
+        calls.append(1)
+        if len(calls) == BATCHES + 1:
+            raise KeyboardInterrupt
+        step(*args)
+
+    monkeypatch.setattr(training_module, "_step", interrupting)
+    with pytest.raises(KeyboardInterrupt):
+        train(fresh_model(), data, QUICK, checkpoint=path, progress=False)
+    monkeypatch.undo()
+    payload = _read_checkpoint(path, map_location="cpu")
+    del payload["checksum"]
+    payload["run"] = {**payload["run"], "device_type": "cuda", "amp_dtype": "bfloat16"}
+    _write_checkpoint(path, payload)
+    with pytest.raises(
+        ValueError,
+        match=r"^resume: .*model\.pt was trained on cuda with amp dtype bfloat16; this run is on cpu with None",
+    ):
+        train(fresh_model(), data, QUICK, checkpoint=path, resume=True, progress=False)
+
+
+def test_a_field_the_saved_run_predates_counts_as_its_default(tmp_path):
+    saved = {f.name: getattr(QUICK, f.name) for f in dataclasses.fields(QUICK)}
+    del saved["diffusion_lr_decay"]  # a checkpoint of a release before the field existed
+    training_module._same(tmp_path / "m.pt", "train config", saved, QUICK)
+    with pytest.raises(
+        ValueError, match=r"diffusion_lr_decay=1\.0 there, diffusion_lr_decay=0\.9 here"
+    ):
+        training_module._same(
+            tmp_path / "m.pt",
+            "train config",
+            saved,
+            dataclasses.replace(QUICK, diffusion_lr_decay=0.9),
+        )

@@ -341,7 +341,9 @@ class ITransformerDiffusion(nn.Module):
             max_batch, memory_budget, progress: see :func:`diffsample.sample_many`.
             seed, window_ids: key the noise: the same window id and seed give the same samples in
                 any test batch and at any chunking. Default ids 0..B-1; pass global indices.
-            **sampler_kwargs: passed to the sampler, e.g. ``eta`` for DDIM or ``clip_x0``.
+            **sampler_kwargs: passed to :func:`diffsample.sample_many`: its own ``graph=True``
+                (CUDA graphs) and ``autocast=torch.bfloat16`` (the denoiser in bf16), or the
+                sampler's, e.g. ``eta`` for DDIM or ``clip_x0``.
 
         Returns:
             ``Forecast(samples [S, B, H, N], point [B, H, N])``, both contiguous. Map them to

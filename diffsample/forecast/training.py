@@ -261,6 +261,7 @@ class _Run:
             "history": [dict(r) for r in self.history],
             "best_val_point": self.best_point,
             "amp_dtype": _dtype_name(self.amp_dtype),
+            "device_type": self.device.type,
             "seconds": self.seconds(),
             **extra,
         }
@@ -323,6 +324,14 @@ def train(
         return _finished_result(model, saved)
     model.data_spec = data.spec()
     amp_dtype = resolve_amp(config.amp, device)
+    if saved is not None:  # the RNG states and the precision only continue on the same kind
+        record = saved["run"]
+        was = (record.get("device_type", device.type), record.get("amp_dtype"))
+        if was != (device.type, _dtype_name(amp_dtype)):
+            raise ValueError(
+                f"resume: {path} was trained on {was[0]} with amp dtype {was[1]}; this run is on "
+                f"{device.type} with {_dtype_name(amp_dtype)}: resume on the same kind of device"
+            )
     run = _Run(
         model=model,
         config=config,
@@ -438,11 +447,17 @@ def _fit(run: _Run, stage: _Stage, saved: Mapping[str, Any] | None) -> float:
     for epoch in range(first, 0 if stopped else stage.epochs):
         module.train()
         desc = f"stage {stage.number} epoch {epoch + 1}/{stage.epochs}"
-        loss = _epoch(stage.loss_fn, module, opt, scaler, run, desc)
-        _raise_if_bad(loss, stage.number, epoch + 1, "train")
-        module.eval()
-        val = _evaluate(stage.val_fn(), run.val_split, run.config.batch_size, run)
-        _raise_if_bad(val, stage.number, epoch + 1, "val")
+        try:
+            loss = _epoch(stage.loss_fn, module, opt, scaler, run, desc)
+            _raise_if_bad(loss, stage.number, epoch + 1, "train")
+            module.eval()
+            val = _evaluate(stage.val_fn(), run.val_split, run.config.batch_size, run)
+            _raise_if_bad(val, stage.number, epoch + 1, "val")
+        except NonFiniteLossError:
+            # the epoch stepped past good weights (on a GPU past the bad batch too: one check an
+            # epoch, no sync a batch): leave the caller's model with its best weights
+            module.load_state_dict(best_state)
+            raise
         record = {
             "stage": stage.number,
             "epoch": epoch + 1,
@@ -787,8 +802,8 @@ def _resume_state(
         saved.get("finished") is not True and not isinstance(saved.get("resume"), Mapping)
     ):
         raise ValueError(f"resume: {path} holds no training state to resume (not written by train)")
-    _same(path, "model config", saved["config"], dataclasses.asdict(model.config))
-    _same(path, "train config", record.get("train_config"), dataclasses.asdict(config))
+    _same(path, "model config", saved["config"], model.config)
+    _same(path, "train config", record.get("train_config"), config)
     spec = saved.get("data_spec")
     if not isinstance(spec, Mapping):
         raise ValueError(f"resume: {path} records no data spec; cannot check the data")
@@ -799,12 +814,14 @@ def _resume_state(
     return saved
 
 
-def _same(path: Path, what: str, saved: object, given: Mapping[str, Any]) -> None:
-    """ValueError naming the first field of ``given`` that ``saved`` does not match."""
+def _same(path: Path, what: str, saved: object, given: Any) -> None:
+    """ValueError naming the first field of the config dataclass ``given`` that ``saved`` does
+    not match; a field the saved run predates counts as its default (what that run used)."""
     if not isinstance(saved, Mapping):
         raise ValueError(f"resume: {path} records no {what}")
-    for name, value in given.items():
-        old = saved.get(name)
+    for field in dataclasses.fields(given):
+        name, value = field.name, getattr(given, field.name)
+        old = saved.get(name, field.default)
         if _plain(old) != _plain(value):
             raise ValueError(
                 f"resume: {path} was trained with another {what}: {name}={old!r} there, "
