@@ -172,10 +172,13 @@ def test_evaluation_is_a_frozen_record_with_a_json_form(model, data):
     assert isinstance(ev, Evaluation) and (ev.windows, ev.samples, ev.steps) == (4, 3, 2)
     assert all(type(v) is float for v in ev.metrics.values()) and ev.seconds > 0
     assert ev.scoring_seconds > 0
+    assert ev.seconds_per_window == ev.seconds / 4
+    assert ev.peak_memory_bytes is None  # measured on CUDA only
     with pytest.raises(dataclasses.FrozenInstanceError):
         ev.windows = 5  # type: ignore[misc]
     d = ev.as_dict()
     assert json.loads(json.dumps(d)) == d
+    assert d["seconds_per_window"] == round(ev.seconds / 4, 6) and "peak_memory_bytes" not in d
     assert {k: d[k] for k in ("windows", "samples", "steps", "sampler")} == {
         "windows": 4,
         "samples": 3,

@@ -334,8 +334,10 @@ def _score_and_write(
         on_batch=on_batch,
     )
     rate = ev.windows * ev.samples / max(ev.seconds, 1e-9)
+    peak = "" if ev.peak_memory_bytes is None else f", peak {ev.peak_memory_bytes / 2**20:.0f} MiB"
     _say(
-        f"sampled in {ev.seconds:.1f} s ({rate:.0f} samples/s), scored in "
+        f"sampled in {ev.seconds:.1f} s ({rate:.0f} samples/s, "
+        f"{1e3 * ev.seconds_per_window:.1f} ms per window{peak}), scored in "
         f"{ev.scoring_seconds:.1f} s"
     )
     _print_scores(ev, split_name, data.source)

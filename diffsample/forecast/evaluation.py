@@ -64,6 +64,8 @@ class Evaluation:
         scoring_seconds: wall time of the metrics (both accumulators).
         per_step: column name -> H values, the scores of each horizon step averaged over
             windows and variates (:meth:`StepMetrics.compute`); empty if not computed.
+        peak_memory_bytes: on CUDA, the most device memory allocated during the evaluation
+            (sampling and scoring); None on other devices.
     """
 
     metrics: Mapping[str, float]
@@ -74,6 +76,12 @@ class Evaluation:
     seconds: float
     scoring_seconds: float = 0.0
     per_step: Mapping[str, tuple[float, ...]] = dataclasses.field(default_factory=dict)
+    peak_memory_bytes: int | None = None
+
+    @property
+    def seconds_per_window(self) -> float:
+        """Wall time of the forecast calls per window scored."""
+        return self.seconds / max(self.windows, 1)
 
     def __post_init__(self) -> None:
         # private copies: the caller's dicts changing later must not change a frozen record
@@ -94,6 +102,12 @@ class Evaluation:
             "sampler": self.sampler,
             "sampling_seconds": round(self.seconds, 3),
             "scoring_seconds": round(self.scoring_seconds, 3),
+            "seconds_per_window": round(self.seconds_per_window, 6),
+            **(
+                {}
+                if self.peak_memory_bytes is None
+                else {"peak_memory_bytes": self.peak_memory_bytes}
+            ),
         }
 
 
@@ -298,6 +312,8 @@ def evaluate_split(
     split = split.to(device)
     metrics, steps = ForecastMetrics(), StepMetrics()
     seconds, scoring = 0.0, 0.0
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     bar = tqdm(
         total=n,
         unit="window",
@@ -343,4 +359,7 @@ def evaluate_split(
         seconds=seconds,
         scoring_seconds=scoring,
         per_step=per_step,
+        peak_memory_bytes=int(torch.cuda.max_memory_allocated(device))
+        if device.type == "cuda"
+        else None,
     )
