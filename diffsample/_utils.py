@@ -28,6 +28,7 @@ __all__ = [
     "check_finite",
     "check_int",
     "check_number",
+    "check_path",
     "check_tensor",
     "choices_of",
     "describe",
@@ -138,6 +139,13 @@ def check_choice(name: str, value: object, options: Any) -> str:
     if value not in allowed:
         raise ValueError(expected(name, want, value))
     return value
+
+
+def check_path(name: str, value: object) -> Path:
+    """``value`` as a Path if it is a str or ``os.PathLike``; TypeError otherwise."""
+    if not isinstance(value, (str, os.PathLike)):
+        raise TypeError(expected(name, "a str or os.PathLike path", value))
+    return Path(value)
 
 
 def check_tensor(name: str, value: object, *, floating: bool = False) -> torch.Tensor:

@@ -54,6 +54,7 @@ from .._utils import (
     check_choice,
     check_int,
     check_number,
+    check_path,
     expected,
     progress_disabled,
 )
@@ -310,9 +311,7 @@ def train(
         raise TypeError(expected("config", "a TrainConfig", config))
     _check_compatible(model, data)
     resume = check_bool("resume", resume)
-    if checkpoint is not None and not isinstance(checkpoint, (str, os.PathLike)):
-        raise TypeError(expected("checkpoint", "a str or os.PathLike path, or None", checkpoint))
-    path = Path(checkpoint) if checkpoint is not None else None
+    path = check_path("checkpoint", checkpoint) if checkpoint is not None else None
     saved = _resume_state(path, model, data, config) if resume else None
     device = (
         torch.device(device)

@@ -18,8 +18,8 @@ import urllib.request
 from pathlib import Path
 from typing import IO
 
-from ..._utils import atomic_write, check_choice, check_number, expected
-from .reader import PathLike, check_path, parse_table
+from ..._utils import atomic_write, check_choice, check_number, check_path, expected
+from .reader import PathLike, parse_table
 from .splits import detect_protocol, split_borders
 
 __all__ = [

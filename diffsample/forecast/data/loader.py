@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import os
 
-from ..._utils import check_bool, check_choice
+from ..._utils import check_bool, check_choice, check_path
 from .batches import ForecastDataset
 from .download import ETT_NAMES, cache_root, download_ett, find_ett
-from .reader import PathLike, check_path
+from .reader import PathLike
 from .splits import Protocol, load_csv
 from .synthetic import synthetic_call, synthetic_dataset
 from .timefeatures import Freq

@@ -15,18 +15,14 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import TypeAlias
 
 import numpy as np
-
-from ..._utils import expected
 
 __all__ = [
     "ETT_COLUMNS",
     "PathLike",
     "Table",
-    "check_path",
     "parse_date",
     "parse_table",
     "read_table",
@@ -37,13 +33,6 @@ PathLike: TypeAlias = str | os.PathLike[str]
 ETT_COLUMNS: tuple[str, ...] = ("date", "HUFL", "HULL", "MUFL", "MULL", "LUFL", "LULL", "OT")
 # what datetime.fromisoformat does not read but CSV exports often hold
 _SLASH_FORMATS = ("%Y/%m/%d %H:%M:%S", "%Y/%m/%d %H:%M", "%Y/%m/%d")
-
-
-def check_path(name: str, value: object) -> Path:
-    """``value`` as a Path if it is a str or ``os.PathLike``; TypeError otherwise."""
-    if not isinstance(value, (str, os.PathLike)):
-        raise TypeError(expected(name, "a str or os.PathLike path", value))
-    return Path(value)
 
 
 @dataclass(frozen=True)

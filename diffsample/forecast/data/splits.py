@@ -22,9 +22,9 @@ from typing import Literal, TypeAlias
 import numpy as np
 import torch
 
-from ..._utils import check_choice
+from ..._utils import check_choice, check_path
 from .batches import ForecastDataset, ForecastSplit, check_window_lengths
-from .reader import PathLike, check_path, read_table
+from .reader import PathLike, read_table
 from .scaler import StandardScaler
 from .timefeatures import TIME_FEATURE_NAMES, Freq, time_features
 
