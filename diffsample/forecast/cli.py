@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import inspect
+import os
 import sys
 import time
 import typing
@@ -34,6 +35,7 @@ from typing import Any
 import torch
 
 from .._utils import check_int, choices_of, expected
+from ..distributed import local_device
 from ..samplers import SAMPLERS
 from .data import ForecastDataset, Protocol, WindowBatch, check_data_spec, load_dataset
 from .evaluation import Evaluation, check_evaluation_args, evaluate_split
@@ -305,7 +307,9 @@ def _score_and_write(
     """Sample and score a split, print the scores, then write the files (scores first)."""
     split = getattr(data, split_name)
     n = len(split) if a.windows is None else min(a.windows, len(split))
-    keeper = WindowKeeper(spread_windows(n))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    mine = list(range(_rank(), n, world))  # the windows evaluate_split gives this rank
+    keeper = WindowKeeper([mine[i] for i in spread_windows(len(mine))] if mine else [])
     c = model.config
     store = SampleStore(n, a.samples, c.horizon, c.n_variates) if a.save_samples else None
 
@@ -314,9 +318,10 @@ def _score_and_write(
         if store is not None:
             store(b, fc)
 
+    spread = "" if world == 1 else f", across {world} processes"
     _say(
         f"sampling the {split_name} set: {n} windows x {a.samples} samples, {a.sampler} "
-        f"{a.steps} steps, {batch_size} windows per call"
+        f"{a.steps} steps, {batch_size} windows per call{spread}"
     )
     if store is not None:
         mib = store.samples.numel() * store.samples.element_size() / 2**20
@@ -341,6 +346,8 @@ def _score_and_write(
         f"{ev.scoring_seconds:.1f} s"
     )
     _print_scores(ev, split_name, data.source)
+    if _rank() != 0:  # rank 0 writes the files (the scores are every rank's windows')
+        return
     report = results_dict(
         command=command,
         data=data.spec(),
@@ -357,6 +364,7 @@ def _score_and_write(
             "fan_chart": files.fan_chart if plot else None,
             "samples": files.samples if store is not None else None,
         },
+        processes=world,
     )
     # the scores are on screen already; the results file is written first, each file atomically
     _say(f"results: {write_json(files.results, report)}")
@@ -387,8 +395,9 @@ def _score_and_write(
 
 # ---------------------------------------------------------------------------------------- checks
 def _device(name: str) -> torch.device:
+    """The --device, checked; under torchrun, ``cuda`` is each process's own GPU."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return local_device(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     try:
         device = torch.device(name)
     except RuntimeError:
@@ -408,10 +417,15 @@ def _device(name: str) -> torch.device:
         raise ValueError(f"--device: expected a device this machine has, got {name!r} (no MPS)")
     elif device.type not in ("cpu", "cuda", "mps"):
         raise ValueError(expected("--device", "auto, cpu, cuda, cuda:1, mps", name))
-    return device
+    return local_device(device)
 
 
 def _check_sampling(a: argparse.Namespace, *, batch_size: int) -> None:
+    if a.save_samples and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError(
+            "--save-samples: not available under torchrun (the samples stay on the rank that "
+            "drew them; only the metric sums are combined): evaluate in one process to keep them"
+        )
     check_evaluation_args(
         n_samples=a.samples,
         num_steps=a.steps,
@@ -508,7 +522,14 @@ def _can_plot() -> bool:
 
 # ---------------------------------------------------------------------------------------- printing
 def _say(line: str) -> None:
-    print(line, flush=True)  # flushed: a log file shows each stage as it happens
+    if _rank() == 0:  # under torchrun, one voice: rank 0's
+        print(line, flush=True)  # flushed: a log file shows each stage as it happens
+
+
+def _rank() -> int:
+    """This process's rank under torchrun (0 otherwise), from its environment: no call to
+    torch.distributed before the run starts the group."""
+    return int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0
 
 
 def _epoch_printer(tc: TrainConfig) -> Callable[[dict[str, float]], None]:
@@ -795,11 +816,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"diffsample: interrupted{hint}", file=sys.stderr)
         return 130
     except _USER_ERRORS as exc:
-        print(f"diffsample: error: {_one_line(exc)}", file=sys.stderr)
+        print(f"{_who()}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except Exception as exc:  # a bug: still one line, and a different status
         print(
-            f"diffsample: error: unexpected {type(exc).__name__}: {_one_line(exc)} (a bug in "
+            f"{_who()}: error: unexpected {type(exc).__name__}: {_one_line(exc)} (a bug in "
             "diffsample; please report it with the command line)",
             file=sys.stderr,
         )
@@ -807,6 +828,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         torch.set_num_threads(threads)
     return 0
+
+
+def _who() -> str:
+    return "diffsample" if _rank() == 0 else f"diffsample (rank {_rank()})"
 
 
 def _one_line(exc: BaseException) -> str:

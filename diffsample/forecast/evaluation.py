@@ -34,6 +34,7 @@ from .._utils import (
     expected,
     progress_disabled,
 )
+from ..distributed import Ranks
 from ..metrics import ForecastMetrics, coverage, crps
 from ..samplers import SAMPLERS, Sampler
 from .data import ForecastSplit, WindowBatch
@@ -170,6 +171,19 @@ class StepMetrics:
             self._sums[k] = self._sums[k] + v if k in self._sums else v
         self._count += obs.shape[0] * obs.shape[2]
 
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The additive state (copies): each column's float64 sums ``[H]`` and ``count`` (windows
+        x variates per step); sum them across processes and load the result."""
+        state = {k: v.clone() for k, v in sorted(self._sums.items())}
+        return {**state, "count": torch.tensor(float(self._count), dtype=torch.float64)}
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Replace the state by ``state`` (a :meth:`state_dict`, e.g. summed over ranks)."""
+        if not isinstance(state, Mapping) or "count" not in state:
+            raise TypeError(expected("state", "a StepMetrics.state_dict()", state))
+        self._count = round(float(state["count"]))
+        self._sums = {k: v.clone() for k, v in state.items() if k != "count"}
+
     def overall(self, column: str) -> float:
         """A column's mean over every step, window and variate (NaN before the first update)."""
         if column not in self._sums:
@@ -265,11 +279,15 @@ def evaluate_split(
     seed: int = 0,
     progress: bool | None = None,
     on_batch: Callable[[WindowBatch, Forecast], None] | None = None,
+    group: Any = None,
 ) -> Evaluation:
     """Score the first ``max_windows`` windows of a split (all by default), streaming: the
     samples of one batch are scored and dropped before the next is drawn.
 
-    Runs on the model's device (the split is moved there).
+    Runs on the model's device (the split is moved there). Under torchrun, or given a process
+    ``group``, each rank scores the windows ``rank, rank + world, ...`` and the metric sums are
+    added up by one ``all_reduce`` (no sample leaves its rank): every rank returns the scores of
+    all windows, equal to a single process's to float round-off (the noise is keyed by window).
 
     Args:
         model: a trained forecaster.
@@ -288,9 +306,14 @@ def evaluate_split(
         on_batch: called after each batch is scored with the batch and its forecast
             (``samples [S, B, H, N]``, ``point [B, H, N]``, on the model's device), e.g. to
             keep some samples (:mod:`diffsample.forecast.report`); the loop keeps nothing.
+            Distributed, each rank calls it for its own windows.
+        group: a ``torch.distributed`` process group to shard the windows over; None: the
+            default group under torchrun, else this process alone.
 
     Returns:
         An :class:`Evaluation`; ``.as_dict()`` gives the scores the ``diffsample`` command writes.
+        Distributed, ``seconds`` and ``scoring_seconds`` are the slowest rank's and
+        ``peak_memory_bytes`` this rank's.
     """
     if not isinstance(model, ITransformerDiffusion):
         raise TypeError(expected("model", "an ITransformerDiffusion", model))
@@ -309,23 +332,30 @@ def evaluate_split(
         raise ValueError("split: expected at least one window, got an empty split")
     n = len(split) if max_windows is None else min(max_windows, len(split))
     device = next(model.parameters()).device
+    ranks = Ranks.resolve(group, device)
+    if n < ranks.world:
+        raise ValueError(
+            f"max_windows: expected at least one window for each of the {ranks.world} "
+            f"processes, got {n} windows"
+        )
     split = split.to(device)
+    mine = ranks.shard(n, device)  # [~n / world] window indices: all of them for one process
     metrics, steps = ForecastMetrics(), StepMetrics()
     seconds, scoring = 0.0, 0.0
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     bar = tqdm(
-        total=n,
+        total=mine.numel(),
         unit="window",
         desc=f"sampling {split.name}",
         leave=False,
-        disable=progress_disabled(progress),
+        disable=progress_disabled(progress) or not ranks.main,
     )
     try:
         batches = forecast_windows(
             model,
             split,
-            torch.arange(n, device=device),
+            mine,
             n_samples,
             batch_size=batch_size,
             sampler=sampler,
@@ -346,10 +376,16 @@ def evaluate_split(
     finally:
         bar.close()
     t0 = time.perf_counter()
+    if ranks.group is not None:  # the sums of every rank's windows, on every rank
+        states = metrics.state_dict(), steps.state_dict()
+        ranks.sum_([v for state in states for v in state.values()])
+        metrics.load_state_dict(states[0])
+        steps.load_state_dict(states[1])
     scores = dict(metrics.compute())
     scores.update(point_mse=steps.overall("point_mse"), point_mae=steps.overall("point_mae"))
     per_step = steps.compute()
     scoring += time.perf_counter() - t0
+    seconds, scoring = ranks.max(seconds), ranks.max(scoring)
     return Evaluation(
         metrics=scores,
         sampler=sampler if isinstance(sampler, str) else getattr(sampler, "__name__", "custom"),

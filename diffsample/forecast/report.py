@@ -270,6 +270,7 @@ def results_dict(
     history: Sequence[Mapping[str, float]] = (),
     training_seconds: float | None = None,
     files: Mapping[str, PathLike | None] | None = None,
+    processes: int = 1,
 ) -> dict[str, Any]:
     """The results file's content: what was scored, how, where, with what, and the scores.
 
@@ -285,6 +286,7 @@ def results_dict(
         history: the training epochs' records.
         training_seconds: wall time of training, if trained in this run.
         files: the other outputs (per-step table, fan chart, samples), name -> path or None.
+        processes: how many processes (torchrun ranks) sampled the split.
 
     Returns:
         A JSON-ready dict (NaN scores included; :func:`write_json` writes them as null).
@@ -306,6 +308,7 @@ def results_dict(
             "scoring": round(evaluation.scoring_seconds, 3),
         },
         "machine": machine_info(device),
+        "processes": check_int("processes", processes),
         "versions": library_versions(),
         "files": {k: None if v is None else os.fspath(v) for k, v in (files or {}).items()},
     }

@@ -43,10 +43,12 @@ import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, cast
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
 from .._utils import (
@@ -58,6 +60,7 @@ from .._utils import (
     expected,
     progress_disabled,
 )
+from ..distributed import Ranks, local_device
 from .data import ForecastDataset, ForecastSplit, WindowBatch, check_data_spec
 from .evaluation import forecast_windows
 from .model import ITransformerDiffusion, _read_checkpoint, _write_checkpoint
@@ -93,13 +96,12 @@ class TrainConfig:
     point_epochs: int = 10
     point_lr: float = 1e-4
     point_lr_decay: float = 0.5  # multiply the learning rate by this after every epoch
-    diffusion_epochs: int = 20
+    diffusion_epochs: int = 30
     diffusion_lr: float = 1e-3
-    # multiply the stage-2 learning rate by this after every epoch; 1.0 keeps it constant. On
-    # ETTh1 the validation diffusion loss was still falling after 20 epochs at 1e-3, and 9 more
-    # at 3e-4 lowered CRPS by 1.2% (docs/results.md): a decay is the likely better default,
-    # not yet measured over seeds
-    diffusion_lr_decay: float = 1.0
+    # multiply the stage-2 learning rate by this after every epoch (1.0 keeps it constant). At a
+    # constant 1e-3 the validation diffusion loss still fell after 20 epochs; 30 epochs decaying
+    # by 0.9 (1e-3 down to 5e-5) lowered ETTh1 CRPS by 1.1% on the same backbone (docs/results.md)
+    diffusion_lr_decay: float = 0.9
     weight_decay: float = 0.0
     patience: int = 3
     max_batches_per_epoch: int | None = None  # cap for quick runs; None = every window once
@@ -251,6 +253,7 @@ class _Run:
     best_point: float
     seconds_before: float  # of the sessions before a resume
     t0: float
+    ranks: Ranks = dataclasses.field(default_factory=Ranks)  # one process, unless distributed
 
     def seconds(self) -> float:
         return self.seconds_before + time.perf_counter() - self.t0
@@ -263,6 +266,7 @@ class _Run:
             "best_val_point": self.best_point,
             "amp_dtype": _dtype_name(self.amp_dtype),
             "device_type": self.device.type,
+            "world_size": self.ranks.world,
             "seconds": self.seconds(),
             **extra,
         }
@@ -278,8 +282,15 @@ def train(
     resume: bool = False,
     progress: bool | None = None,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
+    group: Any = None,
 ) -> TrainResult:
     """Train both stages in place and return what happened.
+
+    Under torchrun (or given a process ``group``) each process trains a DistributedDataParallel
+    copy on its share of every epoch's shuffled windows (DistributedSampler), the batch size
+    being per process; the validation losses are summed over the ranks, so every rank stops
+    early at the same epoch and returns the same model and result; rank 0 alone prints,
+    logs and writes the checkpoint.
 
     Args:
         model: the forecaster; its config must match the data (lookback, horizon, variates, F).
@@ -296,7 +307,11 @@ def train(
             machine. The model's weights are replaced by the checkpoint's. A finished
             checkpoint written by ``train`` is loaded and its result returned, untrained further.
         progress: None or True: progress bars on a terminal; False: none.
-        on_epoch: called with each epoch's record, e.g. ``print`` (only epochs run by this call).
+        on_epoch: called with each epoch's record, e.g. ``print`` (only epochs run by this call;
+            distributed, on rank 0 only).
+        group: a ``torch.distributed`` process group to train over; None: the default group
+            under torchrun (started here if needed: gloo on the CPU, nccl on CUDA, each process
+            on its ``LOCAL_RANK`` GPU), else this process alone.
 
     Returns:
         A :class:`TrainResult`; the model holds the best weights of each stage, in eval mode.
@@ -312,12 +327,20 @@ def train(
     _check_compatible(model, data)
     resume = check_bool("resume", resume)
     path = check_path("checkpoint", checkpoint) if checkpoint is not None else None
-    saved = _resume_state(path, model, data, config) if resume else None
     device = (
         torch.device(device)
         if device is not None
         else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     )
+    ranks = Ranks.resolve(group, device)
+    if ranks.group is not None and device.type == "cuda":  # DDP wants the GPU's index
+        device = local_device(device)
+        device = (
+            device
+            if device.index is not None
+            else torch.device("cuda", torch.cuda.current_device())
+        )
+    saved = _resume_state(path, model, data, config, ranks) if resume else None
     model.to(device)
     if saved is not None and saved.get("finished") is True:
         return _finished_result(model, saved)
@@ -339,14 +362,15 @@ def train(
         train_split=data.train.to(device),
         val_split=data.val.to(device),
         g=torch.Generator().manual_seed(config.seed),
-        g_dev=torch.Generator(device=device).manual_seed(config.seed + 1),
+        g_dev=torch.Generator(device=device).manual_seed(_rank_seed(config, 1, ranks)),
         checkpoint=path,
-        progress=progress,
-        on_epoch=on_epoch,
+        progress=progress if ranks.main else False,
+        on_epoch=on_epoch if ranks.main else None,
         history=[],
         best_point=math.inf,
         seconds_before=0.0,
         t0=time.perf_counter(),
+        ranks=ranks,
     )
 
     # stage 1: the point forecast
@@ -368,7 +392,7 @@ def train(
 
     # stage 2: the residual diffusion, on statistics fixed from the training windows
     def diffusion_val() -> Callable[[WindowBatch], torch.Tensor]:  # the same t, noise each pass
-        g_val = torch.Generator(device=device).manual_seed(config.seed + 2)
+        g_val = torch.Generator(device=device).manual_seed(_rank_seed(config, 2, ranks))
         return lambda b: model.diffusion_loss(b.x, b.y, b.x_mark, generator=g_val)
 
     stage2 = _Stage(
@@ -391,7 +415,7 @@ def train(
     try:
         with torch.random.fork_rng(devices=forked):
             if saved is None:
-                _seed_global_rng(device, config.seed + 3)
+                _seed_global_rng(device, _rank_seed(config, 3, ranks))
                 start = 1
             else:
                 start = _restore(run, saved)
@@ -420,8 +444,11 @@ def train(
         model.backbone.requires_grad_(True)
     model.eval()
     if path is not None:
-        record = run.run_record(best_val_diffusion=best_diff)
-        _write_checkpoint(path, {**model._checkpoint_payload(), "finished": True, "run": record})
+        if ranks.main:
+            record = run.run_record(best_val_diffusion=best_diff)
+            payload = {**model._checkpoint_payload(), "finished": True, "run": record}
+            _write_checkpoint(path, payload)
+        ranks.barrier()  # the file is there when train returns, on every rank
     return TrainResult(
         tuple(run.history), run.best_point, best_diff, _dtype_name(amp_dtype), run.seconds()
     )
@@ -443,11 +470,19 @@ def _fit(run: _Run, stage: _Stage, saved: Mapping[str, Any] | None) -> float:
         opt.load_state_dict(state["optimizer"])
         if state["scaler"] and scaler.is_enabled():  # a disabled scaler saves {}
             scaler.load_state_dict(state["scaler"])
+    loss_fn = stage.loss_fn
+    if run.ranks.group is not None:  # after the resume: DDP starts every rank from rank 0's
+        loss_fn = DistributedDataParallel(
+            _StageLoss(module, stage.loss_fn),
+            device_ids=[run.device.index] if run.device.type == "cuda" else None,
+            process_group=run.ranks.group,
+        )
     for epoch in range(first, 0 if stopped else stage.epochs):
         module.train()
         desc = f"stage {stage.number} epoch {epoch + 1}/{stage.epochs}"
         try:
-            loss = _epoch(stage.loss_fn, module, opt, scaler, run, desc)
+            order = _epoch_order(run, stage.number, epoch)
+            loss = _epoch(loss_fn, order, module, opt, scaler, run, desc)
             _raise_if_bad(loss, stage.number, epoch + 1, "train")
             module.eval()
             val = _evaluate(stage.val_fn(), run.val_split, run.config.batch_size, run)
@@ -465,7 +500,8 @@ def _fit(run: _Run, stage: _Stage, saved: Mapping[str, Any] | None) -> float:
             "lr": opt.param_groups[0]["lr"],
         }
         run.history.append(record)
-        log.info("epoch %s", record)
+        if run.ranks.main:
+            log.info("epoch %s", record)
         if val.mean < best:
             best, best_state, stale = val.mean, copy.deepcopy(module.state_dict()), 0
         else:
@@ -484,9 +520,14 @@ def _fit(run: _Run, stage: _Stage, saved: Mapping[str, Any] | None) -> float:
                 "current": module.state_dict(),
                 "optimizer": opt.state_dict(),
                 "scaler": scaler.state_dict(),
-                "rng": _rng_states(run),
+                # every rank's (each draws its own diffusion noise and dropout); one: a dict
+                "rng": _rng_states(run)
+                if run.ranks.group is None
+                else run.ranks.gather(_rng_states(run)),
             }
-            _save_unfinished(run.checkpoint, run, stage, epoch + 1, best_state, resume)
+            if run.ranks.main:
+                _save_unfinished(run.checkpoint, run, stage, epoch + 1, best_state, resume)
+            run.ranks.barrier()
         if run.on_epoch is not None:  # after the write: an epoch reported is an epoch saved
             run.on_epoch(record)
         if stopped:
@@ -554,7 +595,14 @@ class _Watch:
         self.bad_loss = torch.where(new, loss, self.bad_loss)
         self.total += loss * weight
 
-    def result(self, count: int) -> _Pass:
+    def result(self, count: int, ranks: Ranks) -> _Pass:
+        """The pass's mean; distributed, over every rank's batches (a non-finite loss on any
+        rank makes it non-finite on all, the batch unknown)."""
+        if ranks.group is not None:
+            sums = torch.stack([self.total, self.total.new_tensor(float(count))])
+            ranks.sum_([sums])
+            total, n = sums.tolist()
+            return _Pass(total / max(n, 1.0), None, total)
         total, bad, bad_loss = torch.stack(
             [self.total, self.bad.double(), self.bad_loss]
         ).tolist()  # the one sync
@@ -568,23 +616,23 @@ def _grad_scaler(device: torch.device, enabled: bool) -> torch.amp.GradScaler:
 
 def _epoch(
     loss_fn: Callable[[WindowBatch], torch.Tensor],
+    order: torch.Tensor,
     module: nn.Module,
     opt: torch.optim.Optimizer,
     scaler: Any,
     run: _Run,
     desc: str,
 ) -> _Pass:
-    """One pass over (a capped number of) shuffled training batches; returns the mean loss.
+    """One pass over (a capped number of) batches of the training windows ``order [n]``;
+    returns the mean loss.
 
     On the CPU a non-finite loss ends the pass before its step (checking is free there); on
-    other devices the pass runs on and reports the first one at its end.
+    other devices, and distributed (where every rank must take the same steps), the pass runs
+    on and reports the first one at its end.
     """
     config, split = run.config, run.train_split
-    batches = _capped(
-        split.batches(config.batch_size, shuffle=True, generator=run.g),
-        config.max_batches_per_epoch,
-    )
-    n_batches = math.ceil(len(split) / config.batch_size)
+    batches = _capped(_batches(split, order, config.batch_size), config.max_batches_per_epoch)
+    n_batches = math.ceil(order.numel() / config.batch_size)
     total = min(n_batches, config.max_batches_per_epoch or n_batches)
     watch = _Watch(run.device)
     count = 0
@@ -594,15 +642,56 @@ def _epoch(
             loss = loss_fn(batch)
         watch.add(loss, i)
         count += 1
-        if _eager_checks(run.device) and not bool(torch.isfinite(loss)):
+        if _eager_checks(run) and not bool(torch.isfinite(loss)):
             break  # before the step: the weights stay those of the last good batch
         _step(loss, module, opt, scaler, config.grad_clip)
-    return watch.result(count)
+    return watch.result(count, run.ranks)
 
 
-def _eager_checks(device: torch.device) -> bool:
-    """Check each loss as it comes (the CPU, where it costs no sync), else once per pass."""
-    return device.type == "cpu"
+def _eager_checks(run: _Run) -> bool:
+    """Check each loss as it comes (one CPU process, where it costs no sync), else once per pass."""
+    return run.device.type == "cpu" and run.ranks.group is None
+
+
+def _epoch_order(run: _Run, stage: int, epoch: int) -> torch.Tensor:
+    """The training windows of an epoch, in the order this rank visits them ``[n]``: one
+    process shuffles all of them with the run's generator; distributed, DistributedSampler
+    shuffles them alike on every rank (seeded by the run's seed, the stage and the epoch, so a
+    resumed run repeats it) and hands each rank its share (padded to equal counts)."""
+    n = len(run.train_split)
+    if run.ranks.group is None:
+        return torch.randperm(n, generator=run.g)
+    windows = cast("Dataset[int]", range(n))  # the sampler only takes len() of it
+    sampler: DistributedSampler[int] = DistributedSampler(
+        windows,
+        num_replicas=run.ranks.world,
+        rank=run.ranks.rank,
+        shuffle=True,
+        seed=run.config.seed + 1000 * stage,
+    )
+    sampler.set_epoch(epoch)
+    return torch.tensor(list(sampler), dtype=torch.long)
+
+
+def _batches(split: ForecastSplit, order: torch.Tensor, batch_size: int) -> Iterator[WindowBatch]:
+    """Batches of the windows ``order [n]`` (valid indices by construction: no check, no sync)."""
+    order = order.to(split.values.device)
+    for lo in range(0, order.numel(), batch_size):
+        yield split._gather(order[lo : lo + batch_size])
+
+
+class _StageLoss(nn.Module):
+    """A stage's loss as a module whose only parameters are the trained module's, so that
+    DistributedDataParallel averages exactly their gradients (the frozen backbone of stage 2
+    and the idle denoiser of stage 1 stay out of it)."""
+
+    def __init__(self, module: nn.Module, loss_fn: Callable[[WindowBatch], torch.Tensor]):
+        super().__init__()
+        self.module = module
+        self.loss_fn = loss_fn  # a closure over the model, not a registered submodule
+
+    def forward(self, batch: WindowBatch) -> torch.Tensor:
+        return self.loss_fn(batch)
 
 
 def _step(
@@ -629,13 +718,14 @@ def _evaluate(
     batch_size: int,
     run: _Run,
 ) -> _Pass:
-    """Window-weighted mean of a loss over every window of a split."""
+    """Window-weighted mean of a loss over every window of a split (distributed: each rank
+    scores its share and the sums are added up)."""
     watch, n = _Watch(run.device), 0
-    for i, batch in enumerate(split.batches(batch_size)):
+    for i, batch in enumerate(_batches(split, run.ranks.shard(len(split)), batch_size)):
         with _autocast(run):
             watch.add(loss_fn(batch), i, weight=batch.x.shape[0])
         n += batch.x.shape[0]
-    return watch.result(n)
+    return watch.result(n, run.ranks)
 
 
 def _autocast(run: _Run) -> torch.autocast:
@@ -748,6 +838,11 @@ def _dtype_name(dtype: torch.dtype | None) -> str | None:
 
 
 # ---------------------------------------------------------------------- RNG and resume
+def _rank_seed(config: TrainConfig, offset: int, ranks: Ranks) -> int:
+    """The seed of one of a run's random streams on a rank (rank 0's is a single process's)."""
+    return config.seed + offset + 1000 * ranks.rank
+
+
 def _seed_global_rng(device: torch.device, seed: int) -> None:
     """Seed the global CPU RNG and, on CUDA, the device's own (not every GPU's)."""
     torch.default_generator.manual_seed(seed)
@@ -771,6 +866,8 @@ def _restore(run: _Run, saved: Mapping[str, Any]) -> int:
     """Load a checkpoint's weights, RNG states and history into ``run``; returns its stage."""
     run.model.load_state_dict(saved["state_dict"])
     rng = saved["resume"]["rng"]
+    if isinstance(rng, list):  # a distributed run's: one per rank
+        rng = rng[run.ranks.rank]
     run.g.set_state(rng["batch_order"])
     run.g_dev.set_state(rng["diffusion"])
     torch.set_rng_state(rng["torch"])
@@ -780,14 +877,20 @@ def _restore(run: _Run, saved: Mapping[str, Any]) -> int:
     run.history = [dict(r) for r in record["history"]]
     run.best_point = float(record["best_val_point"])
     run.seconds_before = float(record["seconds"])
-    log.info("resuming after stage %s epoch %s", saved["stage"], saved["epoch"])
+    if run.ranks.main:
+        log.info("resuming after stage %s epoch %s", saved["stage"], saved["epoch"])
     return int(saved["stage"])
 
 
 def _resume_state(
-    path: Path | None, model: ITransformerDiffusion, data: ForecastDataset, config: TrainConfig
+    path: Path | None,
+    model: ITransformerDiffusion,
+    data: ForecastDataset,
+    config: TrainConfig,
+    ranks: Ranks,
 ) -> dict[str, Any]:
-    """The checkpoint to resume from, checked against the model, the train config and data."""
+    """The checkpoint to resume from, checked against the model, the train config, the data
+    and the number of processes."""
     if path is None:
         raise ValueError("resume: expected a checkpoint path to resume from, got checkpoint=None")
     if not path.is_file():
@@ -803,6 +906,12 @@ def _resume_state(
         raise ValueError(f"resume: {path} holds no training state to resume (not written by train)")
     _same(path, "model config", saved["config"], model.config)
     _same(path, "train config", record.get("train_config"), config)
+    world = record.get("world_size", 1)  # a release before distributed training: one process
+    if saved.get("finished") is not True and world != ranks.world:
+        raise ValueError(
+            f"resume: {path} was trained by {world} process(es); this run has {ranks.world}: "
+            "resume with as many (each continues its own random streams)"
+        )
     spec = saved.get("data_spec")
     if not isinstance(spec, Mapping):
         raise ValueError(f"resume: {path} records no data spec; cannot check the data")
@@ -813,14 +922,20 @@ def _resume_state(
     return saved
 
 
+# What a run saved before a field existed used, where that differs from today's default (0.2.0
+# trained stage 2 at a constant learning rate; the default decays it since 0.3.0).
+_BEFORE_FIELD: dict[str, object] = {"diffusion_lr_decay": 1.0}
+
+
 def _same(path: Path, what: str, saved: object, given: Any) -> None:
     """ValueError naming the first field of the config dataclass ``given`` that ``saved`` does
-    not match; a field the saved run predates counts as its default (what that run used)."""
+    not match; a field the saved run predates counts as what that run used (``_BEFORE_FIELD``,
+    else the field's default)."""
     if not isinstance(saved, Mapping):
         raise ValueError(f"resume: {path} records no {what}")
     for field in dataclasses.fields(given):
         name, value = field.name, getattr(given, field.name)
-        old = saved.get(name, field.default)
+        old = saved.get(name, _BEFORE_FIELD.get(name, field.default))
         if _plain(old) != _plain(value):
             raise ValueError(
                 f"resume: {path} was trained with another {what}: {name}={old!r} there, "

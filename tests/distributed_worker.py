@@ -1,0 +1,103 @@
+"""One process of a torchrun job that tests/test_distributed.py launches (gloo, on the CPU).
+
+    torchrun --standalone --nproc_per_node 2 tests/distributed_worker.py OUT MODE [ARGS]
+
+MODE evaluate CHECKPOINT: score the tiny data's test split through evaluate_split (the process
+group is started by diffsample from torchrun's environment); each rank writes its scores and the
+windows it sampled to OUT/rank<r>.json.
+MODE train CHECKPOINT [STOP_AFTER]: train a tiny model with a checkpoint; each rank writes its
+result, a digest of its weights and the checkpoint writes it made; with STOP_AFTER, every rank
+raises KeyboardInterrupt before its epoch number STOP_AFTER + 1 (an interrupted run).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+from tiny import TINY  # beside this script, which Python puts first on the path
+
+from diffsample.forecast import (
+    ITransformerDiffusion,
+    TrainConfig,
+    evaluate_split,
+    load_dataset,
+    training,
+)
+
+MODEL = dataclasses.replace(TINY, n_variates=7)  # the synthetic data's variates
+QUICK = TrainConfig(
+    batch_size=16,
+    point_epochs=2,
+    point_lr=3e-3,
+    diffusion_epochs=3,
+    diffusion_lr=1e-2,
+    max_batches_per_epoch=3,
+    seed=0,
+)
+EVAL = dict(n_samples=6, num_steps=3, max_windows=11, batch_size=4, seed=3, progress=False)
+
+
+def data():
+    return load_dataset(None, lookback=TINY.lookback, horizon=TINY.horizon)
+
+
+def evaluate(out: Path, checkpoint: Path) -> dict:
+    model = ITransformerDiffusion.load(checkpoint)
+    seen: list[int] = []
+    ev = evaluate_split(
+        model, data().test, on_batch=lambda b, fc: seen.extend(b.index.tolist()), **EVAL
+    )
+    return {"metrics": ev.metrics, "per_step": ev.per_step, "windows": ev.windows, "seen": seen}
+
+
+def train(out: Path, checkpoint: Path, stop_after: int | None) -> dict:
+    writes: list[str] = []
+    write = training._write_checkpoint
+
+    def counted(path, payload):
+        writes.append("finished" if payload["finished"] else f"epoch {payload['epoch']}")
+        write(path, payload)
+
+    training._write_checkpoint = counted
+    if stop_after is not None:
+        epoch, calls = training._epoch, [0]
+
+        def interrupted(*args, **kwargs):
+            if calls[0] == stop_after:
+                raise KeyboardInterrupt
+            calls[0] += 1
+            return epoch(*args, **kwargs)
+
+        training._epoch = interrupted
+    torch.manual_seed(0)
+    model = ITransformerDiffusion(MODEL)
+    resume = checkpoint.exists()
+    record: dict = {"writes": writes, "resumed": resume}
+    try:
+        result = training.train(model, data(), QUICK, checkpoint=checkpoint, resume=resume)
+    except KeyboardInterrupt:
+        return {**record, "interrupted": True}
+    digest = float(sum(p.double().sum() * (i + 1) for i, p in enumerate(model.parameters())))
+    return {**record, "history": list(result.history), "digest": digest, "interrupted": False}
+
+
+def main() -> None:
+    out, mode = Path(sys.argv[1]), sys.argv[2]
+    rank = int(os.environ["RANK"])
+    if mode == "evaluate":
+        record = evaluate(out, Path(sys.argv[3]))
+    else:
+        stop = int(sys.argv[4]) if len(sys.argv) > 4 else None
+        record = train(out, Path(sys.argv[3]), stop)
+    dist = torch.distributed
+    record["world"] = dist.get_world_size() if dist.is_initialized() else 1
+    (out / f"rank{rank}.json").write_text(json.dumps(record))
+
+
+if __name__ == "__main__":
+    main()
