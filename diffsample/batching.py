@@ -341,9 +341,15 @@ def plan_chunk(
     out of memory, the chunk is at most the largest probe that ran.
 
     Args:
-        denoiser, event_shape, n_samples, cond, max_batch, memory_budget, device, dtype,
-            autocast: as in :func:`sample_many` (cond tensors ``[B, ...]``, so the rows are
-            ``n_samples * B``; the denoiser's ``prepare_cond`` hook is applied as there).
+        denoiser: as in :func:`sample_many`; its ``prepare_cond`` hook is applied as there.
+        event_shape: E, as in :func:`sample_many`.
+        n_samples: S; with cond tensors ``[B, ...]`` the rows are ``n_samples * B``.
+        cond: as in :func:`sample_many`.
+        max_batch: as in :func:`sample_many`.
+        memory_budget: as in :func:`sample_many`.
+        device: as in :func:`sample_many`.
+        dtype: as in :func:`sample_many`.
+        autocast: as in :func:`sample_many`.
         t_probe: the timestep the probe calls see (sample_many uses the grid's first).
 
     Returns:
@@ -378,7 +384,12 @@ def row_cost(
     at half the rows (see :func:`diffsample.memory.fit_row_cost`).
 
     Args:
-        denoiser, event_shape, cond, device, dtype, autocast: as in :func:`sample_many`.
+        denoiser: as in :func:`sample_many`.
+        event_shape: E, as in :func:`sample_many`.
+        cond: as in :func:`sample_many`.
+        device: as in :func:`sample_many`.
+        dtype: as in :func:`sample_many`.
+        autocast: as in :func:`sample_many`.
         t_probe: the timestep the probe calls see.
 
     Returns:

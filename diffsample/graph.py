@@ -57,7 +57,8 @@ class ChunkGraph:
     Raises:
         HostSyncError: the warm-up synchronised with the host (checked with
             ``torch.cuda.set_sync_debug_mode("error")``), so the loop cannot be captured.
-        Whatever else ``run`` raises in the warm-up (a real error of the denoiser, or OOM).
+        Exception: whatever else ``run`` raises in the warm-up (a real error of the denoiser,
+            or OOM), unchanged.
     """
 
     def __init__(self, run: ChunkFn, keys: torch.Tensor, cond_rows: Mapping[str, Any]) -> None:

@@ -115,7 +115,8 @@ def to_x0_eps(
     Args:
         out: the denoiser's output ``[M, *E]``, of the kind ``prediction`` declares.
         x_t: its input ``[M, *E]``.
-        alpha, sigma: the coefficients of x_t (floats or tensors broadcastable to ``[M, *E]``).
+        alpha: the coefficient of x0 in x_t (a float or a tensor broadcastable to ``[M, *E]``).
+        sigma: the coefficient of the noise in x_t (likewise).
         prediction: "eps", "x0" or "v".
 
     Returns:
@@ -137,7 +138,8 @@ def training_target(
     Args:
         x0: clean data ``[M, *E]``.
         noise: the noise ``[M, *E]`` that made x_t.
-        alpha, sigma: the coefficients of x_t (from ``NoiseSchedule.alpha_sigma``).
+        alpha: the coefficient of x0 in x_t (from ``NoiseSchedule.alpha_sigma``).
+        sigma: the coefficient of the noise in x_t (likewise).
         prediction: "eps", "x0" or "v".
 
     Returns:

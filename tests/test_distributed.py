@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -122,14 +123,22 @@ def test_two_process_training_learns_in_step_and_rank_0_alone_writes(trained):
     assert model.data_spec == data().spec()
 
 
-def test_two_process_training_resumes_like_an_uninterrupted_run(trained, tmp_path):
+@pytest.fixture(scope="module")
+def interrupted(tmp_path_factory):
+    """The checkpoint of a 2-process run stopped in stage 2's second epoch, and its records."""
+    out = tmp_path_factory.mktemp("stopped")
+    return out / "run.pt", torchrun(out / "a", "train", out / "run.pt", 3)
+
+
+def test_two_process_training_resumes_like_an_uninterrupted_run(trained, interrupted, tmp_path):
     _, (full, _) = trained
-    checkpoint = tmp_path / "run.pt"
-    stopped = torchrun(tmp_path / "a", "train", checkpoint, 3)  # in stage 2's second epoch
+    saved, stopped = interrupted
     assert all(r["interrupted"] for r in stopped)
     assert stopped[0]["writes"] == ["epoch 1", "epoch 2", "epoch 1"] and stopped[1]["writes"] == []
     with pytest.raises(ValueError, match="unfinished training run"):
-        ITransformerDiffusion.load(checkpoint)
+        ITransformerDiffusion.load(saved)
+    checkpoint = tmp_path / "run.pt"
+    shutil.copy(saved, checkpoint)
     resumed = torchrun(tmp_path / "b", "train", checkpoint)
     for r in resumed:
         assert r["resumed"] and not r["interrupted"]
@@ -137,12 +146,11 @@ def test_two_process_training_resumes_like_an_uninterrupted_run(trained, tmp_pat
         assert r["digest"] == full["digest"]  # the same machine, the same path: bitwise
 
 
-def test_resume_refuses_another_number_of_processes(tmp_path):
+def test_resume_refuses_another_number_of_processes(interrupted, tmp_path):
     checkpoint = tmp_path / "run.pt"
-    torchrun(tmp_path / "a", "train", checkpoint, 1)
-    env = dict(os.environ)
+    shutil.copy(interrupted[0], checkpoint)
     cmd = [sys.executable, str(WORKER), str(tmp_path), "train", str(checkpoint)]
-    env.update(RANK="0", WORLD_SIZE="1")  # one process, as the worker's record needs RANK
+    env = {**os.environ, "RANK": "0", "WORLD_SIZE": "1"}  # one process (the worker reads RANK)
     run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert "trained by 2 process(es); this run has 1" in run.stderr
 

@@ -59,8 +59,14 @@ class ITransformer(nn.Module):
     """The backbone. ``forward(history, time_features=None) -> (y_det, z)``.
 
     Args:
-        lookback: L. horizon: H. n_time_features: F (0 for none).
-        d_model, n_heads, n_layers, d_ff, dropout: encoder sizes.
+        lookback: L.
+        horizon: H.
+        n_time_features: F (0 for none).
+        d_model: D, the token width.
+        n_heads: attention heads per encoder layer.
+        n_layers: encoder layers.
+        d_ff: hidden width of the feed-forward blocks.
+        dropout: dropout probability in the encoder.
         norm_eps: added to the variance in the instance normalisation.
     """
 

@@ -338,9 +338,13 @@ class ITransformerDiffusion(nn.Module):
             num_steps: K sampling steps on a trailing grid. The default, DPM-Solver++(2M) with
                 10 steps, scored ETTh1 as well as DDIM-50 at a fifth of the cost
                 (docs/results.md).
-            max_batch, memory_budget, progress: see :func:`diffsample.sample_many`.
-            seed, window_ids: key the noise: the same window id and seed give the same samples in
-                any test batch and at any chunking. Default ids 0..B-1; pass global indices.
+            max_batch: see :func:`diffsample.sample_many`.
+            memory_budget: see :func:`diffsample.sample_many`.
+            seed: keys the noise with ``window_ids``: the same window id and seed give the same
+                samples in any test batch and at any chunking.
+            window_ids: ``[B]`` integer ids keying each window's noise. Default 0..B-1; pass
+                global indices.
+            progress: see :func:`diffsample.sample_many`.
             **sampler_kwargs: passed to :func:`diffsample.sample_many`: its own ``graph=True``
                 (CUDA graphs) and ``autocast=torch.bfloat16`` (the denoiser in bf16), or the
                 sampler's, e.g. ``eta`` for DDIM or ``clip_x0``.

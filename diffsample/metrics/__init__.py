@@ -22,7 +22,7 @@ One module per job:
 
 Whole ETTh1 test set, samples [100, 2785, 7, 96] float32 on a 2-core Intel Xeon container
 (AVX-512, torch 2.13 CPU): ``crps`` 0.47 s and 28.5 MiB extra peak memory vs properscoring
-(numba) 2.42 s and 4.3 GiB; ``torch.sort`` route 4.7 s. See ``docs/metrics.md`` and
+(numba) 2.42 s and 4.3 GiB; ``torch.sort`` route 4.7 s. See ``docs/crps.md`` and
 ``benchmarks/bench_metrics.py``.
 
 Precision: half and bfloat16 inputs are computed in float32, float64 stays float64, results
