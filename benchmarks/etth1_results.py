@@ -45,7 +45,13 @@ from diffsample.forecast import (
     load_dataset,
     train,
 )
-from diffsample.forecast.baselines import gaussian_crps, gaussian_samples, residual_std
+from diffsample.forecast.baselines import (
+    bootstrap_samples,
+    gaussian_crps,
+    gaussian_samples,
+    residual_std,
+    residuals,
+)
 from diffsample.forecast.evaluation import forecast_windows
 from diffsample.forecast.training import fit_spread_scale
 from diffsample.metrics import ForecastMetrics
@@ -134,10 +140,13 @@ def score_setting(
     sigmas: dict[str, torch.Tensor],
     seed: int,
     batch_size: int,
+    pool: torch.Tensor | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Scores of the diffusion head and of each Gaussian baseline on the windows ``idx``."""
+    """Scores of the diffusion head, of each Gaussian baseline and (given the residual
+    ``pool [R, H, N]``) of the residual bootstrap on the windows ``idx``."""
     diff = Scores()
     gauss = {name: Scores() for name in sigmas}
+    boot = Scores()
     g = torch.Generator().manual_seed(seed + 10_000)
     batches = forecast_windows(
         model,
@@ -156,7 +165,10 @@ def score_setting(
             x = gaussian_samples(fc.point, sigma, n_samples, generator=g)  # [S, B, H, N]
             exact = float(gaussian_crps(fc.point, sigma, b.y).double().sum())
             gauss[name].add(x, fc.point, b.y, crps_exact=exact)
-    return {"diffusion": diff.compute(), **{k: v.compute() for k, v in gauss.items()}}
+        if pool is not None:
+            boot.add(bootstrap_samples(fc.point, pool, n_samples, generator=g), fc.point, b.y)
+    out = {"diffusion": diff.compute(), **{k: v.compute() for k, v in gauss.items()}}
+    return out if pool is None else {**out, "bootstrap_train_residuals": boot.compute()}
 
 
 @torch.no_grad()
@@ -411,6 +423,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "gaussian_train_sigma": model.res_std.clone(),
             "gaussian_val_sigma": residual_std(model, data.val),
         }
+        pool = residuals(model, data.train)  # [R, H, N] for the bootstrap baseline
         if args.diag_windows:
             splits = {"train": data.train, "val": data.val, "test": data.test}
             diagnosis[str(seed)] = spread_table(model, splits, n_windows=args.diag_windows)
@@ -428,6 +441,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     sigmas=sigmas,
                     seed=seed,
                     batch_size=args.batch_size,
+                    pool=pool,
                 )
                 for method, m in scored.items():
                     rows.append(

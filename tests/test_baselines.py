@@ -24,7 +24,13 @@ from diffsample.forecast import (
     synthetic_dataset,
     train,
 )
-from diffsample.forecast.baselines import gaussian_crps, gaussian_samples, residual_std
+from diffsample.forecast.baselines import (
+    bootstrap_samples,
+    gaussian_crps,
+    gaussian_samples,
+    residual_std,
+    residuals,
+)
 
 TINY = dataclasses.replace(TINY_BASE, n_layers=1)
 
@@ -92,6 +98,39 @@ def test_residual_std_is_the_training_statistic():
         y_det, _ = model(b.x, b.x_mark)
     want = (b.y - y_det).double().reshape(-1, 3).std(0, unbiased=False).float()
     torch.testing.assert_close(residual_std(model, data.val), want, rtol=1e-4, atol=1e-6)
+    # the bootstrap's pool: every window's error, in window order, for any batch size
+    pool = residuals(model, data.val, batch_size=5)
+    torch.testing.assert_close(pool, b.y - y_det, rtol=0, atol=1e-6)
+    assert model.training is False
+
+
+def test_bootstrap_samples_are_the_point_plus_whole_residual_windows():
+    g = torch.Generator().manual_seed(0)
+    point = torch.randn(4, 6, 3, generator=g)  # [B, H, N]
+    pool = torch.randn(5, 6, 3, generator=g)  # [R, H, N]
+    x = bootstrap_samples(point, pool, 200, generator=torch.Generator().manual_seed(1))
+    assert x.shape == (200, 4, 6, 3) and x.is_contiguous()
+    # a slow reference: each sample of each window is its point plus one whole pool window
+    used = set()
+    for s in range(200):
+        for b in range(4):
+            hits = [r for r in range(5) if torch.allclose(x[s, b] - point[b], pool[r], atol=1e-6)]
+            assert len(hits) == 1
+            used.add(hits[0])
+    assert used == set(range(5))  # uniform over the pool: every window is drawn
+    again = bootstrap_samples(point, pool, 200, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(x, again)
+
+
+def test_bootstrap_samples_reject_bad_input():
+    with pytest.raises(
+        ValueError, match=r"^point, residuals: expected \[B, H, N\] and \[R, H, N\]"
+    ):
+        bootstrap_samples(torch.zeros(2, 6, 3), torch.zeros(5, 6, 4), 10)
+    with pytest.raises(ValueError, match=r"^residuals: expected at least one residual window"):
+        bootstrap_samples(torch.zeros(2, 6, 3), torch.zeros(0, 6, 3), 10)
+    with pytest.raises(TypeError, match=r"^n_samples: expected"):
+        bootstrap_samples(torch.zeros(2, 6, 3), torch.zeros(5, 6, 3), 2.5)  # type: ignore[arg-type]
 
 
 def _load_script():
@@ -130,7 +169,12 @@ def test_results_script_runs_tiny(tmp_path):
     record = json.loads((out / "results.json").read_text())
     rows = record["rows"]
     methods = {r["method"] for r in rows}
-    assert {"diffusion", "gaussian_train_sigma", "gaussian_val_sigma"} <= methods
+    assert {
+        "diffusion",
+        "gaussian_train_sigma",
+        "gaussian_val_sigma",
+        "bootstrap_train_residuals",
+    } <= methods
     for r in rows:
         assert math.isfinite(r["crps"]) and r["windows"] == 16
     assert (out / "results.md").read_text().startswith("#")
