@@ -1,9 +1,10 @@
 """Past one process: torch.distributed when the run asks for it, and not a call otherwise.
 
 A run is distributed when the caller passes a process group, or when it was started by
-torchrun (``WORLD_SIZE`` > 1 in the environment); then, if no default group exists yet, one is
-started from torchrun's environment (gloo on the CPU, nccl on CUDA). In any other process
-diffsample calls no ``torch.distributed`` function at all.
+torchrun (``WORLD_SIZE`` > 1 in the environment) and the caller does not pass ``group=False``;
+then, if no default group exists yet, one is started from torchrun's environment (gloo on the
+CPU, nccl on CUDA). In any other process diffsample calls no ``torch.distributed`` function.
+A distributed call is collective: every rank makes it, with the same arguments (checked).
 
     ranks = Ranks.resolve(group, device)     # Ranks(group=None, rank=0, world=1) when alone
     ranks.shard(n)                           # this rank's indices of 0..n-1: rank, rank + world, ...
@@ -14,8 +15,9 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
+import gc
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -39,7 +41,9 @@ def local_device(device: torch.device) -> torch.device:
     """Under torchrun, ``cuda`` without an index means this process's own GPU (``LOCAL_RANK``),
     not GPU 0 for every process; any other device is returned as it is."""
     if device.type == "cuda" and device.index is None and _under_torchrun():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        # modulo: one visible GPU per process (CUDA_VISIBLE_DEVICES) is GPU 0 for each
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        return torch.device("cuda", local % max(torch.cuda.device_count(), 1))
     return device
 
 
@@ -63,8 +67,10 @@ class Ranks:
     @classmethod
     def resolve(cls, group: Any = None, device: torch.device | None = None) -> Ranks:
         """The ranks of ``group``, else of torchrun's default group (started here if needed,
-        with gloo, or nccl for a CUDA ``device``), else a single process."""
-        if group is None and not _under_torchrun():
+        with gloo, or nccl for a CUDA ``device``), else a single process; ``group=False``: a
+        single process even under torchrun. A CUDA ``device`` becomes the current device, where
+        nccl's collectives run."""
+        if group is False or (group is None and not _under_torchrun()):
             return cls()
         if not dist.is_available():
             raise ValueError(
@@ -85,6 +91,8 @@ class Ranks:
                 "group: expected a process group of an initialised torch.distributed "
                 f"(torch.distributed.init_process_group first), got {group!r}"
             )
+        if device is not None and device.type == "cuda" and device.index is not None:
+            torch.cuda.set_device(device)
         return cls(group, dist.get_rank(group), dist.get_world_size(group))
 
     def shard(self, n: int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -122,10 +130,36 @@ class Ranks:
         dist.all_gather_object(out, obj, group=self.group)
         return out
 
-    def barrier(self) -> None:
-        """Wait for every rank (e.g. until rank 0 has written a checkpoint)."""
-        if self.group is not None:
-            dist.barrier(group=self.group)
+    def check_same(self, what: str, value: object) -> None:
+        """ValueError on every rank unless every rank passed an equal ``value`` (a call that
+        some ranks make with other arguments would otherwise hang in its first collective)."""
+        if self.group is None:
+            return
+        values = self.gather(value)
+        if any(v != values[0] for v in values):
+            differ = [r for r, v in enumerate(values) if v != values[0]]
+            raise ValueError(
+                f"{what}: every process must call it with the same arguments; ranks {differ} "
+                "differ from rank 0 (to work on one rank alone, pass group=False there)"
+            )
+
+    def on_main(self, write: Callable[[], object], what: str) -> None:
+        """Run ``write`` on rank 0 while the others wait; an error there is raised on every
+        rank (rank 0 its own, the others an OSError naming it), so none is left waiting."""
+        if self.group is None:
+            write()
+            return
+        error: BaseException | None = None
+        if self.main:
+            try:
+                write()
+            except Exception as exc:  # raised below, after the others have heard of it
+                error = exc
+        failed = self.gather(None if error is None else f"{type(error).__name__}: {error}")[0]
+        if error is not None:
+            raise error
+        if failed is not None:
+            raise OSError(f"rank 0 failed {what}: {failed}")
 
     def _device(self) -> torch.device:
         """Where the group's collectives take tensors: this process's GPU for nccl, else the CPU."""
@@ -136,4 +170,5 @@ class Ranks:
 
 def _destroy() -> None:
     if dist.is_initialized():
+        gc.collect()  # a group still referenced is torn down at finalisation: gloo can abort there
         dist.destroy_process_group()

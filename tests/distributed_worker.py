@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from tiny import TINY  # beside this script, which Python puts first on the path
 
+from diffsample.distributed import Ranks
 from diffsample.forecast import (
     ITransformerDiffusion,
     TrainConfig,
@@ -52,7 +53,22 @@ def evaluate(out: Path, checkpoint: Path) -> dict:
     ev = evaluate_split(
         model, data().test, on_batch=lambda b, fc: seen.extend(b.index.tolist()), **EVAL
     )
-    return {"metrics": ev.metrics, "per_step": ev.per_step, "windows": ev.windows, "seen": seen}
+    record = {"metrics": ev.metrics, "per_step": ev.per_step, "windows": ev.windows, "seen": seen}
+    ranks = Ranks.resolve()
+    # ranks calling with other arguments: an error on every rank, not a hang
+    try:
+        evaluate_split(model, data().test, **{**EVAL, "max_windows": 5 + ranks.rank})
+    except ValueError as exc:
+        record["mismatch"] = str(exc)
+    # one rank alone, opting out of the group: no collective, so no hang
+    if ranks.main:
+        record["alone"] = evaluate_split(model, data().test, group=False, **EVAL).metrics
+    # a write that fails on rank 0 fails on every rank
+    try:
+        ranks.on_main(lambda: open(out / "missing" / "file", "w"), "writing a file")
+    except OSError as exc:
+        record["write_error"] = f"{type(exc).__name__}: {exc}"
+    return record
 
 
 def train(out: Path, checkpoint: Path, stop_after: int | None) -> dict:
@@ -97,6 +113,9 @@ def main() -> None:
     dist = torch.distributed
     record["world"] = dist.get_world_size() if dist.is_initialized() else 1
     (out / f"rank{rank}.json").write_text(json.dumps(record))
+    if dist.is_initialized():  # a clean end: no group left for the interpreter's finalisation
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

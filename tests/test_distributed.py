@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -33,18 +34,36 @@ def torchrun(out: Path, *args: object, nproc: int = 2) -> list[dict]:
 
 
 def _launch(nproc: int, *args: str) -> str:
-    """``torchrun --standalone --nproc_per_node=nproc args...``; returns its stdout."""
+    """``torchrun --standalone --nproc_per_node=nproc args...``; returns its stdout.
+
+    A worker killed by SIGABRT is run once more, with a warning: gloo can abort a process in
+    the interpreter's finalisation when its peer has already closed the connection (seen about
+    once in 30 launches on the 2-core CI machine, never with a Python error); an exception in a
+    worker exits with status 1 and fails at once."""
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK")}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    run = subprocess.run(
-        [*cmd, f"--nproc_per_node={nproc}", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-6000:]
+    for attempt in range(2):
+        run = subprocess.run(
+            [*cmd, f"--nproc_per_node={nproc}", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        aborted = "Signal 6 (SIGABRT)" in run.stderr
+        if run.returncode == 0 or not aborted or attempt == 1:
+            break
+        warnings.warn(
+            f"a torchrun worker aborted; running it again: {_errors(run.stderr)}", stacklevel=2
+        )
+    assert run.returncode == 0, _errors(run.stderr) + run.stdout[-2000:] + run.stderr[-4000:]
     return run.stdout
+
+
+def _errors(stderr: str) -> str:
+    """The workers' own error lines (torchrun's summary buries them)."""
+    lines = [x for x in stderr.splitlines() if x.startswith("[rank") or "terminate" in x]
+    return "\n".join(lines[-20:]) + "\n"
 
 
 def test_a_single_process_touches_no_process_group(monkeypatch):
@@ -86,6 +105,12 @@ def test_two_process_evaluation_equals_one_process(tmp_path):
     # every window scored on exactly one rank, strided by the global window index
     assert sorted(ranks[0]["seen"] + ranks[1]["seen"]) == list(range(EVAL["max_windows"]))
     assert ranks[0]["seen"] == list(range(0, EVAL["max_windows"], 2))
+    assert ranks[0]["alone"] == pytest.approx(one.metrics, nan_ok=True)  # group=False: one process
+    for r in ranks:  # a call with other arguments on one rank fails on both
+        assert r["mismatch"].startswith("evaluate_split: every process must call it with the same")
+        assert "ranks [1] differ from rank 0" in r["mismatch"]
+    assert ranks[0]["write_error"].startswith("FileNotFoundError")
+    assert ranks[1]["write_error"].startswith("OSError: rank 0 failed writing a file: FileNotFound")
     count = EVAL["max_windows"] * MODEL.horizon * MODEL.n_variates
     for r in ranks:  # every rank returns the scores of all windows
         assert r["world"] == 2 and r["windows"] == one.windows

@@ -813,7 +813,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.command != "evaluate"
             else ""
         )
-        print(f"diffsample: interrupted{hint}", file=sys.stderr)
+        print(f"{_who()}: interrupted{hint}", file=sys.stderr)
         return 130
     except _USER_ERRORS as exc:
         print(f"{_who()}: error: {_one_line(exc)}", file=sys.stderr)

@@ -308,7 +308,9 @@ def evaluate_split(
             keep some samples (:mod:`diffsample.forecast.report`); the loop keeps nothing.
             Distributed, each rank calls it for its own windows.
         group: a ``torch.distributed`` process group to shard the windows over; None: the
-            default group under torchrun, else this process alone.
+            default group under torchrun, else this process alone; False: this process alone
+            even under torchrun (e.g. scoring on rank 0 only). Distributed, every rank must
+            call this with the same arguments (checked: a ValueError on every rank).
 
     Returns:
         An :class:`Evaluation`; ``.as_dict()`` gives the scores the ``diffsample`` command writes.
@@ -333,6 +335,8 @@ def evaluate_split(
     n = len(split) if max_windows is None else min(max_windows, len(split))
     device = next(model.parameters()).device
     ranks = Ranks.resolve(group, device)
+    name = sampler if isinstance(sampler, str) else getattr(sampler, "__name__", "custom")
+    ranks.check_same("evaluate_split", (n, n_samples, num_steps, name, batch_size, seed))
     if n < ranks.world:
         raise ValueError(
             f"max_windows: expected at least one window for each of the {ranks.world} "

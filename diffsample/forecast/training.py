@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import logging
 import math
 import os
@@ -311,7 +312,9 @@ def train(
             distributed, on rank 0 only).
         group: a ``torch.distributed`` process group to train over; None: the default group
             under torchrun (started here if needed: gloo on the CPU, nccl on CUDA, each process
-            on its ``LOCAL_RANK`` GPU), else this process alone.
+            on its ``LOCAL_RANK`` GPU), else this process alone; False: this process alone even
+            under torchrun. Distributed, every rank must call ``train`` with the same config,
+            checkpoint (given or not) and resume (checked: a ValueError on every rank).
 
     Returns:
         A :class:`TrainResult`; the model holds the best weights of each stage, in eval mode.
@@ -340,6 +343,9 @@ def train(
             if device.index is not None
             else torch.device("cuda", torch.cuda.current_device())
         )
+    ranks.check_same(
+        "train", (dataclasses.asdict(config), path is not None, resume, len(data.train))
+    )
     saved = _resume_state(path, model, data, config, ranks) if resume else None
     model.to(device)
     if saved is not None and saved.get("finished") is True:
@@ -438,19 +444,20 @@ def train(
                         max_windows=config.calibration_windows,
                         batch_size=max(config.batch_size, 256),
                         seed=config.seed,
+                        group=ranks.group if ranks.group is not None else False,
                     )
                 )
     finally:  # an error or an interrupt leaves the model trainable, as it came
         model.backbone.requires_grad_(True)
     model.eval()
     if path is not None:
-        if ranks.main:
-            record = run.run_record(best_val_diffusion=best_diff)
-            payload = {**model._checkpoint_payload(), "finished": True, "run": record}
-            _write_checkpoint(path, payload)
-        ranks.barrier()  # the file is there when train returns, on every rank
+        record = run.run_record(best_val_diffusion=best_diff)
+        payload = {**model._checkpoint_payload(), "finished": True, "run": record}
+        # the file is there when train returns, on every rank
+        ranks.on_main(lambda: _write_checkpoint(path, payload), f"writing the checkpoint {path}")
+    seconds = ranks.max(run.seconds())  # the slowest rank's: one result on every rank
     return TrainResult(
-        tuple(run.history), run.best_point, best_diff, _dtype_name(amp_dtype), run.seconds()
+        tuple(run.history), run.best_point, best_diff, _dtype_name(amp_dtype), seconds
     )
 
 
@@ -458,6 +465,13 @@ def _fit(run: _Run, stage: _Stage, saved: Mapping[str, Any] | None) -> float:
     """Train a stage's module with early stopping, from scratch or from ``saved`` (a checkpoint
     of this stage); keep and restore its best weights and return its best validation loss."""
     module: nn.Module = getattr(run.model, stage.prefix)
+    loss_fn = stage.loss_fn
+    if run.ranks.group is not None:  # DDP starts every rank from rank 0's weights
+        loss_fn = DistributedDataParallel(
+            _StageLoss(module, stage.loss_fn),
+            device_ids=[run.device.index] if run.device.type == "cuda" else None,
+            process_group=run.ranks.group,
+        )
     opt = stage.make_optimizer()
     scaler = _grad_scaler(run.device, enabled=run.amp_dtype == torch.float16)
     best_state = copy.deepcopy(module.state_dict())  # a resumed model holds the best weights now
@@ -470,13 +484,6 @@ def _fit(run: _Run, stage: _Stage, saved: Mapping[str, Any] | None) -> float:
         opt.load_state_dict(state["optimizer"])
         if state["scaler"] and scaler.is_enabled():  # a disabled scaler saves {}
             scaler.load_state_dict(state["scaler"])
-    loss_fn = stage.loss_fn
-    if run.ranks.group is not None:  # after the resume: DDP starts every rank from rank 0's
-        loss_fn = DistributedDataParallel(
-            _StageLoss(module, stage.loss_fn),
-            device_ids=[run.device.index] if run.device.type == "cuda" else None,
-            process_group=run.ranks.group,
-        )
     for epoch in range(first, 0 if stopped else stage.epochs):
         module.train()
         desc = f"stage {stage.number} epoch {epoch + 1}/{stage.epochs}"
@@ -525,9 +532,9 @@ def _fit(run: _Run, stage: _Stage, saved: Mapping[str, Any] | None) -> float:
                 if run.ranks.group is None
                 else run.ranks.gather(_rng_states(run)),
             }
-            if run.ranks.main:
-                _save_unfinished(run.checkpoint, run, stage, epoch + 1, best_state, resume)
-            run.ranks.barrier()
+            path = run.checkpoint
+            save = functools.partial(_save_unfinished, path, run, stage, epoch + 1, best_state)
+            run.ranks.on_main(functools.partial(save, resume), f"writing the checkpoint {path}")
         if run.on_epoch is not None:  # after the write: an epoch reported is an epoch saved
             run.on_epoch(record)
         if stopped:
@@ -764,6 +771,7 @@ def fit_spread_scale(
     max_windows: int | None = None,
     batch_size: int = 256,
     seed: int = 0,
+    group: Any = None,
 ) -> torch.Tensor:
     """The spread calibration ``[H, N]`` of a trained model, matched on the windows of a split.
 
@@ -786,9 +794,12 @@ def fit_spread_scale(
         max_windows: score this many evenly spaced windows of ``split``; None: all.
         batch_size: windows per forecast call.
         seed: keys the sampling noise (with each window's index).
+        group: as for :func:`~diffsample.forecast.evaluate_split`: under torchrun (or given a
+            process group) each rank samples its share of the windows and the sums are added
+            up; False: this process alone.
 
     Returns:
-        ``[H, N]`` float32, positive, on the model's device.
+        ``[H, N]`` float32, positive, on the model's device (the same on every rank).
     """
     if not isinstance(model, ITransformerDiffusion):
         raise TypeError(expected("model", "an ITransformerDiffusion", model))
@@ -801,9 +812,11 @@ def fit_spread_scale(
     if len(split) == 0:
         raise ValueError("split: expected at least one window, got an empty split")
     device = next(model.parameters()).device
+    ranks = Ranks.resolve(group, device)
     split = split.to(device)
     n = len(split) if max_windows is None else min(max_windows, len(split))
     idx = torch.linspace(0, len(split) - 1, n, device=device).round().long()  # [W]
+    idx = idx[ranks.shard(n, device)]  # this rank's share (all of them for one process)
     c = model.config
     true_ms = torch.zeros(c.horizon, c.n_variates, dtype=torch.float64, device=device)
     sample_ms = torch.zeros_like(true_ms)
@@ -823,6 +836,7 @@ def fit_spread_scale(
         r = (fc.samples - fc.point - model.res_mean) / scale  # [S, B, H, N]
         true_ms += r_true.double().pow(2).sum(0)
         sample_ms += r.double().pow(2).mean(0).sum(0)
+    ranks.sum_([true_ms, sample_ms])
     return (true_ms / sample_ms.clamp_min(1e-12)).sqrt().float()
 
 
