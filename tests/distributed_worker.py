@@ -29,6 +29,7 @@ from diffsample.forecast import (
     load_dataset,
     training,
 )
+from diffsample.forecast.training import fit_spread_scale
 
 MODEL = dataclasses.replace(TINY, n_variates=7)  # the synthetic data's variates
 QUICK = TrainConfig(
@@ -40,6 +41,7 @@ QUICK = TrainConfig(
     max_batches_per_epoch=3,
     seed=0,
 )
+SPREAD = dict(n_samples=4, num_steps=2, max_windows=9, batch_size=4)
 EVAL = dict(n_samples=6, num_steps=3, max_windows=11, batch_size=4, seed=3, progress=False)
 
 
@@ -54,6 +56,7 @@ def evaluate(out: Path, checkpoint: Path) -> dict:
         model, data().test, on_batch=lambda b, fc: seen.extend(b.index.tolist()), **EVAL
     )
     record = {"metrics": ev.metrics, "per_step": ev.per_step, "windows": ev.windows, "seen": seen}
+    record["spread_scale"] = fit_spread_scale(model, data().val, **SPREAD).tolist()
     ranks = Ranks.resolve()
     # ranks calling with other arguments: an error on every rank, not a hang
     try:

@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from distributed_worker import EVAL, MODEL, data
+from distributed_worker import EVAL, MODEL, SPREAD, data
 
 from diffsample.distributed import Ranks
 from diffsample.forecast import ITransformerDiffusion, evaluate_split
 from diffsample.forecast.cli import main
+from diffsample.forecast.training import fit_spread_scale
 
 WORKER = Path(__file__).resolve().parent / "distributed_worker.py"
 pytestmark = pytest.mark.skipif(
@@ -106,6 +107,9 @@ def test_two_process_evaluation_equals_one_process(tmp_path):
     assert sorted(ranks[0]["seen"] + ranks[1]["seen"]) == list(range(EVAL["max_windows"]))
     assert ranks[0]["seen"] == list(range(0, EVAL["max_windows"], 2))
     assert ranks[0]["alone"] == pytest.approx(one.metrics, nan_ok=True)  # group=False: one process
+    scale = fit_spread_scale(model, data().val, **SPREAD)  # [H, N], sampled sharded there
+    for r in ranks:
+        torch.testing.assert_close(torch.tensor(r["spread_scale"]), scale, rtol=1e-5, atol=1e-6)
     for r in ranks:  # a call with other arguments on one rank fails on both
         assert r["mismatch"].startswith("evaluate_split: every process must call it with the same")
         assert "ranks [1] differ from rank 0" in r["mismatch"]
