@@ -121,6 +121,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     target = torch.randn(B, c.horizon, c.n_variates, generator=g).to(device)  # [B, H, N]
     with torch.no_grad():
         _, z = model(history, tf if c.n_time_features else None)  # z [B, N, D]
+        z = model.condition(history, z)  # [B, N, Dz]: what forecast() hands the denoiser
     den, sch, grid = model.denoiser, model.schedule, model.schedule.timesteps(K)
     bf16 = (device.type == "cuda" and torch.cuda.is_bf16_supported()) or device.type == "cpu"
     print(f"{machine()} | B={B} S={S} DDIM-{K} rows={M} | weights: {weights}", flush=True)

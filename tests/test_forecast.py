@@ -133,7 +133,8 @@ def test_denoisers_read_the_step_and_the_tokens_once_trained_a_little(denoiser):
     for p in m.denoiser.parameters():  # move off the zero/identity init
         torch.nn.init.normal_(p, std=0.1)
     g = torch.Generator().manual_seed(4)
-    x, z = torch.randn(2, 12, 3, generator=g), torch.randn(2, 3, 16, generator=g)
+    dz = m.config.d_model + 2  # z and the history stats (history_stats=True by default)
+    x, z = torch.randn(2, 12, 3, generator=g), torch.randn(2, 3, dz, generator=g)
     out = m.denoiser(x, torch.tensor([3, 3]), z=z)
     assert not torch.allclose(out, m.denoiser(x, torch.tensor([40, 40]), z=z))
     assert not torch.allclose(out, m.denoiser(x, torch.tensor([3, 3]), z=z + 1))
@@ -218,7 +219,7 @@ def test_sample_many_uses_prepare_cond_once_per_window_and_changes_nothing(denoi
     m = tiny_model(denoiser=denoiser)
     _trained_a_little(m.denoiser)
     g = torch.Generator().manual_seed(8)
-    z = torch.randn(5, 3, 16, generator=g)  # B = 5 windows
+    z = torch.randn(5, 3, m.config.d_model + 2, generator=g)  # B = 5 windows, [B, N, Dz]
     calls = []
     prepare = m.denoiser.prepare_cond
     m.denoiser.prepare_cond = lambda **c: calls.append(c["z"].shape[0]) or prepare(**c)
@@ -272,11 +273,14 @@ def test_forecast_returns_one_named_tuple_of_contiguous_tensors(denoiser):
     assert not torch.allclose(samples[0], point)  # and the samples field is not
 
 
-@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
-def test_diffusion_loss_is_the_forward_process_written_out(prediction):
+@pytest.mark.parametrize(
+    ("prediction", "history_stats"), [("eps", True), ("x0", True), ("v", True), ("v", False)]
+)
+def test_diffusion_loss_is_the_forward_process_written_out(prediction, history_stats):
     """The loss against x_t = sqrt(ab[t]) r0 + sqrt(1 - ab[t]) eps and the target of each
-    prediction type, written from the formulas with the same draws of t and eps."""
-    m = tiny_model(prediction=prediction)
+    prediction type, written from the formulas with the same draws of t and eps; the denoiser
+    conditioned on z, then (history_stats) each variate's history log std and mean."""
+    m = tiny_model(prediction=prediction, history_stats=history_stats)
     mean, std = torch.tensor([0.1, -0.2, 0.3]), torch.tensor([1.5, 0.5, 2.0])
     m.set_residual_stats(mean, std)
     seen = {}
@@ -302,6 +306,10 @@ def test_diffusion_loss_is_the_forward_process_written_out(prediction):
     target = {"eps": noise, "x0": r0, "v": ab.sqrt() * noise - (1 - ab).sqrt() * r0}[prediction]
     ref = ((0.5 * x_t - 0.1 - target) ** 2).mean()
 
+    if history_stats:
+        var = x.var(dim=1, unbiased=False) + m.backbone.norm_eps  # [B, N]
+        z = torch.cat([z, torch.stack([0.5 * var.log(), x.mean(dim=1)], dim=-1)], dim=-1)
+    assert z.shape == (6, 3, m.config.d_model + 2 * history_stats)
     assert torch.equal(seen["t"], t) and torch.equal(seen["z"], z)
     assert seen["x_t"].dtype == torch.float32
     torch.testing.assert_close(seen["x_t"].double(), x_t, rtol=1e-6, atol=1e-6)  # float32 r0
@@ -369,6 +377,47 @@ def test_checkpoint_without_residual_scale_loads_uncalibrated(tmp_path):
     _write_checkpoint(path, payload)
     back = ITransformerDiffusion.load(path)
     assert torch.equal(back.res_scale, torch.ones(12, 3))
+
+
+def test_a_0_2_checkpoint_loads_as_a_denoiser_of_z_alone(tmp_path):
+    m = tiny_model(history_stats=False)  # what 0.2.0 built
+    path = m.save(tmp_path / "model.pt")
+    payload = torch.load(path, weights_only=True)
+    del payload["config"]["history_stats"]  # 0.2.0 had no such field
+    _write_checkpoint(path, payload)
+    back = ITransformerDiffusion.load(path)
+    assert back.config.history_stats is False and back.config == m.config
+    x, marks = inputs(B=3)
+    kw = dict(n_samples=4, num_steps=3, time_features=marks, progress=False)
+    torch.testing.assert_close(back.forecast(x, **kw).samples, m.forecast(x, **kw).samples)
+
+
+def test_the_history_stats_reach_the_denoiser_so_its_spread_can_follow_the_window():
+    m = tiny_model()
+    for p in m.denoiser.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    x, marks = inputs(B=2)
+    # the backbone is shift- and scale-equivariant, so z is the same for both windows; only
+    # the stats tell the denoiser that the second is 4x as volatile
+    two, two_marks = torch.cat([x[:1], 4 * x[:1]]), marks[:1].expand(2, -1, -1).contiguous()
+    _, z = m(two, two_marks)
+    torch.testing.assert_close(z[0], z[1], rtol=1e-4, atol=1e-4)
+    cond = m.condition(two, z)  # [2, N, D + 2]
+    torch.testing.assert_close(cond[1, :, -2] - cond[0, :, -2], torch.full((3,), math.log(4.0)))
+    off = tiny_model(history_stats=False)
+    for p in off.denoiser.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    assert torch.equal(off.condition(x, z), z)
+    # the same noise for both windows (one window id): their residual samples differ only
+    # when the denoiser sees the stats
+    kw = dict(n_samples=4, num_steps=3, time_features=two_marks, progress=False)
+    ids = torch.tensor([0, 0])
+    r_on, r_off = (
+        fc.samples - fc.point
+        for fc in (model.forecast(two, window_ids=ids, **kw) for model in (m, off))
+    )  # [S, 2, H, N]
+    assert not torch.allclose(r_on[:, 0], r_on[:, 1], atol=1e-3)
+    torch.testing.assert_close(r_off[:, 0], r_off[:, 1], rtol=1e-3, atol=1e-3)
 
 
 def test_forecast_identical_across_max_batch_and_test_batches():

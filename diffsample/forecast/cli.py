@@ -98,6 +98,11 @@ _MODEL_FLAGS: dict[str, tuple[str, tuple[str, ...], str]] = {
         ("--num_train_steps",),
         "T, the noise schedule's training steps",
     ),
+    "history_stats": (
+        "--history_stats",
+        (),
+        "condition the denoiser on each variate's history mean and log std as well as z",
+    ),
 }
 _TRAIN_FLAGS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "batch_size": ("--batch_size", (), "windows per training batch"),
@@ -620,7 +625,9 @@ def _add_field(
     kw: dict[str, Any] = {"dest": field, "default": default, "help": help_text}
     metavar = flag[2:].upper()
     args = [t for t in typing.get_args(hint) if t is not type(None)]
-    if typing.get_origin(hint) is typing.Literal:
+    if hint is bool:  # --flag / --no-flag
+        kw.update(action=argparse.BooleanOptionalAction)
+    elif typing.get_origin(hint) is typing.Literal:
         kw.update(choices=choices_of(hint))
     elif typing.get_origin(hint) is tuple:  # tuple[int, ...]
         kw.update(type=args[0], nargs="+", metavar="C")

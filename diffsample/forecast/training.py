@@ -64,7 +64,7 @@ from .._utils import (
 from ..distributed import Ranks, local_device
 from .data import ForecastDataset, ForecastSplit, WindowBatch, check_data_spec
 from .evaluation import forecast_windows
-from .model import ITransformerDiffusion, _read_checkpoint, _write_checkpoint
+from .model import BEFORE_FIELD, ITransformerDiffusion, _read_checkpoint, _write_checkpoint
 
 __all__ = [
     "AmpMode",
@@ -936,20 +936,15 @@ def _resume_state(
     return saved
 
 
-# What a run saved before a field existed used, where that differs from today's default (0.2.0
-# trained stage 2 at a constant learning rate; the default decays it since 0.3.0).
-_BEFORE_FIELD: dict[str, object] = {"diffusion_lr_decay": 1.0}
-
-
 def _same(path: Path, what: str, saved: object, given: Any) -> None:
     """ValueError naming the first field of the config dataclass ``given`` that ``saved`` does
-    not match; a field the saved run predates counts as what that run used (``_BEFORE_FIELD``,
+    not match; a field the saved run predates counts as what that run used (``BEFORE_FIELD``,
     else the field's default)."""
     if not isinstance(saved, Mapping):
         raise ValueError(f"resume: {path} records no {what}")
     for field in dataclasses.fields(given):
         name, value = field.name, getattr(given, field.name)
-        old = saved.get(name, _BEFORE_FIELD.get(name, field.default))
+        old = saved.get(name, BEFORE_FIELD.get(name, field.default))
         if _plain(old) != _plain(value):
             raise ValueError(
                 f"resume: {path} was trained with another {what}: {name}={old!r} there, "
