@@ -25,16 +25,24 @@ import torch.distributed as dist
 
 from ._utils import expected
 
-__all__ = ["Ranks", "local_device"]
+__all__ = ["Ranks", "local_device", "torchrun_rank_world"]
+
+
+def torchrun_rank_world() -> tuple[int, int]:
+    """``(rank, world)`` from torchrun's environment (``RANK``, ``WORLD_SIZE``), without a
+    torch.distributed call; ``(0, 1)`` outside torchrun."""
+    env = {k: os.environ.get(k, d) for k, d in (("RANK", "0"), ("WORLD_SIZE", "1"))}
+    try:
+        rank, world = int(env["RANK"]), int(env["WORLD_SIZE"])
+    except ValueError:
+        raise ValueError(
+            expected("$RANK, $WORLD_SIZE", "integers (set by torchrun)", tuple(env.values()))
+        ) from None
+    return (rank, world) if world > 1 else (0, 1)
 
 
 def _under_torchrun() -> bool:
-    try:
-        return int(os.environ.get("WORLD_SIZE", "1")) > 1
-    except ValueError:
-        raise ValueError(
-            expected("$WORLD_SIZE", "an integer (set by torchrun)", os.environ["WORLD_SIZE"])
-        ) from None
+    return torchrun_rank_world()[1] > 1
 
 
 def local_device(device: torch.device) -> torch.device:

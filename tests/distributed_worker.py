@@ -19,12 +19,11 @@ import sys
 from pathlib import Path
 
 import torch
-from tiny import TINY  # beside this script, which Python puts first on the path
+from tiny import QUICK, TINY  # beside this script, which Python puts first on the path
 
 from diffsample.distributed import Ranks
 from diffsample.forecast import (
     ITransformerDiffusion,
-    TrainConfig,
     evaluate_split,
     load_dataset,
     training,
@@ -32,15 +31,6 @@ from diffsample.forecast import (
 from diffsample.forecast.training import fit_spread_scale
 
 MODEL = dataclasses.replace(TINY, n_variates=7)  # the synthetic data's variates
-QUICK = TrainConfig(
-    batch_size=16,
-    point_epochs=2,
-    point_lr=3e-3,
-    diffusion_epochs=3,
-    diffusion_lr=1e-2,
-    max_batches_per_epoch=3,
-    seed=0,
-)
 SPREAD = dict(n_samples=4, num_steps=2, max_windows=9, batch_size=4)
 EVAL = dict(n_samples=6, num_steps=3, max_windows=11, batch_size=4, seed=3, progress=False)
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 from distributed_worker import EVAL, MODEL, SPREAD, data
 
-from diffsample.distributed import Ranks
+from diffsample.distributed import Ranks, torchrun_rank_world
 from diffsample.forecast import ITransformerDiffusion, evaluate_split
 from diffsample.forecast.cli import main
 from diffsample.forecast.training import fit_spread_scale
@@ -223,3 +223,16 @@ def test_save_samples_under_torchrun_is_a_one_line_error(tmp_path, monkeypatch, 
     err = capsys.readouterr().err
     assert err.startswith("diffsample: error: --save-samples: not available under torchrun")
     assert len(err.splitlines()) == 1
+
+
+def test_torchrun_rank_world_reads_the_environment_only(monkeypatch):
+    monkeypatch.setattr(torch.distributed, "is_initialized", _fail)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.delenv("RANK", raising=False)
+    assert torchrun_rank_world() == (0, 1)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert torchrun_rank_world() == (1, 2)
+    monkeypatch.setenv("WORLD_SIZE", "two")
+    with pytest.raises(ValueError, match=r"^\$RANK, \$WORLD_SIZE: expected integers"):
+        torchrun_rank_world()

@@ -13,7 +13,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from tiny import TINY
+from tiny import QUICK, TINY
 
 from diffsample.forecast import (
     ITransformerDiffusion,
@@ -27,15 +27,6 @@ from diffsample.forecast.model import _read_checkpoint, _write_checkpoint
 
 # 3 batches an epoch, 2 + 3 epochs: every path (stage change, lr decay, early-stopping state)
 # in well under a second a run
-QUICK = TrainConfig(
-    batch_size=16,
-    point_epochs=2,
-    point_lr=3e-3,
-    diffusion_epochs=3,
-    diffusion_lr=1e-2,
-    max_batches_per_epoch=3,
-    seed=0,
-)
 
 BATCHES = QUICK.max_batches_per_epoch
 

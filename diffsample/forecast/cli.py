@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import inspect
-import os
 import sys
 import time
 import typing
@@ -35,7 +34,7 @@ from typing import Any
 import torch
 
 from .._utils import check_int, choices_of, expected
-from ..distributed import local_device
+from ..distributed import local_device, torchrun_rank_world
 from ..samplers import SAMPLERS
 from .data import ForecastDataset, Protocol, WindowBatch, check_data_spec, load_dataset
 from .evaluation import Evaluation, check_evaluation_args, evaluate_split
@@ -312,8 +311,8 @@ def _score_and_write(
     """Sample and score a split, print the scores, then write the files (scores first)."""
     split = getattr(data, split_name)
     n = len(split) if a.windows is None else min(a.windows, len(split))
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    mine = list(range(_rank(), n, world))  # the windows evaluate_split gives this rank
+    rank, world = torchrun_rank_world()
+    mine = list(range(rank, n, world))  # the windows evaluate_split gives this rank
     keeper = WindowKeeper([mine[i] for i in spread_windows(len(mine))] if mine else [])
     c = model.config
     store = SampleStore(n, a.samples, c.horizon, c.n_variates) if a.save_samples else None
@@ -426,7 +425,7 @@ def _device(name: str) -> torch.device:
 
 
 def _check_sampling(a: argparse.Namespace, *, batch_size: int) -> None:
-    if a.save_samples and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if a.save_samples and torchrun_rank_world()[1] > 1:
         raise ValueError(
             "--save-samples: not available under torchrun (the samples stay on the rank that "
             "drew them; only the metric sums are combined): evaluate in one process to keep them"
@@ -532,9 +531,9 @@ def _say(line: str) -> None:
 
 
 def _rank() -> int:
-    """This process's rank under torchrun (0 otherwise), from its environment: no call to
-    torch.distributed before the run starts the group."""
-    return int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0
+    """This process's rank under torchrun (0 otherwise): no call to torch.distributed before
+    the run starts the group."""
+    return torchrun_rank_world()[0]
 
 
 def _epoch_printer(tc: TrainConfig) -> Callable[[dict[str, float]], None]:

@@ -392,7 +392,7 @@ def evaluate_split(
     seconds, scoring = ranks.max(seconds), ranks.max(scoring)
     return Evaluation(
         metrics=scores,
-        sampler=sampler if isinstance(sampler, str) else getattr(sampler, "__name__", "custom"),
+        sampler=name,
         steps=num_steps,
         samples=n_samples,
         windows=n,
