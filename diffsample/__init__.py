@@ -9,7 +9,7 @@ from .batching import plan_chunk, sample_many
 from .metrics import ForecastMetrics, crps, crps_sum, quantile_crps
 from .noise import keyed_normal
 from .prediction import Denoiser, Prediction, PreparesCond, to_x0_eps, training_target
-from .samplers import SAMPLERS, sample_ddim, sample_ddpm, sample_dpmpp_2m
+from .samplers import SAMPLERS, sample_ddim, sample_ddpm, sample_dpmpp_2m, sample_dpmpp_3m
 from .schedules import NoiseSchedule
 
 __version__ = "0.3.0"
@@ -29,6 +29,7 @@ __all__ = [
     "sample_ddim",
     "sample_ddpm",
     "sample_dpmpp_2m",
+    "sample_dpmpp_3m",
     "sample_many",
     "to_x0_eps",
     "training_target",

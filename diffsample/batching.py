@@ -92,8 +92,9 @@ def sample_many(
         y.shape                                                       # [100, B, 96, 7]
 
     Args:
-        sampler: a sampler function (``sample_ddpm``, ``sample_ddim``, ``sample_dpmpp_2m`` or any
-            :class:`~diffsample.samplers.Sampler`) or its name ("ddpm", "ddim", "dpmpp_2m").
+        sampler: a sampler function (``sample_ddpm``, ``sample_ddim``, ``sample_dpmpp_2m``,
+            ``sample_dpmpp_3m`` or any :class:`~diffsample.samplers.Sampler`) or its name, a key
+            of :data:`~diffsample.SAMPLERS`.
         denoiser: ``denoiser(x_t [M, *E], t [M] long, **cond) -> [M, *E]``. ``t`` is a stride-0
             view of one step (see :class:`~diffsample.prediction.Denoiser`). If it has a
             ``prepare_cond(**cond) -> dict`` method (:class:`~diffsample.prediction.PreparesCond`),

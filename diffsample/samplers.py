@@ -43,7 +43,14 @@ from .noise import NoiseSampler
 from .prediction import Denoiser, Prediction, check_prediction, predict_x0_eps
 from .schedules import NoiseSchedule
 
-__all__ = ["SAMPLERS", "Sampler", "sample_ddim", "sample_ddpm", "sample_dpmpp_2m"]
+__all__ = [
+    "SAMPLERS",
+    "Sampler",
+    "sample_ddim",
+    "sample_ddpm",
+    "sample_dpmpp_2m",
+    "sample_dpmpp_3m",
+]
 
 Callback = Callable[[dict[str, Any]], None]  # receives {"i", "t", "t_next", "x", "x0"} per step
 Variance = Literal["small", "large"]
@@ -362,10 +369,101 @@ def sample_dpmpp_2m(
     return x
 
 
+def sample_dpmpp_3m(
+    denoiser: Denoiser,
+    x: torch.Tensor,
+    schedule: NoiseSchedule,
+    timesteps: torch.Tensor,
+    *,
+    cond: Mapping[str, Any] | None = None,
+    prediction: Prediction = "eps",
+    clip_x0: float | None = None,
+    generator: torch.Generator | None = None,
+    noise_sampler: NoiseSampler | None = None,
+    callback: Callback | None = None,
+    progress: bool | None = None,
+) -> torch.Tensor:
+    """DPM-Solver++(3M) (Lu et al., 2022), the multistep third-order data-prediction solver.
+
+    With half log-SNR l = log(alpha / sigma), h = l_s - l_t, the two previous step sizes
+    h0 = l_t - l_prev, h1 = l_prev - l_prev2, r0 = h0 / h, r1 = h1 / h and the x0 estimates
+    m0 (now), m1, m2 (the two steps before):
+    D1_0 = (m0 - m1) / r0, D1_1 = (m1 - m2) / r1, D1 = D1_0 + r0 / (r0 + r1) (D1_0 - D1_1),
+    D2 = (D1_0 - D1_1) / (r0 + r1), and
+    x_s = (sigma_s / sigma_t) x_t + alpha_s (phi1 m0 + phi2 D1 - phi3 D2) with
+    phi1 = -expm1(-h), phi2 = expm1(-h) / h + 1, phi3 = (expm1(-h) + h) / h^2 - 1/2
+    (the form of diffusers' ``DPMSolverMultistepScheduler``, ``solver_order=3``). The first
+    step is first order, the second is :func:`sample_dpmpp_2m`'s, and the final step to clean
+    data returns x0 (first order, sigma_s = 0). Deterministic; ``generator`` and
+    ``noise_sampler`` are accepted for a uniform signature and unused.
+
+    Returns:
+        The sample ``[M, *E]``.
+    """
+    del generator, noise_sampler
+    w = _Walk(
+        denoiser,
+        x,
+        schedule,
+        timesteps,
+        cond=cond,
+        prediction=prediction,
+        clip_x0=clip_x0,
+        generator=None,
+        noise_sampler=None,
+        callback=callback,
+        progress=progress,
+        name="dpmpp_3m",
+    )
+    half = [0.5 * lam for lam in w.lam]  # [K + 1] half log-SNR; the last is +inf (unused)
+    coef: list[tuple[float, float, float, float]] = []  # (sigma ratio, w_m0, w_m1, w_m2)
+    for i in range(len(w) - 1):
+        h = half[i + 1] - half[i]
+        ratio, a_s = w.sigma[i + 1] / w.sigma[i], w.alpha[i + 1]
+        phi1 = -math.expm1(-h)
+        if i == 0:
+            coef.append((ratio, a_s * phi1, 0.0, 0.0))
+        elif i == 1:
+            half_inv_r = 0.5 * h / (half[i] - half[i - 1])
+            coef.append((ratio, a_s * phi1 * (1 + half_inv_r), -a_s * phi1 * half_inv_r, 0.0))
+        else:
+            r0, r1 = (half[i] - half[i - 1]) / h, (half[i - 1] - half[i - 2]) / h
+            phi2 = math.expm1(-h) / h + 1
+            phi3 = (math.expm1(-h) + h) / h**2 - 0.5
+            # D1_0 = (m0 - m1) / r0, D1_1 = (m1 - m2) / r1 as weights on (m0, m1, m2)
+            d10, d11 = (1 / r0, -1 / r0, 0.0), (0.0, 1 / r1, -1 / r1)
+            k = r0 / (r0 + r1)
+            d1 = [a + k * (a - b) for a, b in zip(d10, d11, strict=True)]
+            d2 = [(a - b) / (r0 + r1) for a, b in zip(d10, d11, strict=True)]
+            m = [
+                phi1 * (j == 0) + phi2 * u - phi3 * v
+                for j, (u, v) in enumerate(zip(d1, d2, strict=True))
+            ]
+            coef.append((ratio, a_s * m[0], a_s * m[1], a_s * m[2]))
+    x = w.x
+    m1: torch.Tensor | None = None  # x0 estimate of the previous step
+    m2: torch.Tensor | None = None  # ... and of the one before
+    for i in range(len(w)):
+        x0, _ = w.model(x, i)
+        if i == len(w) - 1:
+            x = x0
+        else:
+            ratio, c0, c1, c2 = coef[i]
+            x = ratio * x + c0 * x0
+            if m1 is not None:  # c1 = 0 on the first step
+                x = x + c1 * m1
+            if m2 is not None:  # c2 = 0 on the first two
+                x = x + c2 * m2
+        m1, m2 = x0, m1
+        w.done(i, x, x0)
+    return x
+
+
 SAMPLERS: dict[str, Sampler] = {
     "ddpm": sample_ddpm,
     "ddim": sample_ddim,
     "dpmpp_2m": sample_dpmpp_2m,
+    "dpmpp_3m": sample_dpmpp_3m,
 }
 
 

@@ -44,7 +44,8 @@ def capture_x_T(denoiser, x, schedule, timesteps, **kw):
 
 
 @pytest.mark.parametrize(
-    "sampler,extra", [("ddpm", {}), ("ddim", {}), ("ddim", {"eta": 0.7}), ("dpmpp_2m", {})]
+    "sampler,extra",
+    [("ddpm", {}), ("ddim", {}), ("ddim", {"eta": 0.7}), ("dpmpp_2m", {}), ("dpmpp_3m", {})],
 )
 def test_results_do_not_depend_on_max_batch(sampler, extra):
     ref = run(sampler, **extra)
@@ -402,7 +403,8 @@ def test_bad_input_messages():
     with pytest.raises(ValueError, match="prediction: expected one of 'eps', 'x0', 'v'"):
         sample_many("ddim", NET, E, 2, cond={"z": Z}, prediction="noise", **kw)
     with pytest.raises(
-        ValueError, match="sampler: expected one of 'ddpm', 'ddim', 'dpmpp_2m', got str 'euler'"
+        ValueError,
+        match="sampler: expected one of 'ddpm', 'ddim', 'dpmpp_2m', 'dpmpp_3m', got str 'euler'",
     ):
         sample_many("euler", NET, E, 2, cond={"z": Z}, **kw)
     with pytest.raises(TypeError, match="sampler: expected a sampler function"):

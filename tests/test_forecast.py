@@ -246,7 +246,7 @@ def test_losses_and_forecast_shapes(prediction, denoiser):
     assert loss.shape == () and loss.requires_grad
     loss.backward()
     assert all(p.grad is None for p in m.backbone.parameters())  # stage 2 never trains the backbone
-    for sampler in ("ddim", "ddpm", "dpmpp_2m"):
+    for sampler in ("ddim", "ddpm", "dpmpp_2m", "dpmpp_3m"):
         fc = m.forecast(x, 6, time_features=marks, sampler=sampler, num_steps=5, progress=False)
         assert isinstance(fc, Forecast)
         assert fc.samples.shape == (6, 4, 12, 3) and fc.samples.dtype == torch.float32

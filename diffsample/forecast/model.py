@@ -350,8 +350,8 @@ class ITransformerDiffusion(nn.Module):
             history: ``[B, L, N]``.
             n_samples: S.
             time_features: ``[B, L, F]`` for the history, if the model uses them.
-            sampler: a name in :data:`diffsample.SAMPLERS` ("dpmpp_2m", the default, and
-                "ddim" are deterministic given the noise; "ddpm") or a sampler function.
+            sampler: a name in :data:`diffsample.SAMPLERS` ("dpmpp_2m", the default,
+                "dpmpp_3m" and "ddim" are deterministic given the noise; "ddpm") or a sampler function.
             num_steps: K sampling steps on a trailing grid. The default, DPM-Solver++(2M) with
                 10 steps, scored ETTh1 as well as DDIM-50 at a fifth of the cost
                 (docs/results.md).
