@@ -316,6 +316,37 @@ def test_diffusion_loss_is_the_forward_process_written_out(prediction, history_s
     torch.testing.assert_close(loss.double(), ref, rtol=1e-5, atol=1e-6)
 
 
+def test_diffusion_loss_draws_are_copies_of_each_window():
+    """draws=k: the k * B rows are the batch k times over (window b in rows b, B + b, ...),
+    each with its own t and noise, in the order the generator gives them: the same loss as
+    one draw on the batch concatenated k times, with the backbone run on B rows only."""
+    m = tiny_model()
+    x, marks = inputs(B=4)
+    y = torch.randn(4, 12, 3, generator=torch.Generator().manual_seed(8))
+    seen = []
+
+    class Recorder(nn.Module):
+        def forward(self, x_t, t, *, z):
+            seen.append((x_t, t, z))
+            return 0.5 * x_t
+
+    m.denoiser = Recorder()
+    calls = []
+    m.backbone.register_forward_hook(lambda mod, args, out: calls.append(args[0].shape[0]))
+    three = m.diffusion_loss(x, y, marks, generator=torch.Generator().manual_seed(9), draws=3)
+    cat = [torch.cat([u] * 3) for u in (x, y, marks)]
+    once = m.diffusion_loss(*cat, generator=torch.Generator().manual_seed(9))
+    assert calls == [4, 12]
+    (xt3, t3, z3), (xt1, t1, z1) = seen
+    assert xt3.shape == (12, 12, 3) and torch.equal(t3, t1)
+    torch.testing.assert_close(z3, z1, rtol=1e-6, atol=1e-6)  # B rows vs 3 B rows of kernels
+    torch.testing.assert_close(xt3, xt1, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(three, once, rtol=1e-6, atol=1e-6)
+    assert len(set(t3.tolist())) > 4  # not one t per window repeated
+    with pytest.raises(ValueError, match=r"^draws: expected a positive integer, got int 0$"):
+        m.diffusion_loss(x, y, marks, draws=0)
+
+
 def test_forecast_is_the_point_forecast_plus_rescaled_residual_samples():
     m = tiny_model()
     for p in m.denoiser.parameters():

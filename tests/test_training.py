@@ -69,6 +69,7 @@ def fresh_model(seed=0, **changes) -> ITransformerDiffusion:
             r"^point_lr_decay: expected a finite number in \(0, 1\]",
         ),
         ({"batch_size": 0}, ValueError, r"^batch_size: expected a positive integer, got int 0$"),
+        ({"diffusion_draws": 0}, ValueError, r"^diffusion_draws: expected a positive integer"),
         ({"point_epochs": -1}, ValueError, r"^point_epochs: expected a non-negative integer"),
         ({"max_batches_per_epoch": 2.0}, TypeError, r"^max_batches_per_epoch: expected a positive"),
         (

@@ -127,6 +127,11 @@ _TRAIN_FLAGS: dict[str, tuple[str, tuple[str, ...], str]] = {
         (),
         "stage 2 learning rate factor after each epoch (1: constant)",
     ),
+    "diffusion_draws": (
+        "--diffusion_draws",
+        (),
+        "stage 2: (step, noise) draws per window in each batch",
+    ),
     "weight_decay": ("--weight_decay", (), "weight decay of both stages"),
     "patience": ("--patience", (), "epochs without a better validation loss before a stage stops"),
     "max_batches_per_epoch": (

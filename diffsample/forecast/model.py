@@ -262,10 +262,13 @@ class ITransformerDiffusion(nn.Module):
         time_features: torch.Tensor | None = None,
         *,
         generator: torch.Generator | None = None,
+        draws: int = 1,
     ) -> torch.Tensor:
         """Denoising loss on normalised residuals (stage 2); the backbone is not trained here.
 
-        Each window draws a uniform step t and noise; the forward process is the schedule's own
+        Each window draws a uniform step t and noise, ``draws`` times (rows ``[draws * B]``:
+        the backbone runs once, the denoiser on every draw; more draws, a less noisy gradient
+        for the same backbone cost); the forward process is the schedule's own
         (:meth:`NoiseSchedule.add_noise`, :meth:`NoiseSchedule.alpha_sigma`) and the loss is the
         MSE between the denoiser's output and its target for ``config.prediction``.
 
@@ -273,15 +276,18 @@ class ITransformerDiffusion(nn.Module):
             history: ``[B, L, N]``.
             target: ``[B, H, N]``.
             time_features: ``[B, L, F]`` or None.
-            generator: draws t ``[B]`` and the noise ``[B, H, N]``; on the data's device.
+            generator: draws t ``[draws * B]`` and the noise ``[draws * B, H, N]``; on the
+                data's device.
+            draws: (t, noise) draws per window, at least 1.
 
         Returns:
             A float32 scalar.
         """
+        draws = check_int("draws", draws)
         with torch.no_grad():
             y_det, z = self(history, time_features)
-            z = self.condition(history, z)  # [B, N, Dz]
-            r0 = self.normalise_residual(target, y_det)  # [B, H, N]
+            z = self.condition(history, z).repeat(draws, 1, 1)  # [draws * B, N, Dz]
+            r0 = self.normalise_residual(target, y_det).repeat(draws, 1, 1)  # [draws * B, H, N]
             schedule = self._schedule_on(r0.device)
             t = torch.randint(
                 0, schedule.num_train_steps, r0.shape[:1], device=r0.device, generator=generator
@@ -642,8 +648,13 @@ def _read_checkpoint(path: Path, *, map_location: Any) -> dict[str, Any]:
 
 # What a checkpoint saved before a config field existed used, where that differs from today's
 # default (0.2.0's denoisers were conditioned on z alone; 0.2.0 trained stage 2 at a constant
-# learning rate). Read by load() and by train()'s resume checks.
-BEFORE_FIELD: dict[str, object] = {"history_stats": False, "diffusion_lr_decay": 1.0}
+# learning rate; before diffusion_draws, one draw per window). Read by load() and by train()'s
+# resume checks.
+BEFORE_FIELD: dict[str, object] = {
+    "history_stats": False,
+    "diffusion_lr_decay": 1.0,
+    "diffusion_draws": 1,
+}
 
 
 def _config_from(config: Mapping[str, Any], path: Path) -> ForecastConfig:

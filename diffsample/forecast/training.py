@@ -103,6 +103,8 @@ class TrainConfig:
     # constant 1e-3 the validation diffusion loss still fell after 20 epochs; 30 epochs decaying
     # by 0.9 (1e-3 down to 5e-5) lowered ETTh1 CRPS by 1.1% on the same backbone (docs/results.md)
     diffusion_lr_decay: float = 0.9
+    # (t, noise) draws per window in each stage-2 batch (ITransformerDiffusion.diffusion_loss)
+    diffusion_draws: int = 1
     weight_decay: float = 0.0
     patience: int = 3
     max_batches_per_epoch: int | None = None  # cap for quick runs; None = every window once
@@ -123,6 +125,7 @@ class TrainConfig:
             "patience": check_int("patience", self.patience),
             "point_epochs": check_int("point_epochs", self.point_epochs, minimum=0),
             "diffusion_epochs": check_int("diffusion_epochs", self.diffusion_epochs, minimum=0),
+            "diffusion_draws": check_int("diffusion_draws", self.diffusion_draws),
             "point_lr": check_number("point_lr", self.point_lr, minimum=0.0, open_min=True),
             "diffusion_lr": check_number(
                 "diffusion_lr", self.diffusion_lr, minimum=0.0, open_min=True
@@ -399,7 +402,9 @@ def train(
     # stage 2: the residual diffusion, on statistics fixed from the training windows
     def diffusion_val() -> Callable[[WindowBatch], torch.Tensor]:  # the same t, noise each pass
         g_val = torch.Generator(device=device).manual_seed(_rank_seed(config, 2, ranks))
-        return lambda b: model.diffusion_loss(b.x, b.y, b.x_mark, generator=g_val)
+        return lambda b: model.diffusion_loss(
+            b.x, b.y, b.x_mark, generator=g_val, draws=config.diffusion_draws
+        )
 
     stage2 = _Stage(
         2,
@@ -407,7 +412,9 @@ def train(
         lambda: torch.optim.AdamW(
             model.denoiser.parameters(), lr=config.diffusion_lr, weight_decay=config.weight_decay
         ),
-        lambda b: model.diffusion_loss(b.x, b.y, b.x_mark, generator=run.g_dev),
+        lambda b: model.diffusion_loss(
+            b.x, b.y, b.x_mark, generator=run.g_dev, draws=config.diffusion_draws
+        ),
         diffusion_val,
         config.diffusion_epochs,
         config.diffusion_lr_decay,
