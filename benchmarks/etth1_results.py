@@ -326,6 +326,48 @@ def diagnosis_markdown(diagnosis: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+@torch.no_grad()
+def oracle_bounds(model: ITransformerDiffusion, split: ForecastSplit) -> dict[str, float]:
+    """What knowing the answer's scale (or scale and level) would be worth: the closed-form
+    CRPS of Gaussians about the point forecast on every window of ``split``, with sigma the
+    training residual std per variate (the baseline), the split's own std per variate or per
+    (step, variate) (an oracle of the period's level), and per (window, variate) the true
+    residual's rms over the horizon (an oracle of each window's scale), or its mean and std
+    (each window's level and scale). No model that sees only the history can beat the last
+    row; a head that only learns the spread can approach the fourth at best."""
+    r = residuals(model, split).double()  # [R, H, N]
+    zero = torch.zeros_like(r)
+
+    def score(mu: torch.Tensor, sigma: torch.Tensor) -> float:
+        return float(gaussian_crps(mu, sigma.clamp_min(1e-9), r).mean())
+
+    mean = r.mean(1, keepdim=True).expand_as(r)  # [R, H, N] each window-variate's level
+    return {
+        "train_sigma": score(zero, model.res_std.double()),
+        "split_sigma_per_variate": score(zero, r.pow(2).mean((0, 1)).sqrt()),
+        "split_sigma_per_step_variate": score(zero, r.pow(2).mean(0).sqrt()),
+        "window_rms": score(zero, r.pow(2).mean(1, keepdim=True).sqrt()),
+        "window_mean_and_std": score(mean, (r - mean).pow(2).mean(1, keepdim=True).sqrt()),
+    }
+
+
+def bounds_markdown(bounds: dict[str, dict[str, float]]) -> str:
+    if not bounds:
+        return ""
+    names = list(next(iter(bounds.values())))
+    lines = [
+        "## Oracle bounds (closed-form Gaussian CRPS about the point forecast, test set)",
+        "",
+        "| sigma | " + " | ".join(f"seed {k}" for k in bounds) + " | vs train sigma |",
+        "|---|" + "---|" * (len(bounds) + 1),
+    ]
+    for name in names:
+        vals = [b[name] for b in bounds.values()]
+        rel = statistics.mean(b[name] / b["train_sigma"] - 1 for b in bounds.values())
+        lines.append(f"| {name} | " + " | ".join(f"{v:.4f}" for v in vals) + f" | {rel:+.1%} |")
+    return "\n".join(lines) + "\n"
+
+
 def machine() -> str:
     try:
         text = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
@@ -371,6 +413,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     diagnosis: dict[str, Any] = {}
+    bounds: dict[str, dict[str, float]] = {}
     train_seconds: list[float] = []
 
     def write() -> None:  # after every setting: a run stopped early leaves what it scored
@@ -385,9 +428,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             "command": "python benchmarks/etth1_results.py "
             + " ".join(sys.argv[1:] if argv is None else argv),
         }
-        record = {"meta": meta, "rows": rows, "summary": summary, "diagnosis": diagnosis}
+        record = {
+            "meta": meta,
+            "rows": rows,
+            "summary": summary,
+            "diagnosis": diagnosis,
+            "oracle_bounds": bounds,
+        }
         (args.out / "results.json").write_text(json.dumps(record, indent=1))
-        text = markdown(summary, meta) + "\n" + diagnosis_markdown(diagnosis)
+        text = "\n".join(
+            [markdown(summary, meta), bounds_markdown(bounds), diagnosis_markdown(diagnosis)]
+        )
         (args.out / "results.md").write_text(text)
 
     for seed in args.seeds:
@@ -424,6 +475,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             "gaussian_val_sigma": residual_std(model, data.val),
         }
         pool = residuals(model, data.train)  # [R, H, N] for the bootstrap baseline
+        bounds[str(seed)] = oracle_bounds(model, data.test)
+        print(
+            f"seed {seed}: oracle bounds "
+            + " ".join(f"{k} {v:.4f}" for k, v in bounds[str(seed)].items()),
+            flush=True,
+        )
         if args.diag_windows:
             splits = {"train": data.train, "val": data.val, "test": data.test}
             diagnosis[str(seed)] = spread_table(model, splits, n_windows=args.diag_windows)

@@ -177,4 +177,15 @@ def test_results_script_runs_tiny(tmp_path):
     } <= methods
     for r in rows:
         assert math.isfinite(r["crps"]) and r["windows"] == 16
+    bounds = record["oracle_bounds"]["0"]
+    assert set(bounds) == {
+        "train_sigma",
+        "split_sigma_per_variate",
+        "split_sigma_per_step_variate",
+        "window_rms",
+        "window_mean_and_std",
+    }
+    # knowing each window's level and scale beats a fixed scale
+    assert bounds["window_mean_and_std"] < bounds["train_sigma"]
     assert (out / "results.md").read_text().startswith("#")
+    assert "## Oracle bounds" in (out / "results.md").read_text()
