@@ -328,20 +328,21 @@ def diagnosis_markdown(diagnosis: dict[str, Any]) -> str:
 
 @torch.no_grad()
 def oracle_bounds(model: ITransformerDiffusion, split: ForecastSplit) -> dict[str, float]:
-    """What knowing the answer's scale (or scale and level) would be worth: the closed-form
-    CRPS of Gaussians about the point forecast on every window of ``split``, with sigma the
-    training residual std per variate (the baseline), the split's own std per variate or per
-    (step, variate) (an oracle of the period's level), and per (window, variate) the true
-    residual's rms over the horizon (an oracle of each window's scale), or its mean and std
-    (each window's level and scale). No model that sees only the history can beat the last
-    row; a head that only learns the spread can approach the fourth at best."""
+    """Gaussian oracles: what knowing the answer's scale (or its scale and level) is worth to
+    a Gaussian about the point forecast. The closed-form CRPS on every window of ``split``
+    with sigma the training residual std per variate (the baseline), the split's own residual
+    rms about 0 per variate or per (step, variate) (an oracle of the period's level of error),
+    and per (window, variate) the true residual's rms about 0 over the horizon (an oracle of
+    each window's scale), or its mean and the std about it (each window's level and scale).
+    These are not bounds for every forecaster (a non-Gaussian or step-varying one may do
+    better), but they size what a window's scale can buy against what its level can."""
     r = residuals(model, split).double()  # [R, H, N]
     zero = torch.zeros_like(r)
 
     def score(mu: torch.Tensor, sigma: torch.Tensor) -> float:
         return float(gaussian_crps(mu, sigma.clamp_min(1e-9), r).mean())
 
-    mean = r.mean(1, keepdim=True).expand_as(r)  # [R, H, N] each window-variate's level
+    mean = r.mean(1, keepdim=True).expand_as(r)  # [R, H, N]: each window-variate's level
     return {
         "train_sigma": score(zero, model.res_std.double()),
         "split_sigma_per_variate": score(zero, r.pow(2).mean((0, 1)).sqrt()),
@@ -389,6 +390,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--diag-windows", type=int, default=512, help="per split; 0 skips")
     p.add_argument("--d-model", type=int, default=REFERENCE.d_model)
     p.add_argument("--calibration", default=None, help="TrainConfig.calibration override")
+    p.add_argument(
+        "--diffusion-draws", type=int, default=None, help="TrainConfig.diffusion_draws override"
+    )
     p.add_argument("--tiny", action="store_true", help="a tiny model, for smoke tests")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--threads", type=int, default=None)
@@ -407,6 +411,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     tconf = TINY_TRAIN if args.tiny else TrainConfig()
     if args.calibration is not None:
         tconf = dataclasses.replace(tconf, calibration=args.calibration)
+    if args.diffusion_draws is not None:
+        tconf = dataclasses.replace(tconf, diffusion_draws=args.diffusion_draws)
     data = resolve_data(args.data, base.lookback, base.horizon)
     base = dataclasses.replace(base, n_variates=data.n_variates, n_time_features=data.n_marks)
     solvers = [parse_solver(s, args.windows) for s in args.solvers]
@@ -415,6 +421,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     diagnosis: dict[str, Any] = {}
     bounds: dict[str, dict[str, float]] = {}
     train_seconds: list[float] = []
+    loaded: list[int] = []  # seeds read from --checkpoints: train_config is not theirs
 
     def write() -> None:  # after every setting: a run stopped early leaves what it scored
         summary = summarise(rows)
@@ -425,6 +432,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "train_seconds": [round(s, 1) for s in train_seconds],
             "model_config": dataclasses.asdict(base),
             "train_config": dataclasses.asdict(tconf),
+            "loaded_seeds": loaded,
             "command": "python benchmarks/etth1_results.py "
             + " ".join(sys.argv[1:] if argv is None else argv),
         }
@@ -448,6 +456,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         t0 = time.perf_counter()
         if ckpt is not None and ckpt.is_file():
             model = ITransformerDiffusion.load(ckpt)
+            loaded.append(seed)
             print(f"seed {seed}: loaded {ckpt}")
             if tconf.calibration != "none" and bool((model.res_scale == 1).all()):
                 # a model saved before calibration: the step train() ends with, same arguments

@@ -392,7 +392,9 @@ def sample_dpmpp_3m(
     D2 = (D1_0 - D1_1) / (r0 + r1), and
     x_s = (sigma_s / sigma_t) x_t + alpha_s (phi1 m0 + phi2 D1 - phi3 D2) with
     phi1 = -expm1(-h), phi2 = expm1(-h) / h + 1, phi3 = (expm1(-h) + h) / h^2 - 1/2
-    (the form of diffusers' ``DPMSolverMultistepScheduler``, ``solver_order=3``). The first
+    (the form of diffusers' ``DPMSolverMultistepScheduler`` with ``solver_order=3``,
+    ``lower_order_final=False``: below 15 steps its default drops the step before the last to
+    second order, which this sampler does not). The first
     step is first order, the second is :func:`sample_dpmpp_2m`'s, and the final step to clean
     data returns x0 (first order, sigma_s = 0). Deterministic; ``generator`` and
     ``noise_sampler`` are accepted for a uniform signature and unused.

@@ -189,3 +189,43 @@ def test_results_script_runs_tiny(tmp_path):
     assert bounds["window_mean_and_std"] < bounds["train_sigma"]
     assert (out / "results.md").read_text().startswith("#")
     assert "## Oracle bounds" in (out / "results.md").read_text()
+
+
+def test_oracle_bounds_against_properscoring():
+    """Each Gaussian oracle of the results script, window by window and variate by variate
+    with properscoring's closed form (a different implementation) and loops over the scales."""
+    properscoring = pytest.importorskip("properscoring")
+    bench = _load_script()
+    data = synthetic_dataset(n_steps=400, n_variates=3, lookback=24, horizon=12, seed=1)
+    torch.manual_seed(0)
+    model = ITransformerDiffusion(TINY).eval()
+    model.set_residual_stats(torch.zeros(3), torch.tensor([0.5, 1.0, 2.0]))
+    got = bench.oracle_bounds(model, data.test)
+    r = residuals(model, data.test).double().numpy()  # [R, H, N]
+    R, H, N = r.shape
+
+    def mean_crps(mu, sig):  # mu, sig: [R, H, N] numpy
+        return float(np.mean(properscoring.crps_gaussian(r, mu=mu, sig=sig)))
+
+    zero = np.zeros_like(r)
+    train_sig = np.broadcast_to(model.res_std.double().numpy(), r.shape)
+    per_var = np.broadcast_to(np.sqrt((r**2).mean(axis=(0, 1))), r.shape)
+    per_step_var = np.broadcast_to(np.sqrt((r**2).mean(axis=0)), r.shape)
+    rms, mu, sd = (np.empty_like(r) for _ in range(3))
+    for w in range(R):
+        for n in range(N):
+            e = r[w, :, n]
+            rms[w, :, n] = math.sqrt(float(np.mean(e**2)))
+            mu[w, :, n] = float(np.mean(e))
+            sd[w, :, n] = math.sqrt(float(np.mean((e - e.mean()) ** 2)))
+    want = {
+        "train_sigma": mean_crps(zero, train_sig),
+        "split_sigma_per_variate": mean_crps(zero, per_var),
+        "split_sigma_per_step_variate": mean_crps(zero, per_step_var),
+        "window_rms": mean_crps(zero, rms),
+        "window_mean_and_std": mean_crps(mu, sd),
+    }
+    assert set(got) == set(want)
+    for k in want:
+        assert got[k] == pytest.approx(want[k], rel=1e-9), k
+    assert got["window_mean_and_std"] < got["window_rms"] < got["train_sigma"]

@@ -291,10 +291,10 @@ class ITransformerDiffusion(nn.Module):
             schedule = self._schedule_on(r0.device)
             t = torch.randint(
                 0, schedule.num_train_steps, r0.shape[:1], device=r0.device, generator=generator
-            )  # [B]
+            )  # [draws * B]
             noise = torch.randn(r0.shape, device=r0.device, dtype=r0.dtype, generator=generator)
-            r_t = schedule.add_noise(r0, noise, t)  # [B, H, N]
-            alpha, sigma = (a[:, None, None] for a in schedule.alpha_sigma(t))  # [B, 1, 1] f64
+            r_t = schedule.add_noise(r0, noise, t)  # [draws * B, H, N]
+            alpha, sigma = (a[:, None, None] for a in schedule.alpha_sigma(t))  # [draws*B, 1, 1]
             goal = training_target(r0, noise, alpha, sigma, self.config.prediction)
         return F.mse_loss(self.denoiser(r_t, t, z=z).float(), goal.float())
 
