@@ -12,7 +12,7 @@ from .prediction import Denoiser, Prediction, PreparesCond, to_x0_eps, training_
 from .samplers import SAMPLERS, sample_ddim, sample_ddpm, sample_dpmpp_2m, sample_dpmpp_3m
 from .schedules import NoiseSchedule
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 __all__ = [
     "SAMPLERS",

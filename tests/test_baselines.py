@@ -202,7 +202,7 @@ def test_oracle_bounds_against_properscoring():
     model.set_residual_stats(torch.zeros(3), torch.tensor([0.5, 1.0, 2.0]))
     got = bench.oracle_bounds(model, data.test)
     r = residuals(model, data.test).double().numpy()  # [R, H, N]
-    R, H, N = r.shape
+    R, _, N = r.shape
 
     def mean_crps(mu, sig):  # mu, sig: [R, H, N] numpy
         return float(np.mean(properscoring.crps_gaussian(r, mu=mu, sig=sig)))

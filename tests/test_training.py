@@ -507,7 +507,7 @@ def test_a_field_the_saved_run_predates_counts_as_what_that_run_used(tmp_path):
             saved,
             dataclasses.replace(QUICK, diffusion_lr_decay=0.9),
         )
-    # before diffusion_draws, stage 2 drew once per window: a run of 0.3.0 resumes only with 1
+    # before diffusion_draws, stage 2 drew once per window: such a run resumes with 1, not 4
     del saved["diffusion_draws"]
     training_module._same(
         tmp_path / "m.pt", "train config", saved, dataclasses.replace(constant, diffusion_draws=1)
