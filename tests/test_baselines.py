@@ -229,3 +229,18 @@ def test_oracle_bounds_against_properscoring():
     for k in want:
         assert got[k] == pytest.approx(want[k], rel=1e-9), k
     assert got["window_mean_and_std"] < got["window_rms"] < got["train_sigma"]
+
+
+@pytest.mark.parametrize("fn", [residual_std, residuals])
+def test_residual_functions_reject_bad_input(fn):
+    data = synthetic_dataset(n_steps=200, n_variates=3, lookback=24, horizon=12, seed=0)
+    model = ITransformerDiffusion(TINY)
+    with pytest.raises(TypeError, match=r"^model: expected an ITransformerDiffusion, got str"):
+        fn("model", data.val)
+    with pytest.raises(TypeError, match=r"^split: expected a ForecastSplit, got ForecastDataset"):
+        fn(model, data)
+    with pytest.raises(ValueError, match=r"^batch_size: expected a positive integer, got int 0$"):
+        fn(model, data.val, batch_size=0)
+    model.train()
+    fn(model, data.val)
+    assert model.training  # the caller's mode is restored

@@ -17,7 +17,9 @@ is the stronger one on ETTh1 (see ``docs/results.md``).
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 
 import torch
 
@@ -99,20 +101,11 @@ def residual_std(
     On the training split this is what training stores as ``model.res_std``; on the
     validation split it is the held-out ("val-fitted") sigma of the baseline.
     """
-    if not isinstance(model, ITransformerDiffusion):
-        raise TypeError(expected("model", "an ITransformerDiffusion", model))
-    if not isinstance(split, ForecastSplit):
-        raise TypeError(expected("split", "a ForecastSplit", split))
-    batch_size = check_int("batch_size", batch_size)
     from .training import _residual_stats  # the one implementation of these sums
 
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
+    batch_size, device = _check_model_split(model, split, batch_size)
+    with _eval_mode(model):
         _, std = _residual_stats(model, split.to(device), batch_size, device)
-    finally:
-        model.train(was_training)
     return std
 
 
@@ -122,19 +115,32 @@ def residuals(
 ) -> torch.Tensor:
     """The backbone's errors y - y_det ``[W, H, N]`` on every window of ``split`` (in window
     order, on the model's device): the pool of :func:`bootstrap_samples`."""
+    batch_size, device = _check_model_split(model, split, batch_size)
+    with _eval_mode(model):
+        out = [b.y - model(b.x, b.x_mark)[0] for b in split.to(device).batches(batch_size)]
+    return torch.cat(out)  # [W, H, N]
+
+
+def _check_model_split(
+    model: object, split: object, batch_size: object
+) -> tuple[int, torch.device]:
+    """The checked batch size and the model's device, for a model scored on a split."""
     if not isinstance(model, ITransformerDiffusion):
         raise TypeError(expected("model", "an ITransformerDiffusion", model))
     if not isinstance(split, ForecastSplit):
         raise TypeError(expected("split", "a ForecastSplit", split))
-    batch_size = check_int("batch_size", batch_size)
-    device = next(model.parameters()).device
+    return check_int("batch_size", batch_size), next(model.parameters()).device
+
+
+@contextlib.contextmanager
+def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """The model in eval mode (no dropout) inside, its own mode restored after."""
     was_training = model.training
     model.eval()
     try:
-        out = [b.y - model(b.x, b.x_mark)[0] for b in split.to(device).batches(batch_size)]
+        yield
     finally:
         model.train(was_training)
-    return torch.cat(out)  # [W, H, N]
 
 
 def bootstrap_samples(
