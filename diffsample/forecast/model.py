@@ -33,6 +33,7 @@ import os
 import pickle
 import re
 import warnings
+from collections import deque
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
@@ -50,6 +51,7 @@ from .._utils import (
     check_int,
     check_number,
     check_tensor,
+    describe,
     expected,
 )
 from ..prediction import Prediction, training_target
@@ -66,6 +68,27 @@ _FORMAT_V1 = "diffsample.ITransformerDiffusion/1"
 DenoiserName = Literal["token", "unet"]
 ScheduleName = Literal["linear", "scaled_linear", "cosine", "sigmoid"]
 
+# Upper bounds of ForecastConfig's sizes: far above real use (ETT: L, H of 96 to 720, N = 7,
+# d_model 128 to 512, T = 1000) and low enough that a config read from a file cannot ask for an
+# absurd model before its weights are compared ("unet_levels" bounds len(unet_channels), and
+# "unet_channels" each level's width)
+CONFIG_LIMITS: dict[str, int] = {
+    "lookback": 100_000,
+    "horizon": 100_000,
+    "n_variates": 100_000,
+    "n_time_features": 256,
+    "d_model": 8192,
+    "n_heads": 1024,
+    "n_layers": 256,
+    "d_ff": 65_536,
+    "denoiser_width": 8192,
+    "denoiser_layers": 256,
+    "denoiser_heads": 1024,
+    "unet_levels": 16,
+    "unet_channels": 8192,
+    "num_train_steps": 100_000,
+}
+
 
 @dataclasses.dataclass(frozen=True)
 class ForecastConfig:
@@ -75,6 +98,12 @@ class ForecastConfig:
     an integer, a number for a name) raises TypeError, a bad value ValueError, each naming the
     field. Integers and floats are stored as plain Python ``int`` / ``float`` (a numpy scalar
     would not survive ``torch.load(weights_only=True)`` of a checkpoint).
+
+    Every size has an upper bound (:data:`CONFIG_LIMITS`), far above real use, so that a config
+    read from a file cannot make :meth:`ITransformerDiffusion.load` build an absurd model:
+    lookback, horizon and n_variates <= 100000, n_time_features <= 256, d_model and
+    denoiser_width <= 8192, n_heads and denoiser_heads <= 1024, n_layers and denoiser_layers
+    <= 256, d_ff <= 65536, at most 16 unet_channels of <= 8192 each, num_train_steps <= 100000.
     """
 
     lookback: int = 96
@@ -121,6 +150,8 @@ class ForecastConfig:
             )
         }
         checked["n_time_features"] = check_int("n_time_features", self.n_time_features, minimum=0)
+        for name in checked:
+            _check_limit(name, checked[name], CONFIG_LIMITS[name])
         checked["dropout"] = check_number(
             "dropout", self.dropout, minimum=0.0, maximum=1.0, open_max=True
         )
@@ -135,8 +166,18 @@ class ForecastConfig:
             raise ValueError(
                 f"unet_channels: expected at least one channel count, got {channels!r}"
             )
+        if len(channels) > CONFIG_LIMITS["unet_levels"]:
+            raise ValueError(
+                f"unet_channels: expected at most {CONFIG_LIMITS['unet_levels']} levels (the "
+                f"limit of ForecastConfig), got {len(channels)}"
+            )
         checked["unet_channels"] = tuple(
-            check_int(f"unet_channels[{i}]", c) for i, c in enumerate(channels)
+            _check_limit(
+                f"unet_channels[{i}]",
+                check_int(f"unet_channels[{i}]", c),
+                CONFIG_LIMITS["unet_channels"],
+            )
+            for i, c in enumerate(channels)
         )
         for name, value in checked.items():
             object.__setattr__(self, name, value)
@@ -154,6 +195,15 @@ class ForecastConfig:
                     f"unet_channels[{i}]",
                     self.unet_channels[i],
                 )
+
+
+def _check_limit(name: str, value: object, limit: int) -> object:
+    """``value`` (an int already checked) if it is at most ``limit``; ValueError otherwise."""
+    if isinstance(value, int) and value > limit:
+        raise ValueError(
+            expected(name, f"an integer <= {limit} (the limit of ForecastConfig)", value)
+        )
+    return value
 
 
 class Forecast(NamedTuple):
@@ -185,33 +235,7 @@ class ITransformerDiffusion(nn.Module):
         if not isinstance(config, ForecastConfig):
             raise TypeError(expected("config", "a ForecastConfig", config))
         c = self.config = config
-        self.backbone = ITransformer(
-            c.lookback,
-            c.horizon,
-            n_time_features=c.n_time_features,
-            d_model=c.d_model,
-            n_heads=c.n_heads,
-            n_layers=c.n_layers,
-            d_ff=c.d_ff,
-            dropout=c.dropout,
-        )
-        cond_dim = c.d_model + (2 if c.history_stats else 0)  # Dz: z, then the history stats
-        if c.denoiser == "token":
-            self.denoiser: nn.Module = TokenDenoiser(
-                c.horizon,
-                cond_dim,
-                d_model=c.denoiser_width,
-                n_heads=c.denoiser_heads,
-                n_layers=c.denoiser_layers,
-            )
-        else:
-            self.denoiser = UNet1DDenoiser(
-                c.horizon,
-                cond_dim,
-                channels=c.unet_channels,
-                emb_dim=c.denoiser_width,
-                n_heads=c.denoiser_heads,
-            )
+        self.backbone, self.denoiser = _networks(c)
         # float64 and on the CPU, not a buffer: samplers read their per-step coefficients on
         # the host (no device sync in the step loop) and cast them only at use
         self.schedule = NoiseSchedule.by_name(c.schedule, c.num_train_steps)
@@ -370,7 +394,8 @@ class ITransformerDiffusion(nn.Module):
             progress: see :func:`diffsample.sample_many`.
             **sampler_kwargs: passed to :func:`diffsample.sample_many`: its own ``graph=True``
                 (CUDA graphs) and ``autocast=torch.bfloat16`` (the denoiser in bf16), or the
-                sampler's, e.g. ``eta`` for DDIM or ``clip_x0``.
+                sampler's, e.g. ``eta`` for DDIM or ``clip_x0``. A ``device`` must be the
+                model's own (move the model with ``.to`` instead).
 
         Returns:
             ``Forecast(samples [S, B, H, N], point [B, H, N])``, both contiguous. Map them to
@@ -380,6 +405,9 @@ class ITransformerDiffusion(nn.Module):
         self.eval()
         try:
             y_det, z = self(history, time_features)  # [B, H, N], [B, N, D]; checks the shapes
+            _check_window_ids(window_ids, history.shape[0])
+            if "device" in sampler_kwargs:
+                self._check_own_device(sampler_kwargs["device"])
             # once per call, before sampling (not in forward: a sync per training batch);
             # NaN here would only surface as NaN samples
             check_finite("history", history)
@@ -433,7 +461,8 @@ class ITransformerDiffusion(nn.Module):
 
         Args:
             path: the file.
-            map_location: passed to ``torch.load`` (``"cpu"``, a device, ...).
+            map_location: the device to load the weights to (``"cpu"``, ``"cuda"``,
+                ``"cuda:1"``, ``"mps"`` or a ``torch.device``); one this machine has.
             allow_unfinished: also load the checkpoint of a run that has not finished (killed,
                 or stopped by an error): the best weights so far of the stage it was in; in
                 stage 1 the denoiser is still untrained. Also loads a checkpoint of diffsample
@@ -442,18 +471,28 @@ class ITransformerDiffusion(nn.Module):
         Returns:
             The model in eval mode, with ``data_spec`` as saved (None if it never trained).
 
+        Nothing in the file steers more than it should: every tensor is checked against its
+        declared shape and storage before the checksum reads it (a few bytes declaring a huge
+        expanded tensor are refused, not materialised), the config against
+        :data:`CONFIG_LIMITS`, and the weights' shapes against the config's before a model of
+        that size is built; non-finite weights or statistics are refused.
+
         Raises:
             FileNotFoundError: no such file.
-            ValueError: (one line, naming the path) not a readable torch file, not a diffsample
-                checkpoint (another format, or Python objects a checkpoint never holds), a
-                checksum that does not match the contents, no or a bad config, weights that do
-                not fit the config, or an unfinished run without ``allow_unfinished``.
+            TypeError: ``map_location`` is not a str or ``torch.device``.
+            ValueError: ``map_location`` names no device this machine has; or (one line,
+                naming the path) not a readable torch file, not a diffsample checkpoint
+                (another format, Python objects or tensor layouts a checkpoint never holds), a
+                checksum that does not match the contents, no or a bad config (sizes beyond
+                the limits included), weights that do not fit the config, NaN or infinite
+                weights, or an unfinished run without ``allow_unfinished``.
         """
+        device = _check_device("map_location", map_location)
         allow_unfinished = check_bool("allow_unfinished", allow_unfinished)
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such checkpoint file")
-        payload = _read_checkpoint(path, map_location=map_location)
+        payload = _read_checkpoint(path, map_location=device)
         if payload.get("finished") is not True and not allow_unfinished:
             if payload["format"] == _FORMAT_V1:
                 raise ValueError(
@@ -467,23 +506,15 @@ class ITransformerDiffusion(nn.Module):
                 "train(..., checkpoint=path, resume=True), or pass allow_unfinished=True to load "
                 "its best weights so far"
             )
-        model = cls(_config_from(payload["config"], path))
-        state, own = payload["state_dict"], model.state_dict()
+        config = _config_from(payload["config"], path)
+        state = payload["state_dict"]
         if not isinstance(state, Mapping):
             raise ValueError(f"checkpoint: {path} holds no state_dict of weights")
+        shapes = _state_shapes(config)
         if "res_scale" not in state:  # written before the spread calibration: uncalibrated
-            state = {**state, "res_scale": torch.ones_like(model.res_scale)}
-        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-        wrong = [
-            f"{k}: file {tuple(getattr(state[k], 'shape', ()))} vs model {tuple(v.shape)}"
-            for k, v in own.items()
-            if k in state and getattr(state[k], "shape", None) != v.shape
-        ]
-        if missing or unexpected or wrong:
-            raise ValueError(
-                f"checkpoint: {path}: weights do not match the config: missing {missing}, "
-                f"unexpected {unexpected}, shape mismatches {wrong}"
-            )
+            state = {**state, "res_scale": torch.ones(shapes["res_scale"], device=device)}
+        _check_state(path, state, shapes)
+        model = cls(config)  # only now: the file holds weights of this size
         model.load_state_dict(state)
         spec = payload.get("data_spec")
         model.data_spec = dict(spec) if isinstance(spec, Mapping) else None
@@ -510,6 +541,16 @@ class ITransformerDiffusion(nn.Module):
             self._device_schedules[device] = (self.schedule, moved)
         return moved
 
+    def _check_own_device(self, value: object) -> None:
+        """``value`` a device (see ``_check_device``) that is the parameters' own."""
+        device = _check_device("device", value)
+        own = next(self.backbone.parameters()).device
+        if device.type != own.type or device.index not in (None, own.index):
+            raise ValueError(
+                f"device: expected the model's device {own} (move the model with .to({str(device)!r}) "
+                f"to sample there), got {str(value)!r}"
+            )
+
     def _check_inputs(self, history: torch.Tensor, time_features: torch.Tensor | None) -> None:
         """history ``[B, L, N]`` (B >= 1) and time features ``[B, L, F]`` of the parameters'
         dtype and device. No implicit cast: a float64 history would only be rounded to float32
@@ -528,6 +569,98 @@ class ITransformerDiffusion(nn.Module):
             )
         want = (history.shape[0], c.lookback, c.n_time_features)
         _check_input("time_features", time_features, want, param, "B, L, F")
+
+
+def _networks(c: ForecastConfig) -> tuple[ITransformer, nn.Module]:
+    """The backbone and the denoiser of config ``c`` (on the default device)."""
+    backbone = ITransformer(
+        c.lookback,
+        c.horizon,
+        n_time_features=c.n_time_features,
+        d_model=c.d_model,
+        n_heads=c.n_heads,
+        n_layers=c.n_layers,
+        d_ff=c.d_ff,
+        dropout=c.dropout,
+    )
+    cond_dim = c.d_model + (2 if c.history_stats else 0)  # Dz: z, then the history stats
+    denoiser: nn.Module
+    if c.denoiser == "token":
+        denoiser = TokenDenoiser(
+            c.horizon,
+            cond_dim,
+            d_model=c.denoiser_width,
+            n_heads=c.denoiser_heads,
+            n_layers=c.denoiser_layers,
+        )
+    else:
+        denoiser = UNet1DDenoiser(
+            c.horizon,
+            cond_dim,
+            channels=c.unet_channels,
+            emb_dim=c.denoiser_width,
+            n_heads=c.denoiser_heads,
+        )
+    return backbone, denoiser
+
+
+def _state_shapes(c: ForecastConfig) -> dict[str, tuple[int, ...]]:
+    """The shape of every entry of the state dict of ``ITransformerDiffusion(c)``, from modules
+    built on the meta device: no memory, so a config read from a file is compared with the
+    file's weights before a model of its size is built."""
+    with torch.device("meta"):
+        backbone, denoiser = _networks(c)
+    shapes = {
+        f"{prefix}.{k}": tuple(v.shape)
+        for prefix, net in (("backbone", backbone), ("denoiser", denoiser))
+        for k, v in net.state_dict().items()
+    }
+    N, H = c.n_variates, c.horizon
+    return {**shapes, "res_mean": (N,), "res_std": (N,), "res_scale": (H, N)}
+
+
+def _check_device(name: str, value: object) -> torch.device:
+    """``value`` (a device name or ``torch.device``) as a device this machine has: cpu, cuda
+    (with as many GPUs as its index needs) or mps; one-line TypeError / ValueError otherwise."""
+    want = "a device such as 'cpu', 'cuda', 'cuda:1' or 'mps'"
+    if not isinstance(value, (str, torch.device)):
+        raise TypeError(expected(name, f"{want} (a str or torch.device)", value))
+    try:
+        device = torch.device(value)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"{name}: expected {want}, got {str(value)!r}") from None
+    have = None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if not count:
+            have = f"this torch {torch.__version__} sees no CUDA device"
+        elif device.index is not None and device.index >= count:
+            have = f"{count} CUDA device(s)"
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            have = "no MPS device"
+    elif device.type != "cpu":
+        raise ValueError(f"{name}: expected {want}, got {str(value)!r}")
+    if have is not None:
+        raise ValueError(f"{name}: expected a device this machine has, got {str(value)!r} ({have})")
+    return device
+
+
+def _check_window_ids(window_ids: object, B: int) -> None:
+    """``window_ids`` None or ``[B]`` integer ids (a tensor or a sequence)."""
+    if window_ids is None:
+        return
+    want = f"[{B}] integer ids, one per history window"
+    if isinstance(window_ids, (str, bytes)) or not isinstance(window_ids, (torch.Tensor, Sequence)):
+        raise TypeError(expected("window_ids", f"a tensor or sequence of {want}", window_ids))
+    try:
+        ids = torch.as_tensor(window_ids)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(expected("window_ids", want, window_ids)) from None
+    if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
+        raise TypeError(expected("window_ids", want, ids))
+    if tuple(ids.shape) != (B,):
+        raise ValueError(expected("window_ids", f"{want} (history holds B = {B})", ids))
 
 
 def _check_input(
@@ -586,6 +719,38 @@ def _digest(payload: Mapping[str, Any]) -> str:
     return h.hexdigest()
 
 
+def _check_state(
+    path: Path, state: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]]
+) -> None:
+    """The weights ``state`` have exactly the keys and shapes ``shapes`` of the config, and are
+    floating-point tensors; one-line ValueError naming the path and the first few misfits."""
+    missing = sorted(set(shapes) - set(state))
+    unexpected = sorted((set(state) - set(shapes)), key=repr)
+    wrong = [
+        f"{k}: file {tuple(getattr(state[k], 'shape', ()))} vs model {v}"
+        for k, v in shapes.items()
+        if k in state and tuple(getattr(state[k], "shape", (None,))) != v
+    ]
+    if missing or unexpected or wrong:
+        raise ValueError(
+            f"checkpoint: {path}: weights do not match the config: missing {_few(missing)}, "
+            f"unexpected {_few(unexpected)}, shape mismatches {_few(wrong)}"
+        )
+    for k, v in state.items():
+        if not isinstance(v, torch.Tensor) or not v.is_floating_point():
+            raise ValueError(
+                f"checkpoint: {path}: state_dict[{k!r}]: expected a floating-point tensor of "
+                f"weights, got {describe(v)}"
+            )
+
+
+def _few(items: list[str], n: int = 8) -> str:
+    """The first ``n`` items of a list as its repr, and how many more there are."""
+    if len(items) <= n:
+        return repr(items)
+    return f"{items[:n]!r} and {len(items) - n} more"
+
+
 def _write_checkpoint(path: str | os.PathLike[str], payload: Mapping[str, Any]) -> Path:
     """``payload`` plus its checksum, written atomically with ``torch.save``."""
     full = {**payload, "checksum": _digest(payload)}
@@ -625,25 +790,125 @@ def _read_checkpoint(path: Path, *, map_location: Any) -> dict[str, Any]:
     fmt = payload.get("format")
     if fmt not in (_FORMAT, _FORMAT_V1):
         raise ValueError(
-            f"checkpoint: {path} is not a diffsample checkpoint (format {fmt!r}; expected "
+            f"checkpoint: {path} is not a diffsample checkpoint (format {_short(fmt)}; expected "
             f"{_FORMAT!r})"
         )
+    tensors = _tensors(payload, path)
+    _check_layouts(path, tensors)  # before anything reads a tensor's bytes
     if fmt == _FORMAT:
         stored = payload.get("checksum")
         if not isinstance(stored, str):
             raise ValueError(f"checkpoint: {path} has no checksum (written by hand?); not loaded")
         try:
             actual = _digest(payload)
-        except TypeError:
+        except (TypeError, RecursionError):  # a value no checkpoint holds, or keys nested deep
             actual = None
         if actual != stored:
             raise ValueError(
                 f"checkpoint: {path} is damaged: its contents do not match the checksum it "
                 "was written with (a truncated copy, a disk error or an edited file)"
             )
+    for where, t in tensors:
+        if t.is_floating_point() or t.is_complex():
+            n_bad = int((~torch.isfinite(t)).sum())
+            if n_bad:
+                raise ValueError(
+                    f"checkpoint: {path}: {where} holds {n_bad} NaN/inf value(s) in "
+                    f"{describe(t)}; a trained model's weights and statistics are finite; not "
+                    "loaded"
+                )
     if not isinstance(payload.get("config"), Mapping):
         raise ValueError(f"checkpoint: {path} holds no config (the model's sizes); not loaded")
     return dict(payload)
+
+
+# deeper than any checkpoint nests its values (payload > resume > optimizer > state > 0 > x)
+_MAX_DEPTH = 32
+# how many times over a checkpoint's tensors may read its storages: twice leaves room for a
+# storage two entries share; a few bytes viewed by thousands of tensors would make the checksum
+# read gigabytes
+_MAX_READS = 2
+
+
+def _tensors(payload: Mapping[str, Any], path: Path) -> list[tuple[str, torch.Tensor]]:
+    """Every tensor in a checkpoint's payload with where it sits (``state_dict['res_std']``),
+    breadth first, without recursion; ValueError for values nested deeper than :data:`_MAX_DEPTH`."""
+    found: list[tuple[str, torch.Tensor]] = []
+    # (value, its parent's entry, its key, depth): a path is spelled out only for a tensor
+    queue: deque[tuple[object, Any, object, int]] = deque([(payload, None, None, 0)])
+    while queue:
+        entry = queue.popleft()
+        obj, _, _, depth = entry
+        if isinstance(obj, torch.Tensor):
+            found.append((_where(entry), obj))
+            continue
+        if isinstance(obj, Mapping):
+            children: Any = obj.items()
+        elif isinstance(obj, (list, tuple)):
+            children = enumerate(obj)
+        else:
+            continue
+        if depth >= _MAX_DEPTH:
+            raise ValueError(
+                f"checkpoint: {path} is not a diffsample checkpoint (values nested deeper than "
+                f"{_MAX_DEPTH} levels at {_where(entry)}); not loaded"
+            )
+        queue.extend((v, entry, k, depth + 1) for k, v in children)
+    return found
+
+
+def _where(entry: tuple[object, Any, object, int]) -> str:
+    """``a['b'][0]`` for an entry of ``_tensors``' walk."""
+    keys = []
+    while entry[1] is not None:
+        keys.append(entry[2])
+        entry = entry[1]
+    if not keys:
+        return "the payload"
+    *rest, top = keys
+    text = str(top) + "".join(f"[{k!r}]" for k in reversed(rest))
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
+def _check_layouts(path: Path, tensors: list[tuple[str, torch.Tensor]]) -> None:
+    """Each tensor dense, contiguous and within its storage, and all of them together reading
+    their storages at most :data:`_MAX_READS` times over: checked on the metadata alone, so
+    a small file declaring a huge expanded tensor is refused before the checksum copies it."""
+    storages: dict[tuple[str, int], int] = {}
+    reads = 0
+    for where, t in tensors:
+        if t.layout != torch.strided or t.is_quantized or t.is_nested or t.is_meta:
+            why = f"a {t.layout} tensor"
+        elif not t.is_contiguous():
+            why = f"an expanded or non-contiguous tensor (strides {t.stride()})"
+        else:
+            storage = t.untyped_storage()
+            end = (t.storage_offset() + t.numel()) * t.element_size()
+            if t.numel() and end > storage.nbytes():
+                why = (
+                    f"a tensor of {t.numel()} elements from offset {t.storage_offset()} in a "
+                    f"storage of {storage.nbytes()} bytes"
+                )
+            else:
+                storages[(str(storage.device), storage.data_ptr())] = storage.nbytes()
+                reads += t.numel() * t.element_size()
+                continue
+        raise ValueError(
+            f"checkpoint: {path}: {where} is {why} of shape {tuple(t.shape)}, which torch.save "
+            "of a model never writes; not loaded"
+        )
+    if reads > _MAX_READS * sum(storages.values()):
+        raise ValueError(
+            f"checkpoint: {path}: its tensors view {reads} bytes of {sum(storages.values())} "
+            f"bytes of storage (more than {_MAX_READS} times over), which torch.save of a model "
+            "never writes; not loaded"
+        )
+
+
+def _short(value: object) -> str:
+    """``repr(value)``, cut to 200 characters: a file's strings go into messages."""
+    text = repr(value)
+    return text if len(text) <= 200 else text[:200] + "..."
 
 
 # What a checkpoint saved before a config field existed used, where that differs from today's
