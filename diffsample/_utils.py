@@ -25,6 +25,7 @@ __all__ = [
     "atomic_write",
     "check_bool",
     "check_choice",
+    "check_device",
     "check_finite",
     "check_int",
     "check_number",
@@ -164,6 +165,30 @@ def check_tensor(name: str, value: object, *, floating: bool = False) -> torch.T
             expected(name, "a floating-point tensor" if floating else "a real tensor", value)
         )
     return value
+
+
+def check_device(name: str, value: object) -> torch.device:
+    """``value`` as a ``torch.device`` that exists here: TypeError for a non-device, ValueError
+    for an unknown device string or a CUDA device without CUDA (or past the visible count)."""
+    if not isinstance(value, (str, torch.device)):
+        raise TypeError(
+            expected(name, "a torch.device or a string such as 'cpu' or 'cuda:0'", value)
+        )
+    try:
+        device = torch.device(value)
+    except RuntimeError:
+        raise ValueError(
+            expected(name, "a device string such as 'cpu', 'cuda' or 'cuda:0'", value)
+        ) from None
+    if device.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise ValueError(f"{name}: got {str(device)!r}, but CUDA is not available here")
+        if device.index is not None and device.index >= n:
+            raise ValueError(
+                f"{name}: got {str(device)!r}, but only {n} CUDA device(s) are visible"
+            )
+    return device
 
 
 def check_finite(name: str, x: torch.Tensor, *, hint: str = "") -> None:

@@ -16,6 +16,7 @@ import logging
 import math
 import numbers
 import warnings
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -25,20 +26,23 @@ from tqdm.auto import tqdm
 from ._utils import (
     check_bool,
     check_choice,
+    check_device,
     check_finite,
     check_int,
     check_number,
+    check_tensor,
+    describe,
     expected,
     progress_disabled,
 )
 from .graph import ChunkGraph, HostSyncError
 from .memory import back_off, fit_row_cost, free_bytes, is_oom
-from .noise import keyed_normal, row_keys
+from .noise import keyed_normal, noise_key, row_keys
 from .prediction import Denoiser, autocast_denoiser, check_output
-from .samplers import SAMPLERS, Sampler, check_grid
+from .samplers import SAMPLERS, Known, Sampler, check_grid
 from .schedules import NoiseSchedule
 
-__all__ = ["plan_chunk", "row_cost", "sample_many"]
+__all__ = ["clear_plan_cache", "plan_chunk", "row_cost", "sample_many"]
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +63,9 @@ SAMPLER_STATE_ROWS = 6
 DEFAULT_FRACTION = {"cuda": 0.8, "cpu": 0.5}
 
 # Sampler arguments that sample_many sets itself (cond and progress are its own parameters).
-_RESERVED = ("noise_sampler", "generator")
+_RESERVED = ("noise_sampler", "generator", "known")
+# Sample indices key the noise as 32-bit words (diffsample.noise.row_keys).
+_MAX_SAMPLES = 1 << 32
 
 
 def sample_many(
@@ -72,9 +78,12 @@ def sample_many(
     timesteps: torch.Tensor,
     cond: Mapping[str, Any] | None = None,
     cond_ids: torch.Tensor | Sequence[int] | None = None,
+    prior_mean: torch.Tensor | None = None,
+    known_values: torch.Tensor | None = None,
+    known_mask: torch.Tensor | None = None,
     max_batch: int | None = None,
     memory_budget: int | float | None = None,
-    seed: int = 0,
+    seed: int | Sequence[int] | None = None,
     device: str | torch.device | None = None,
     dtype: torch.dtype = torch.float32,
     autocast: torch.dtype | None = None,
@@ -88,7 +97,7 @@ def sample_many(
 
         schedule = NoiseSchedule.cosine(1000)
         y = sample_many("ddim", model, (96, 7), 100, cond={"z": z},   # z: [B, 7, 64]
-                        schedule=schedule, timesteps=schedule.timesteps(50))
+                        schedule=schedule, timesteps=schedule.timesteps(50), seed=0)
         y.shape                                                       # [100, B, 96, 7]
 
     Args:
@@ -109,10 +118,22 @@ def sample_many(
             values are passed through. Floating tensors must be finite (checked once).
         cond_ids: ``[B]`` integer ids keying each condition's noise (default ``0..B-1``). Pass
             global window indices to get the same samples for a window in any test batch.
+        prior_mean: ``[B, *E]`` mu of a CARD-style model (x_T ~ N(mu, I); see the samplers'
+            ``prior_mean``), gathered per chunk like ``cond``. None: mu = 0.
+        known_values: ``[B, *E]`` known data (imputation), with ``known_mask``; re-imposed at
+            every step with keyed forward noise (see :class:`~diffsample.samplers.Known`).
+            Positions outside the mask are never read (NaN is fine there).
+        known_mask: ``[B, *E]`` bool, True where ``known_values`` holds a known value.
         max_batch: rows per denoiser call (an upper bound when ``memory_budget`` is also given).
         memory_budget: bytes (int) or a fraction in (0, 1] of free device memory. Default: a
-            share of free memory; on CPU also a cache-sized working set per call (speed).
-        seed: keys the noise together with cond_ids, sample index and step.
+            share of free memory; on CPU also a cache-sized working set per call (speed). The
+            probe's result is cached per denoiser, shapes, dtype and device, so a loop of calls
+            pays for it once.
+        seed: the noise key: an int, or a tuple of ints such as ``(seed, step)`` that marks a
+            call of a loop as its own draw (see :func:`~diffsample.noise.noise_key`). With a
+            key the result is bit-reproducible and independent of the chunking. None (the
+            default): a new key drawn from torch's default generator, so each call draws new
+            noise and ``torch.manual_seed`` makes a script reproducible.
         device: where to sample; default the device of ``cond``'s tensors, else of the
             denoiser's parameters, else CPU.
         dtype: dtype of the samples (the noise is drawn in float32 and cast).
@@ -127,8 +148,9 @@ def sample_many(
             eagerly. With it the progress bar advances once per chunk.
         progress: None or True: a progress bar when stderr is a terminal; False: none.
         **sampler_kwargs: passed to the sampler: ``prediction``, ``eta``, ``clip_x0``,
-            ``variance``, ``callback``, ... (not ``generator`` or ``noise_sampler``: the noise
-            is keyed by ``seed``).
+            ``clip_eps``, ``variance``, ``callback``, ... (not ``generator``,
+            ``noise_sampler`` or ``known``: the noise is keyed by ``seed``, and known values
+            come as ``known_values``/``known_mask``).
 
     Returns:
         Samples ``[S, B, *E]``. For a given seed x_T is bitwise identical whatever the chunking,
@@ -138,17 +160,18 @@ def sample_many(
     Raises:
         TypeError: an argument of the wrong kind (a float ``n_samples``, a non-tensor
             ``timesteps``, float ``cond_ids``, ...).
-        ValueError: bad sizes, a cond tensor whose first dimension is not B, cond_ids of the
-            wrong length, NaN/inf in a cond tensor, a denoiser output whose shape is not
-            ``[M, *event_shape]``, non-finite samples (the chunk's rows are named).
+        ValueError: bad sizes, an output larger than the free memory, a cond tensor whose
+            first dimension is not B, cond_ids of the wrong length, NaN/inf in a cond tensor,
+            a denoiser output whose shape is not ``[M, *event_shape]``, non-finite samples
+            (the chunk's rows are named).
         torch.OutOfMemoryError: (``torch.cuda.OutOfMemoryError`` on torch < 2.4) if even one row
             does not fit. Smaller OOMs, in the memory probe or in a chunk, halve the rows per
             call; a chunk that failed is redone, finished chunks are kept.
     """
     sample_fn = _resolve_sampler(sampler)
     E = _check_event_shape(event_shape)
-    S = check_int("n_samples", n_samples)
-    seed = check_int("seed", seed, minimum=None)
+    S = check_int("n_samples", n_samples, maximum=_MAX_SAMPLES)
+    key = _resolve_seed(seed)
     graph = check_bool("graph", graph)
     _check_dtype(dtype)
     if not isinstance(schedule, NoiseSchedule):
@@ -161,23 +184,28 @@ def sample_many(
     bad = [k for k in _RESERVED if k in sampler_kwargs]
     if bad:
         raise TypeError(
-            f"sample_many: {bad} are set by sample_many itself (the noise is keyed by seed=)"
+            f"sample_many: {bad} are set by sample_many itself (the noise is keyed by seed=, "
+            "known values come as known_values= and known_mask=)"
         )
-    cond, B, device = _prepare_cond(cond, cond_ids, device, denoiser)
+    extras = _per_condition(E, prior_mean, known_values, known_mask)
+    cond, B, device = _prepare_cond(cond, cond_ids, device, denoiser, extras)
+    extras = {k: cond.pop(k) for k in extras}  # on the device, [B, *E] each
     ids = _check_cond_ids(cond_ids, B, device)
     M = S * B
+    _check_output_fits(S, B, E, dtype, device)
     for k, v in cond.items():  # once, before sampling: NaN in a condition means NaN samples
         if isinstance(v, torch.Tensor) and v.is_floating_point():
             check_finite(f"cond[{k!r}]", v)
+    _check_extras(extras)
+    owner = denoiser
     denoiser = autocast_denoiser(denoiser, device.type, _check_autocast(autocast))
     user_callback = sampler_kwargs.pop("callback", None)
     n_steps = len(grid)
     grid_t = torch.tensor(grid, dtype=torch.long)  # [K] on the host: no transfer in a capture
     with torch.no_grad():
         cond = _prepared_cond(denoiser, cond, B)
-        chunk = _plan(
-            denoiser, E, M, max_batch, memory_budget, device, dtype, cond, B, t_probe=grid[0]
-        )
+        probe = _Probe(owner, denoiser, E, cond, B, device, dtype, autocast, grid[0])
+        chunk = _plan(probe, M, max_batch, memory_budget)
         why_not = _graph_unavailable(device, user_callback, cond) if graph else None
         if why_not is not None:
             warnings.warn(f"sample_many: graph=True {why_not}; sampling eagerly", stacklevel=2)
@@ -200,15 +228,21 @@ def sample_many(
                 keys: torch.Tensor, rows: Mapping[str, Any], callback: Any = None
             ) -> torch.Tensor:
                 """One chunk: keys [C] -> samples [C, *E]."""
+                rows = dict(rows)
+                extra = _sampler_extras({k: rows.pop(k) for k in extras})
+                x_T = keyed_normal(keys, -1, E, dtype=dtype)  # [C, *E]
+                if "prior_mean" in extra:  # x_T ~ N(mu, I)
+                    x_T = x_T + extra["prior_mean"]
                 return sample_fn(
                     denoiser,
-                    keyed_normal(keys, -1, E, dtype=dtype),  # x_T [C, *E]
+                    x_T,
                     schedule,
                     grid_t,
                     cond=rows,
                     noise_sampler=functools.partial(keyed_normal, keys, event_shape=E, dtype=dtype),
                     progress=False,
                     callback=callback,
+                    **extra,
                     **sampler_kwargs,
                 )
 
@@ -219,8 +253,8 @@ def sample_many(
                 # graph mode: every chunk has `chunk` rows; the last one's padding repeats its
                 # last row (same keys, same cond) and is dropped below
                 s_idx, b_idx = _rows(r0, r0 + chunk if graph else r1, B, device, end=r1)
-                keys = row_keys(seed, ids[b_idx], s_idx)  # [C]
-                rows = _cond_rows(cond, B, b_idx)
+                keys = row_keys(key, ids[b_idx], s_idx)  # [C]
+                rows = _cond_rows({**cond, **extras}, B, b_idx)
                 try:
                     if not graph:
                         y = run(keys, rows, on_step)
@@ -241,12 +275,85 @@ def sample_many(
                 if failed:  # outside the except block, so the failed chunk's tensors are released
                     replay, graph = None, False  # the eager loop backs off; a graph would not fit
                     chunk = back_off(r1 - r0, device, "sample_many")
+                    probe.limit_to(chunk)
                     bar.total = bar.n + math.ceil((M - r0) / chunk) * n_steps
                     bar.set_postfix(rows=M, chunk=chunk)
                     continue
                 out[r0:r1] = _check_samples(y, r0, r1, B)
                 r0 = r1
     return out.view(S, B, *E)
+
+
+# per-condition tensors that travel with the cond rows (gathered per chunk, static graph
+# inputs) under names no keyword argument can have
+_MU, _KV, _KM = "@prior_mean", "@known_values", "@known_mask"
+
+
+def _per_condition(
+    E: tuple[int, ...], prior_mean: object, known_values: object, known_mask: object
+) -> dict[str, torch.Tensor]:
+    """The per-condition tensors ``[B, *E]`` that were given, checked for kind and event shape."""
+    if (known_values is None) != (known_mask is None):
+        raise ValueError(
+            "known_values, known_mask: expected both (the values and where they are known) or "
+            f"neither, got known_values={describe(known_values)}, known_mask={describe(known_mask)}"
+        )
+    given = {_MU: ("prior_mean", prior_mean), _KV: ("known_values", known_values)}
+    given[_KM] = ("known_mask", known_mask)
+    out: dict[str, torch.Tensor] = {}
+    for key, (name, v) in given.items():
+        if v is None:
+            continue
+        v = check_tensor(name, v, floating=key != _KM)
+        if key == _KM and v.dtype != torch.bool:
+            raise TypeError(expected(name, "a bool tensor (True where the value is known)", v))
+        if v.ndim != len(E) + 1 or tuple(v.shape[1:]) != E:
+            raise ValueError(expected(name, f"shape [B, {', '.join(map(str, E))}] ([B, *E])", v))
+        out[key] = v
+    return out
+
+
+def _check_extras(extras: Mapping[str, torch.Tensor]) -> None:
+    """Finite prior mean, and finite known values where the mask says known (one sync each)."""
+    if _MU in extras:
+        check_finite("prior_mean", extras[_MU])
+    if _KV in extras:
+        check_finite(
+            "known_values", torch.where(extras[_KM], extras[_KV], 0.0), hint=" where known_mask"
+        )
+
+
+def _sampler_extras(rows: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """The sampler keywords for one chunk's per-condition rows ``[C, *E]``."""
+    extra: dict[str, Any] = {}
+    if _MU in rows:
+        extra["prior_mean"] = rows[_MU]
+    if _KV in rows:
+        extra["known"] = Known(rows[_KV], rows[_KM])
+    return extra
+
+
+def _resolve_seed(seed: object) -> int:
+    """The noise key of a call: the seed folded to one int, or (None) a key drawn from torch's
+    default generator, which ``torch.manual_seed`` seeds."""
+    if seed is None:
+        return int(torch.randint(0, 2**62, (), dtype=torch.long))
+    return noise_key(seed)  # type: ignore[arg-type]  # noise_key checks the kind
+
+
+def _check_output_fits(
+    S: int, B: int, E: tuple[int, ...], dtype: torch.dtype, device: torch.device
+) -> None:
+    """Refuse an output ``[S, B, *E]`` larger than the memory free on ``device``, before any
+    allocation (the probe included)."""
+    need = S * B * math.prod(E) * torch.empty((), dtype=dtype).element_size()
+    free = free_bytes(device)
+    if need > free:
+        raise ValueError(
+            f"n_samples: expected an output that fits in memory, got {S} samples x {B} "
+            f"conditions x {math.prod(E)} values = {need / 2**30:.3g} GiB, with "
+            f"{free / 2**30:.3g} GiB free on {device}"
+        )
 
 
 def _capture(
@@ -339,7 +446,8 @@ def plan_chunk(
     (:func:`row_cost`) and the chunk is the largest that fits the budget, also at most
     ``max_batch``; on CPU without an explicit budget, also at most what keeps one call's working set
     near ``CPU_WORKING_SET`` bytes (speed), and at least ``CPU_MIN_ROWS``. If a probe call ran
-    out of memory, the chunk is at most the largest probe that ran.
+    out of memory, the chunk is at most the largest probe that ran. The probe's result is
+    cached (see :func:`clear_plan_cache`).
 
     Args:
         denoiser: as in :func:`sample_many`; its ``prepare_cond`` hook is applied as there.
@@ -356,17 +464,9 @@ def plan_chunk(
     Returns:
         Rows per call, ``1 <= chunk <= n_samples * B``.
     """
-    E = _check_event_shape(event_shape)
-    S = check_int("n_samples", n_samples)
-    _check_dtype(dtype)
-    t_probe = check_int("t_probe", t_probe, minimum=0)
-    cond, B, device = _prepare_cond(cond, None, device, denoiser)
-    denoiser = autocast_denoiser(denoiser, device.type, _check_autocast(autocast))
-    with torch.no_grad():
-        cond = _prepared_cond(denoiser, cond, B)
-    return _plan(
-        denoiser, E, S * B, max_batch, memory_budget, device, dtype, cond, B, t_probe=t_probe
-    )
+    probe, B = _probe_for(denoiser, event_shape, cond, device, dtype, autocast, t_probe)
+    S = check_int("n_samples", n_samples, maximum=_MAX_SAMPLES)
+    return _plan(probe, S * B, max_batch, memory_budget)
 
 
 def row_cost(
@@ -382,7 +482,8 @@ def row_cost(
     """Memory of sampling as ``(fixed, per_row)`` bytes: two probe calls of the denoiser at
     ``PROBE_ROWS`` rows (cond rows gathered as sample_many gathers them) plus the sampler's own
     state, ``SAMPLER_STATE_ROWS`` events per row. A probe that runs out of memory is retried
-    at half the rows (see :func:`diffsample.memory.fit_row_cost`).
+    at half the rows (see :func:`diffsample.memory.fit_row_cost`). Always measured afresh (the
+    result is also stored in the plan cache).
 
     Args:
         denoiser: as in :func:`sample_many`.
@@ -396,55 +497,107 @@ def row_cost(
     Returns:
         ``(fixed, per_row)`` in bytes.
     """
-    E = _check_event_shape(event_shape)
-    _check_dtype(dtype)
-    t_probe = check_int("t_probe", t_probe, minimum=0)
-    cond, B, device = _prepare_cond(cond, None, device, denoiser)
-    denoiser = autocast_denoiser(denoiser, device.type, _check_autocast(autocast))
-    with torch.no_grad():
-        cond = _prepared_cond(denoiser, cond, B)
-    fixed, per_row, _ = _probe(denoiser, E, cond, B, device, dtype, t_probe)
+    probe, _ = _probe_for(denoiser, event_shape, cond, device, dtype, autocast, t_probe)
+    fixed, per_row, _ = probe.measure(fresh=True)
     return fixed, per_row
 
 
-def _probe(
+def clear_plan_cache() -> None:
+    """Forget every cached memory probe (:func:`sample_many` then probes again on its next
+    call). Entries also go when their denoiser is garbage-collected."""
+    _PLAN_CACHE.clear()
+
+
+def _probe_for(
     denoiser: Denoiser,
-    E: tuple[int, ...],
-    cond: Mapping[str, Any],
-    B: int,
-    device: torch.device,
+    event_shape: Sequence[int],
+    cond: Mapping[str, Any] | None,
+    device: str | torch.device | None,
     dtype: torch.dtype,
+    autocast: torch.dtype | None,
     t_probe: int,
-) -> tuple[float, float, int | None]:
-    """(fixed, per_row, limit) of sampling: :func:`row_cost` plus the probe's OOM limit."""
-
-    def call(n: int) -> None:
-        x = torch.zeros((n, *E), dtype=dtype, device=device)  # [n, *E]
-        t = torch.full((1,), t_probe, dtype=torch.long, device=device).expand(n)  # [n], stride 0
-        check_output(denoiser(x, t, **_cond_rows(cond, B, _rows(0, n, B, device)[1])), x)
-
+) -> tuple[_Probe, int]:
+    """(the probe, B) for :func:`plan_chunk` and :func:`row_cost`, arguments checked."""
+    E = _check_event_shape(event_shape)
+    _check_dtype(dtype)
+    t_probe = check_int("t_probe", t_probe, minimum=0)
+    cond, B, dev = _prepare_cond(cond, None, device, denoiser)
+    wrapped = autocast_denoiser(denoiser, dev.type, _check_autocast(autocast))
     with torch.no_grad():
-        fixed, per_row, limit = fit_row_cost(call, device, PROBE_ROWS)
-    state = SAMPLER_STATE_ROWS * math.prod(E) * torch.empty((), dtype=dtype).element_size()
-    return fixed, per_row + state, limit
+        cond = _prepared_cond(wrapped, cond, B)
+    return _Probe(denoiser, wrapped, E, cond, B, dev, dtype, autocast, t_probe), B
+
+
+# denoiser -> {probe key: (fixed, per_row, limit)}; weak, so an entry dies with its denoiser
+_PLAN_CACHE: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], tuple[float, float, int | None]]]
+_PLAN_CACHE = weakref.WeakKeyDictionary()
+
+
+class _Probe:
+    """The memory probe of one sampling set-up, cached per denoiser object and key: event
+    shape, dtype, device, autocast, the cond tensors' shapes past B and dtypes, and the probe
+    step. Memory depends on the architecture and the shapes, not on weight values; a wrong
+    guess is caught by the OOM back-off, which also lowers the cached limit."""
+
+    def __init__(
+        self,
+        owner: Any,
+        denoiser: Denoiser,
+        E: tuple[int, ...],
+        cond: Mapping[str, Any],
+        B: int,
+        device: torch.device,
+        dtype: torch.dtype,
+        autocast: torch.dtype | None,
+        t_probe: int,
+    ) -> None:
+        self.denoiser, self.E, self.cond, self.B = denoiser, E, cond, B
+        self.device, self.dtype, self.t_probe = device, dtype, t_probe
+        sig = tuple(
+            (k, tuple(v.shape[1:]), v.dtype) if isinstance(v, torch.Tensor) else (k, type(v))
+            for k, v in sorted(cond.items())
+        )
+        self.key = (E, dtype, str(device), autocast, sig, t_probe)
+        try:
+            self.entries = _PLAN_CACHE.setdefault(owner, {})
+        except TypeError:  # not weakly referenceable (a bound method is made anew each time)
+            self.entries = {}
+
+    def measure(self, *, fresh: bool = False) -> tuple[float, float, int | None]:
+        """(fixed, per_row, limit) bytes: the cached probe, or two probe calls."""
+        if fresh or self.key not in self.entries:
+            self.entries[self.key] = self._run()
+        return self.entries[self.key]
+
+    def limit_to(self, rows: int) -> None:
+        """Record that a chunk of more than ``rows`` rows ran out of memory."""
+        if self.key in self.entries:
+            fixed, per_row, limit = self.entries[self.key]
+            self.entries[self.key] = (fixed, per_row, rows if limit is None else min(limit, rows))
+
+    def _run(self) -> tuple[float, float, int | None]:
+        E, B, device = self.E, self.B, self.device
+
+        def call(n: int) -> None:
+            x = torch.zeros((n, *E), dtype=self.dtype, device=device)  # [n, *E]
+            t = torch.full((1,), self.t_probe, dtype=torch.long, device=device).expand(n)  # [n]
+            rows = _cond_rows(self.cond, B, _rows(0, n, B, device)[1])
+            check_output(self.denoiser(x, t, **rows), x)
+
+        with torch.no_grad():
+            fixed, per_row, limit = fit_row_cost(call, device, PROBE_ROWS)
+        state = SAMPLER_STATE_ROWS * math.prod(E) * torch.empty((), dtype=self.dtype).element_size()
+        return fixed, per_row + state, limit
 
 
 def _plan(
-    denoiser: Denoiser,
-    E: tuple[int, ...],
-    rows: int,
-    max_batch: int | None,
-    memory_budget: int | float | None,
-    device: torch.device,
-    dtype: torch.dtype,
-    cond: Mapping[str, Any],
-    B: int,
-    *,
-    t_probe: int,
+    probe: _Probe, rows: int, max_batch: int | None, memory_budget: int | float | None
 ) -> int:
+    """Rows per call for ``rows`` rows in all (see :func:`plan_chunk`)."""
     if max_batch is not None:
         max_batch = check_int("max_batch", max_batch)
     budget_bytes, budget_fraction = _check_budget(memory_budget)
+    device = probe.device
     cap = rows if max_batch is None else min(max_batch, rows)
     if max_batch is not None and memory_budget is None:
         return cap
@@ -453,10 +606,10 @@ def _plan(
     if budget_bytes is None:
         fraction = budget_fraction or DEFAULT_FRACTION.get(device.type, 0.5)
         budget_bytes = fraction * free_bytes(device)
-    fixed, per_row, limit = _probe(denoiser, E, cond, B, device, dtype, t_probe)
+    fixed, per_row, limit = probe.measure()
     if memory_budget is None and device.type != "cuda":  # speed: a cache-sized working set per call
         cap = min(cap, max(CPU_MIN_ROWS, int(CPU_WORKING_SET // per_row)))
-    if limit is not None:  # a probe ran out of memory above `limit` rows
+    if limit is not None:  # a probe (or an earlier chunk) ran out of memory above `limit` rows
         cap = min(cap, limit)
     fits = int((budget_bytes - fixed) // per_row)
     if fits < 1:
@@ -465,7 +618,7 @@ def _plan(
             f"~{per_row / 2**20:.2f} MiB plus ~{fixed / 2**20:.1f} MiB fixed on {device}"
         )
     log.debug(
-        "plan_chunk: fixed=%d B, per_row=%d B, budget=%d B, probe limit=%s -> %d rows",
+        "plan_chunk: fixed=%d B, per_row=%d B, budget=%d B, limit=%s -> %d rows",
         fixed,
         per_row,
         budget_bytes,
@@ -558,13 +711,22 @@ def _check_budget(memory_budget: object) -> tuple[float | None, float | None]:
 
 
 def _prepare_cond(
-    cond: object, cond_ids: object, device: str | torch.device | None, denoiser: object
+    cond: object,
+    cond_ids: object,
+    device: str | torch.device | None,
+    denoiser: object,
+    extras: Mapping[str, torch.Tensor] | None = None,
 ) -> tuple[dict[str, Any], int, torch.device]:
-    """(cond on the sampling device, B, that device), after checking cond's shape."""
+    """(cond and the per-condition ``extras`` in one dict on the sampling device, B, that
+    device), after checking that every tensor has B rows."""
     if cond is None:
         cond = {}
     if not isinstance(cond, Mapping):
         raise TypeError(expected("cond", "a mapping of keyword tensors for the denoiser", cond))
+    clash = [k for k in cond if isinstance(k, str) and k.startswith("@")]
+    if clash:
+        raise ValueError(f"cond: names starting with '@' are sample_many's own, got {clash}")
+    cond = {**cond, **(extras or {})}
     B = _num_conditions(cond, cond_ids)
     dev = _resolve_device(device, cond, denoiser)
     moved = {k: v.to(dev) if isinstance(v, torch.Tensor) else v for k, v in cond.items()}
@@ -606,7 +768,7 @@ def _check_cond_ids(cond_ids: Any, B: int, device: torch.device) -> torch.Tensor
 
 def _resolve_device(device: Any, cond: Mapping[str, Any], denoiser: Any) -> torch.device:
     if device is not None:
-        return torch.device(device)
+        return check_device("device", device)
     for v in cond.values():
         if isinstance(v, torch.Tensor):
             return v.device

@@ -32,16 +32,19 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 
 from ._utils import check_int, check_tensor, expected
 
-__all__ = ["NoiseSampler", "keyed_normal", "row_keys"]
+__all__ = ["NoiseSampler", "keyed_normal", "noise_key", "row_keys"]
 
 NoiseSampler = Callable[[int], torch.Tensor]  # step index -> standard normal noise shaped like x
 
 _MASK32 = 0xFFFFFFFF
 _C_SEED, _C_SAMPLE, _C_STEP, _C_ELEMENT = 0x9E3779B9, 0x85EBCA6B, 0xC2B2AE35, 0x27D4EB2F
+_C_FOLD = 0x165667B1
+_MAX_KEY_PARTS = 64
 
 
 def mix(x: torch.Tensor) -> torch.Tensor:
@@ -72,24 +75,57 @@ def _mix_(x: torch.Tensor) -> torch.Tensor:
     return x.bitwise_xor_(x >> 15)
 
 
+def noise_key(seed: int | Sequence[int]) -> int:
+    """One 64-bit seed from an int or a tuple of ints: ``noise_key((seed, step))``.
+
+    An int is taken modulo 2**64 (``noise_key(s) == s % 2**64``, and ``(s,)`` equals ``s``).
+    A tuple folds each further part into the key with the 32-bit hash, so ``(seed, 0)``,
+    ``(seed, 1)``, ... key independent draws: the way to mark the calls of an autoregressive
+    or rolling loop as different draws while a rerun stays bit-reproducible.
+
+    Args:
+        seed: an int, or a non-empty tuple or list of at most 64 ints (any sign, any size).
+
+    Returns:
+        The key, an int in [0, 2**64).
+    """
+    if isinstance(seed, (str, bytes)) or not isinstance(seed, (Sequence, int, np.integer)):
+        raise TypeError(expected("seed", "an int or a tuple of ints (a noise key)", seed))
+    if not isinstance(seed, Sequence):
+        return check_int("seed", seed, minimum=None) % (1 << 64)
+    if not 1 <= len(seed) <= _MAX_KEY_PARTS:
+        raise ValueError(
+            f"seed: expected a tuple of 1..{_MAX_KEY_PARTS} ints (a noise key), got {len(seed)} parts"
+        )
+    parts = [check_int(f"seed[{i}]", p, minimum=None) % (1 << 64) for i, p in enumerate(seed)]
+    h = parts[0]
+    for p in parts[1:]:
+        lo = mix_int(mix_int((h & _MASK32) ^ _C_FOLD) ^ (p & _MASK32))
+        hi = mix_int(mix_int((h >> 32) ^ lo) ^ (p >> 32))
+        h = (hi << 32) | lo
+    return h
+
+
 def _words(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Low and high 32-bit words of an int64 tensor (two's complement for negatives)."""
     v = v.long()
     return v & _MASK32, (v >> 32) & _MASK32
 
 
-def row_keys(seed: int, cond_ids: torch.Tensor, sample_ids: torch.Tensor) -> torch.Tensor:
+def row_keys(
+    seed: int | Sequence[int], cond_ids: torch.Tensor, sample_ids: torch.Tensor
+) -> torch.Tensor:
     """Keys ``[M]`` for rows given by their condition ids ``[M]`` and sample indices ``[M]``.
 
     Args:
-        seed: any Python int (taken modulo 2**64).
+        seed: any Python int (taken modulo 2**64), or a tuple of ints (see :func:`noise_key`).
         cond_ids: ``[M]`` integer condition id of each row (e.g. a global window index).
         sample_ids: ``[M]`` integer sample index of each row, 0 <= s < 2**32.
 
     Returns:
         ``[M]`` int64 keys holding 32-bit words, for :func:`keyed_normal`.
     """
-    seed = check_int("seed", seed, minimum=None) % (1 << 64)
+    seed = noise_key(seed)
     _check_ids("cond_ids", cond_ids)
     _check_ids("sample_ids", sample_ids)
     if cond_ids.shape != sample_ids.shape:
@@ -116,7 +152,9 @@ def keyed_normal(
 
     Args:
         keys: ``[M]`` row keys from :func:`row_keys`.
-        step: the sampler step, -1 for the initial noise x_T.
+        step: the sampler step i >= 0, -1 for the initial noise x_T; steps below -1 key
+            further streams of a row (``sample_many`` draws the forward noise of known values
+            at step i as step ``-2 - i``).
         event_shape: E.
         dtype: of the result; the noise is made in float32 and cast.
 
@@ -126,7 +164,7 @@ def keyed_normal(
     _check_ids("keys", keys)
     if keys.ndim != 1:
         raise ValueError(expected("keys", "a 1-D tensor [M] from row_keys", keys))
-    step = check_int("step", step, minimum=-1)
+    step = check_int("step", step, minimum=-(1 << 31), maximum=(1 << 31) - 2)
     E = tuple(check_int(f"event_shape[{i}]", d) for i, d in enumerate(event_shape))
     P = math.prod(E)
     # [M]; the step word stays a host int (no transfer)

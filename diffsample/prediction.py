@@ -12,15 +12,18 @@ Dimensions: M rows, E event shape.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any, Literal, Protocol, cast
 
 import torch
 
-from ._utils import check_choice, expected
+from ._utils import check_choice, check_number, expected
 
 __all__ = [
+    "ClipEps",
     "Denoiser",
+    "DynamicThreshold",
     "Prediction",
     "PreparesCond",
     "autocast_denoiser",
@@ -30,6 +33,11 @@ __all__ = [
 ]
 
 Prediction = Literal["eps", "x0", "v"]
+# After an x0 clip, which eps the update's direction term uses: "raw" keeps the network's eps
+# (diffusers' DDIMScheduler default, use_clipped_model_output=False; the DDIM authors' code),
+# "rederive" takes eps = (x_t - alpha * x0_clipped) / sigma (guided-diffusion; diffusers'
+# use_clipped_model_output=True). Only samplers whose update uses eps (DDIM) tell them apart.
+ClipEps = Literal["raw", "rederive"]
 Scalar = float | torch.Tensor  # a Python float or a tensor broadcastable to [M, *E]
 
 
@@ -99,6 +107,67 @@ def autocast_denoiser(denoiser: Denoiser, device_type: str, dtype: torch.dtype |
     if dtype is None:
         return denoiser
     return _Autocast(denoiser, device_type, dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class DynamicThreshold:
+    """Imagen's dynamic thresholding (Saharia et al., 2022) of each row's x0 estimate.
+
+    Per row: s = the ``ratio`` quantile of |x0| over the row's elements, clamped to
+    [1, ``max_value``]; then x0 -> clamp(x0, -s, s) / s. The same rule as diffusers'
+    ``_threshold_sample`` (``thresholding=True``, ``dynamic_thresholding_ratio``,
+    ``sample_max_value``). Pass it as ``clip_x0=DynamicThreshold(...)``; rows are samples, so
+    the result does not depend on the chunking.
+
+    Attributes:
+        ratio: the quantile in (0, 1].
+        max_value: the largest threshold s, >= 1.
+    """
+
+    ratio: float = 0.995
+    max_value: float = 1.0
+
+    def __post_init__(self) -> None:
+        check_number("ratio", self.ratio, minimum=0, maximum=1, open_min=True)
+        check_number("max_value", self.max_value, minimum=1)
+
+    def __call__(self, x0: torch.Tensor) -> torch.Tensor:
+        """x0 ``[M, *E]`` thresholded row by row (the quantile in float32 at least)."""
+        flat = x0.reshape(x0.shape[0], -1)  # [M, P]
+        work = flat if flat.dtype in (torch.float32, torch.float64) else flat.float()
+        s = torch.quantile(work.abs(), self.ratio, dim=1, keepdim=True)  # [M, 1]
+        s = s.clamp(1.0, self.max_value).to(flat.dtype)
+        return (torch.maximum(torch.minimum(flat, s), -s) / s).reshape(x0.shape)
+
+
+Clip = float | DynamicThreshold  # a static bound c (clamp to [-c, c]) or a dynamic threshold
+
+
+def check_clip(clip_x0: object, clip_eps: object, *, uses_eps: bool) -> tuple[Clip | None, ClipEps]:
+    """(clip_x0, clip_eps) checked: clip_x0 None, a number > 0 or a :class:`DynamicThreshold`;
+    clip_eps None, "raw" or "rederive". A sampler whose update uses eps (``uses_eps``, DDIM)
+    needs clip_eps with a clip: the two conventions give different samples there, so the caller
+    must say which. Elsewhere (x0-only updates: DDPM, DPM-Solver++) both give the same samples."""
+    if clip_eps is not None:
+        clip_eps = check_choice("clip_eps", clip_eps, ClipEps)
+    if clip_x0 is None:
+        return None, cast(ClipEps, clip_eps or "raw")
+    if not isinstance(clip_x0, DynamicThreshold):
+        clip_x0 = check_number("clip_x0", clip_x0, minimum=0, open_min=True)
+    if clip_eps is None and uses_eps:
+        raise ValueError(
+            "clip_eps: expected 'raw' or 'rederive' with clip_x0 set, got None: after the clip, "
+            "'raw' keeps the network's eps in the update (diffusers' DDIMScheduler default, the "
+            "DDIM authors' code), 'rederive' recomputes eps from the clipped x0 (guided-diffusion)"
+        )
+    return clip_x0, cast(ClipEps, clip_eps or "raw")
+
+
+def clip_x0_estimate(x0: torch.Tensor, clip: Clip) -> torch.Tensor:
+    """``x0 [M, *E]`` clamped to [-clip, clip] (a number) or dynamically thresholded."""
+    if isinstance(clip, DynamicThreshold):
+        return clip(x0)
+    return x0.clamp(-clip, clip)
 
 
 def check_prediction(prediction: object) -> Prediction:
@@ -176,18 +245,31 @@ def predict_x0_eps(
     *,
     prediction: Prediction,
     cond: Mapping[str, Any] | None,
-    clip_x0: float | None,
+    clip_x0: Clip | None,
+    clip_eps: ClipEps = "raw",
+    prior_mean: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One denoiser call, checked and converted to (x0, eps), each ``[M, *E]``.
 
     ``x [M, *E]`` and ``t [M]`` go to the denoiser with ``cond``; ``alpha``, ``sigma`` are the
-    coefficients of x at t. With ``clip_x0``, x0 is clamped to [-clip_x0, clip_x0] and eps
-    re-derived from the clamped x0 so the two stay consistent.
+    coefficients of x at t. With a prior mean mu ``[M, *E]`` (CARD-style models, x_T ~ N(mu,
+    I)), x is the offset from mu: the denoiser sees ``x + mu``, an x0-predicting denoiser's
+    answer is taken as data and offset by mu, and the returned x0 is the offset too (so the
+    samplers run unchanged on x - mu). With ``clip_x0`` the x0 estimate is clipped in data
+    space; ``clip_eps`` then says which eps is returned: "raw", the network's (converted),
+    or "rederive", the one consistent with the clipped x0.
     """
+    x_in = x if prior_mean is None else x + prior_mean
     # a denoiser under autocast may answer in bf16/fp16: back to the sample dtype
-    out = check_output(denoiser(x, t, **(cond or {})), x).to(x.dtype)
+    out = check_output(denoiser(x_in, t, **(cond or {})), x).to(x.dtype)
+    if prior_mean is not None and prediction == "x0":
+        out = out - prior_mean
     x0, eps = to_x0_eps(out, x, alpha, sigma, prediction)
     if clip_x0 is not None:
-        x0 = x0.clamp(-clip_x0, clip_x0)
-        eps = (x - alpha * x0) / sigma
+        if prior_mean is None:
+            x0 = clip_x0_estimate(x0, clip_x0)
+        else:
+            x0 = clip_x0_estimate(x0 + prior_mean, clip_x0) - prior_mean
+        if clip_eps == "rederive":
+            eps = (x - alpha * x0) / sigma
     return x0, eps

@@ -26,7 +26,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Mapping
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, NamedTuple, Protocol, cast
 
 import torch
 from tqdm.auto import tqdm
@@ -40,11 +40,20 @@ from ._utils import (
     progress_disabled,
 )
 from .noise import NoiseSampler
-from .prediction import Denoiser, Prediction, check_prediction, predict_x0_eps
+from .prediction import (
+    Clip,
+    ClipEps,
+    Denoiser,
+    Prediction,
+    check_clip,
+    check_prediction,
+    predict_x0_eps,
+)
 from .schedules import NoiseSchedule
 
 __all__ = [
     "SAMPLERS",
+    "Known",
     "Sampler",
     "sample_ddim",
     "sample_ddpm",
@@ -54,6 +63,24 @@ __all__ = [
 
 Callback = Callable[[dict[str, Any]], None]  # receives {"i", "t", "t_next", "x", "x0"} per step
 Variance = Literal["small", "large"]
+
+
+class Known(NamedTuple):
+    """Known values of the data (imputation, inpainting), re-imposed at every step.
+
+    Before the denoiser call at step i (timestep t_i) the known positions of x are replaced by
+    the forward-noised known values ``alpha_t values + sigma_t z`` with fresh noise z (RePaint,
+    Lugmayr et al. 2022; CSDI's unconditional imputation); the final sample holds the values
+    themselves there. z comes from ``noise_sampler(-2 - i)`` when a noise sampler is given
+    (``sample_many``'s keyed noise), else from ``generator``.
+
+    Attributes:
+        values: ``[M, *E]`` (or broadcastable) data values; only the masked positions are read.
+        mask: ``[M, *E]`` (or broadcastable) bool, True where the value is known.
+    """
+
+    values: torch.Tensor
+    mask: torch.Tensor
 
 
 class Sampler(Protocol):
@@ -84,7 +111,12 @@ class Sampler(Protocol):
 
 
 class _Walk:
-    """The checked grid of one sampler call and what every step needs (host-side floats)."""
+    """The checked grid of one sampler call and what every step needs (host-side floats).
+
+    With a prior mean mu the walk runs on the offset x - mu (CARD: q(x_t | x_0) = N(alpha_t x_0
+    + (1 - alpha_t) mu, sigma_t^2 I) is the usual forward process of x - mu), so every sampler
+    works unchanged; ``finish`` adds mu back and ``done`` shows the callback data-space values.
+    """
 
     def __init__(
         self,
@@ -95,22 +127,26 @@ class _Walk:
         *,
         cond: Mapping[str, Any] | None,
         prediction: str,
-        clip_x0: float | None,
+        clip_x0: Clip | None,
+        clip_eps: ClipEps | None,
+        prior_mean: torch.Tensor | None,
+        known: Known | None,
         generator: torch.Generator | None,
         noise_sampler: NoiseSampler | None,
         callback: Callback | None,
         progress: bool | None,
         name: str,
+        uses_eps: bool = False,
     ) -> None:
         check_tensor("x", x, floating=True)
         if x.ndim < 1:
             raise ValueError(expected("x", "a tensor [M, *event_shape]", x))
-        if not _sync_forbidden(x):  # one sync, before the loop
+        sync_ok = not _sync_forbidden(x)
+        if sync_ok:  # one sync, before the loop
             check_finite("x", x)
         if not isinstance(schedule, NoiseSchedule):
             raise TypeError(expected("schedule", "a NoiseSchedule", schedule))
-        if clip_x0 is not None:
-            clip_x0 = check_number("clip_x0", clip_x0, minimum=0, open_min=True)
+        self.clip_x0, self.clip_eps = check_clip(clip_x0, clip_eps, uses_eps=uses_eps)
         if cond is not None and not isinstance(cond, Mapping):
             raise TypeError(
                 expected("cond", "a mapping of keyword arguments for the denoiser", cond)
@@ -119,8 +155,11 @@ class _Walk:
         self.t_next = [*self.t[1:], -1]
         # [K + 1] each; the last entry is t = -1, the clean data (alpha 1, sigma 0, lambda +inf)
         self.alpha, self.sigma, self.lam = grid_coefficients(schedule, self.t)
-        self.denoiser, self.x, self.cond = denoiser, x, cond
-        self.prediction, self.clip_x0 = check_prediction(prediction), clip_x0
+        self.mu = _rows_like("prior_mean", prior_mean, x, check=sync_ok)  # [M, *E] or None
+        self.known = _check_known(known, x, self.mu, check=sync_ok)  # (values - mu, mask)
+        self.denoiser, self.cond = denoiser, cond
+        self.x = x if self.mu is None else x - self.mu  # [M, *E], the walk's state
+        self.prediction = check_prediction(prediction)
         self.generator, self.noise_sampler, self.callback = generator, noise_sampler, callback
         self.bar = tqdm(
             total=len(self.t), desc=name, leave=False, disable=progress_disabled(progress)
@@ -149,6 +188,8 @@ class _Walk:
             prediction=self.prediction,
             cond=self.cond,
             clip_x0=self.clip_x0,
+            clip_eps=self.clip_eps,
+            prior_mean=self.mu,
         )
 
     def noise(self, x: torch.Tensor, i: int) -> torch.Tensor:
@@ -156,12 +197,67 @@ class _Walk:
             return self.noise_sampler(i).to(device=x.device, dtype=x.dtype)
         return torch.randn(x.shape, generator=self.generator, device=x.device, dtype=x.dtype)
 
+    def impose(self, x: torch.Tensor, i: int) -> torch.Tensor:
+        """x at step i with the known values, forward-noised to t_i, in place of its own."""
+        if self.known is None:
+            return x
+        values, mask = self.known
+        noisy = self.alpha[i] * values + self.sigma[i] * self.noise(x, -2 - i)  # [M, *E]
+        return torch.where(mask, noisy.to(x.dtype), x)
+
     def done(self, i: int, x: torch.Tensor, x0: torch.Tensor) -> None:
         if self.callback is not None:
+            if self.mu is not None:  # the callback sees data, not the walk's offset
+                x, x0 = x + self.mu, x0 + self.mu
             self.callback({"i": i, "t": self.t[i], "t_next": self.t_next[i], "x": x, "x0": x0})
         self.bar.update(1)
         if i == len(self.t) - 1:
             self.bar.close()
+
+    def finish(self, x: torch.Tensor) -> torch.Tensor:
+        """The sample in data space: the known values where known, mu added back."""
+        if self.known is not None:
+            x = torch.where(self.known.mask, self.known.values.to(x.dtype), x)
+        return x if self.mu is None else x + self.mu
+
+
+def _rows_like(
+    name: str, v: torch.Tensor | None, x: torch.Tensor, *, check: bool
+) -> torch.Tensor | None:
+    """``v`` checked to broadcast to x's shape ``[M, *E]`` (finite if ``check``), on x's device."""
+    if v is None:
+        return None
+    if name != "known.mask":  # the mask is bool, checked by the caller
+        check_tensor(name, v, floating=True)
+    try:
+        shape = torch.broadcast_shapes(v.shape, x.shape)
+    except RuntimeError:
+        shape = None
+    if shape != x.shape:
+        raise ValueError(expected(name, f"a tensor broadcastable to x's {tuple(x.shape)}", v))
+    v = v.to(x.device)
+    if check and v.is_floating_point():
+        check_finite(name, v)
+    return v
+
+
+def _check_known(
+    known: object, x: torch.Tensor, mu: torch.Tensor | None, *, check: bool
+) -> Known | None:
+    """``known`` as (values - mu, bool mask), both broadcastable to x ``[M, *E]``."""
+    if known is None:
+        return None
+    if not (isinstance(known, tuple) and len(known) == 2):
+        raise TypeError(expected("known", "Known(values, mask), a pair of tensors", known))
+    values, mask = known
+    if not (isinstance(mask, torch.Tensor) and mask.dtype == torch.bool):
+        raise TypeError(expected("known.mask", "a bool tensor (True where known)", mask))
+    values = cast(torch.Tensor, _rows_like("known.values", values, x, check=False))
+    mask = cast(torch.Tensor, _rows_like("known.mask", mask, x, check=False))
+    if check:  # only the known positions need be finite (the rest is never read)
+        check_finite("known.values", torch.where(mask, values, 0.0))
+    values = torch.where(mask, values, 0.0)  # [M, *E]: NaN placeholders never reach x
+    return Known(values if mu is None else values - mu, mask)
 
 
 def sample_ddpm(
@@ -173,7 +269,10 @@ def sample_ddpm(
     cond: Mapping[str, Any] | None = None,
     prediction: Prediction = "eps",
     variance: Variance = "small",
-    clip_x0: float | None = None,
+    clip_x0: Clip | None = None,
+    clip_eps: ClipEps | None = None,
+    prior_mean: torch.Tensor | None = None,
+    known: Known | None = None,
     generator: torch.Generator | None = None,
     noise_sampler: NoiseSampler | None = None,
     callback: Callback | None = None,
@@ -200,9 +299,19 @@ def sample_ddpm(
         cond: keyword arguments for the denoiser, each with M rows.
         prediction: what the denoiser returns: "eps", "x0" or "v".
         variance: "small" (beta-tilde) or "large" (beta).
-        clip_x0: clamp x0 estimates to [-clip_x0, clip_x0]; off by default.
+        clip_x0: a bound c (x0 estimates clamped to [-c, c]) or a
+            :class:`~diffsample.prediction.DynamicThreshold`; off by default. The update uses
+            x0 and x_t only, never eps, so ``clip_eps`` makes no difference here.
+        clip_eps: "raw" or "rederive": which eps a sampler that uses eps takes after the clip
+            (see :data:`~diffsample.prediction.ClipEps`); accepted here for a uniform signature.
+        prior_mean: mu ``[M, *E]`` (or broadcastable) of a CARD-style model, whose forward
+            process is x_t = alpha_t x0 + (1 - alpha_t) mu + sigma_t eps and prior x_T ~ N(mu, I):
+            then ``x`` is x_T (noise plus mu), the denoiser sees data-space x_t, and the walk
+            runs on x - mu (for which the usual posterior holds). None: mu = 0.
+        known: :class:`Known` values and mask, re-imposed at every step (imputation).
         generator: for the per-step noise when ``noise_sampler`` is None.
-        noise_sampler: ``noise_sampler(i) -> [M, *E]`` standard normal noise for step i.
+        noise_sampler: ``noise_sampler(i) -> [M, *E]`` standard normal noise for step i (and,
+            with ``known``, ``noise_sampler(-2 - i)`` for the known values' forward noise).
         callback: called after each step with {"i", "t", "t_next", "x", "x0"}.
         progress: None or True: a bar when stderr is a terminal; False: never.
 
@@ -218,6 +327,9 @@ def sample_ddpm(
         cond=cond,
         prediction=prediction,
         clip_x0=clip_x0,
+        clip_eps=clip_eps,
+        prior_mean=prior_mean,
+        known=known,
         generator=generator,
         noise_sampler=noise_sampler,
         callback=callback,
@@ -231,6 +343,7 @@ def sample_ddpm(
         coef.append((w.alpha[i + 1] * q, s_s / s_t * math.sqrt(r), std))
     x = w.x
     for i in range(len(w)):
+        x = w.impose(x, i)
         x0, _ = w.model(x, i)
         if i == len(w) - 1:
             x = x0  # final step to clean data: the posterior mean at a_s = 1 is x0 itself
@@ -238,7 +351,7 @@ def sample_ddpm(
             c0, ct, std = coef[i]
             x = c0 * x0 + ct * x + std * w.noise(x, i)
         w.done(i, x, x0)
-    return x
+    return w.finish(x)
 
 
 def sample_ddim(
@@ -250,7 +363,10 @@ def sample_ddim(
     cond: Mapping[str, Any] | None = None,
     prediction: Prediction = "eps",
     eta: float = 0.0,
-    clip_x0: float | None = None,
+    clip_x0: Clip | None = None,
+    clip_eps: ClipEps | None = None,
+    prior_mean: torch.Tensor | None = None,
+    known: Known | None = None,
     generator: torch.Generator | None = None,
     noise_sampler: NoiseSampler | None = None,
     callback: Callback | None = None,
@@ -260,7 +376,10 @@ def sample_ddim(
 
     x_s = sqrt(a_s) x0 + sqrt(1 - a_s - sigma^2) eps + sigma z, with
     sigma = eta * sqrt((1 - a_s) / (1 - a_t)) * sqrt(1 - a_t / a_s). The final step returns x0.
-    Arguments as in :func:`sample_ddpm`, plus ``eta >= 0``.
+    Arguments as in :func:`sample_ddpm`, plus ``eta >= 0``. The update uses eps: with
+    ``clip_x0`` set, ``clip_eps`` must say which one, "raw" (the network's, as the DDIM authors'
+    code and diffusers' ``DDIMScheduler`` default) or "rederive" (recomputed from the clipped
+    x0, as guided-diffusion and diffusers' ``use_clipped_model_output=True``).
 
     How they are computed (r, q as in :func:`sample_ddpm`): sigma = eta sigma_s sqrt(q) and
     sqrt(1 - a_s - sigma^2) = sigma_s sqrt((1 - eta^2) + eta^2 r), a sum of two non-negative
@@ -278,11 +397,15 @@ def sample_ddim(
         cond=cond,
         prediction=prediction,
         clip_x0=clip_x0,
+        clip_eps=clip_eps,
+        prior_mean=prior_mean,
+        known=known,
         generator=generator,
         noise_sampler=noise_sampler,
         callback=callback,
         progress=progress,
         name="ddim",
+        uses_eps=True,
     )
     coef: list[tuple[float, float, float]] = []  # (c_x0, c_eps, sigma) per step but the last
     for i in range(len(w) - 1):
@@ -292,6 +415,7 @@ def sample_ddim(
     x = w.x
     stochastic = eta > 0
     for i in range(len(w)):
+        x = w.impose(x, i)
         x0, eps = w.model(x, i)
         if i == len(w) - 1:
             x = x0
@@ -301,7 +425,7 @@ def sample_ddim(
             if stochastic:
                 x = x + sigma * w.noise(x, i)
         w.done(i, x, x0)
-    return x
+    return w.finish(x)
 
 
 def sample_dpmpp_2m(
@@ -312,7 +436,10 @@ def sample_dpmpp_2m(
     *,
     cond: Mapping[str, Any] | None = None,
     prediction: Prediction = "eps",
-    clip_x0: float | None = None,
+    clip_x0: Clip | None = None,
+    clip_eps: ClipEps | None = None,
+    prior_mean: torch.Tensor | None = None,
+    known: Known | None = None,
     generator: torch.Generator | None = None,
     noise_sampler: NoiseSampler | None = None,
     callback: Callback | None = None,
@@ -323,13 +450,13 @@ def sample_dpmpp_2m(
     With half log-SNR l = log(alpha / sigma) = lambda / 2, h = l_s - l_t and r = h_prev / h:
     x_s = (sigma_s / sigma_t) x_t - alpha_s expm1(-h) D, where D = x0 on the first step and
     D = (1 + 1 / (2r)) x0 - (1 / (2r)) x0_prev after it. The final step to clean data is first
-    order (sigma_s = 0), which returns x0. Deterministic; ``generator`` and ``noise_sampler``
-    are accepted for a uniform signature and unused.
+    order (sigma_s = 0), which returns x0. Deterministic: ``generator`` and ``noise_sampler``
+    feed only the forward noise of ``known`` values. The update uses x0 and x_t only, never
+    eps, so ``clip_eps`` makes no difference. Other arguments as in :func:`sample_ddpm`.
 
     Returns:
         The sample ``[M, *E]``.
     """
-    del generator, noise_sampler
     w = _Walk(
         denoiser,
         x,
@@ -338,8 +465,11 @@ def sample_dpmpp_2m(
         cond=cond,
         prediction=prediction,
         clip_x0=clip_x0,
-        generator=None,
-        noise_sampler=None,
+        clip_eps=clip_eps,
+        prior_mean=prior_mean,
+        known=known,
+        generator=generator,
+        noise_sampler=noise_sampler,
         callback=callback,
         progress=progress,
         name="dpmpp_2m",
@@ -357,6 +487,7 @@ def sample_dpmpp_2m(
     x = w.x
     x0_prev: torch.Tensor | None = None
     for i in range(len(w)):
+        x = w.impose(x, i)
         x0, _ = w.model(x, i)
         if i == len(w) - 1:
             x = x0
@@ -366,7 +497,7 @@ def sample_dpmpp_2m(
             x = ratio * x + phi * d
         x0_prev = x0
         w.done(i, x, x0)
-    return x
+    return w.finish(x)
 
 
 def sample_dpmpp_3m(
@@ -377,7 +508,10 @@ def sample_dpmpp_3m(
     *,
     cond: Mapping[str, Any] | None = None,
     prediction: Prediction = "eps",
-    clip_x0: float | None = None,
+    clip_x0: Clip | None = None,
+    clip_eps: ClipEps | None = None,
+    prior_mean: torch.Tensor | None = None,
+    known: Known | None = None,
     generator: torch.Generator | None = None,
     noise_sampler: NoiseSampler | None = None,
     callback: Callback | None = None,
@@ -396,13 +530,14 @@ def sample_dpmpp_3m(
     ``lower_order_final=False``: below 15 steps its default drops the step before the last to
     second order, which this sampler does not). The first
     step is first order, the second is :func:`sample_dpmpp_2m`'s, and the final step to clean
-    data returns x0 (first order, sigma_s = 0). Deterministic; ``generator`` and
-    ``noise_sampler`` are accepted for a uniform signature and unused.
+    data returns x0 (first order, sigma_s = 0). Deterministic: ``generator`` and
+    ``noise_sampler`` feed only the forward noise of ``known`` values. The update uses x0 and
+    x_t only, never eps, so ``clip_eps`` makes no difference. Other arguments as in
+    :func:`sample_ddpm`.
 
     Returns:
         The sample ``[M, *E]``.
     """
-    del generator, noise_sampler
     w = _Walk(
         denoiser,
         x,
@@ -411,8 +546,11 @@ def sample_dpmpp_3m(
         cond=cond,
         prediction=prediction,
         clip_x0=clip_x0,
-        generator=None,
-        noise_sampler=None,
+        clip_eps=clip_eps,
+        prior_mean=prior_mean,
+        known=known,
+        generator=generator,
+        noise_sampler=noise_sampler,
         callback=callback,
         progress=progress,
         name="dpmpp_3m",
@@ -446,6 +584,7 @@ def sample_dpmpp_3m(
     m1: torch.Tensor | None = None  # x0 estimate of the previous step
     m2: torch.Tensor | None = None  # ... and of the one before
     for i in range(len(w)):
+        x = w.impose(x, i)
         x0, _ = w.model(x, i)
         if i == len(w) - 1:
             x = x0
@@ -458,7 +597,7 @@ def sample_dpmpp_3m(
                 x = x + c2 * m2
         m1, m2 = x0, m1
         w.done(i, x, x0)
-    return x
+    return w.finish(x)
 
 
 SAMPLERS: dict[str, Sampler] = {

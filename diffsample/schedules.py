@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import torch
@@ -27,7 +27,7 @@ from ._utils import check_choice, check_int, check_number, check_tensor, expecte
 
 __all__ = ["NoiseSchedule", "Spacing"]
 
-Spacing = Literal["trailing", "leading", "linspace"]
+Spacing = Literal["trailing", "leading", "linspace", "range"]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -81,7 +81,18 @@ class NoiseSchedule:
         cls, betas: torch.Tensor | list[float], *, name: str = "custom"
     ) -> NoiseSchedule:
         """Schedule from explicit betas ``[T]``; alpha_bar is their cumulative product of 1 - beta."""
-        betas = torch.as_tensor(betas, dtype=torch.float64)
+        if isinstance(betas, (str, bytes)) or not isinstance(betas, (torch.Tensor, Sequence)):
+            raise TypeError(
+                expected("betas", "a 1-D tensor or sequence of floats in (0, 1)", betas)
+            )
+        if isinstance(betas, torch.Tensor) and (betas.is_complex() or betas.dtype == torch.bool):
+            raise TypeError(expected("betas", "a real tensor of floats in (0, 1)", betas))
+        try:
+            betas = torch.as_tensor(betas, dtype=torch.float64)
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(
+                expected("betas", "a 1-D tensor or sequence of floats in (0, 1)", betas)
+            ) from None
         if betas.ndim != 1 or betas.numel() < 1:
             raise ValueError(expected("betas", "a 1-D sequence with at least one entry", betas))
         return cls(betas, torch.cumprod(1.0 - betas, dim=0), name)
@@ -109,18 +120,31 @@ class NoiseSchedule:
 
     @classmethod
     def cosine(
-        cls, num_train_steps: int = 1000, *, s: float = 0.008, max_beta: float = 0.999
+        cls,
+        num_train_steps: int = 1000,
+        *,
+        s: float = 0.008,
+        max_beta: float = 0.999,
+        min_beta: float = 0.0,
     ) -> NoiseSchedule:
         """Nichol & Dhariwal (2021): alpha_bar(t) = cos^2(((t / T) + s) / (1 + s) * pi / 2) / f(0),
-        betas clipped at ``max_beta`` so the last step stays finite."""
+        betas clipped to [``min_beta``, ``max_beta``] (by default only from above, at 0.999, so
+        the last step stays finite).
+
+        Implementations differ in the bounds, and the bounds change the samples: the
+        iTransformerDiffusion project clips to [1e-4, 0.9999], which is
+        ``cosine(T, min_beta=1e-4, max_beta=0.9999)``; for any other variant take the peer's
+        own betas with :meth:`from_betas` (see the porting guide).
+        """
         T = check_int("num_train_steps", num_train_steps)
         s = check_number("s", s, minimum=0)
         max_beta = check_number(
             "max_beta", max_beta, minimum=0, maximum=1, open_min=True, open_max=True
         )
+        min_beta = check_number("min_beta", min_beta, minimum=0, maximum=max_beta, open_max=True)
         grid = torch.arange(T + 1, dtype=torch.float64) / T
         f = torch.cos((grid + s) / (1 + s) * math.pi / 2) ** 2
-        betas = torch.clamp(1 - f[1:] / f[:-1], max=max_beta)
+        betas = torch.clamp(1 - f[1:] / f[:-1], min=min_beta, max=max_beta)
         return cls.from_betas(betas, name="cosine")
 
     @classmethod
@@ -161,8 +185,8 @@ class NoiseSchedule:
         """alpha_bar at integer timesteps ``t`` (any shape, values in -1..T-1; -1 gives 1.0).
 
         Args:
-            t: integer timesteps, any shape; -1 is the clean data. Values are not range-checked
-                (that would cost a device sync per call); the samplers check their grid.
+            t: integer timesteps, any shape; -1 is the clean data. Checked to lie in -1..T-1
+                on the host (ValueError); on a device not checked (a sync per call).
 
         Returns:
             float64 tensor shaped like ``t``, on the schedule's device.
@@ -170,6 +194,12 @@ class NoiseSchedule:
         t = torch.as_tensor(t, device=self.device)
         if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
             raise TypeError(expected("t", "an integer tensor of timesteps", t))
+        if t.device.type == "cpu":  # free on the host; on a device it would cost a sync
+            lo, hi = (int(t.min()), int(t.max())) if t.numel() else (0, 0)
+            if lo < -1 or hi > self.num_train_steps - 1:
+                raise ValueError(
+                    f"t: expected timesteps in -1..{self.num_train_steps - 1}, got {lo}..{hi}"
+                )
         padded = torch.cat(
             [self.alphas_cumprod.new_ones(1), self.alphas_cumprod]
         )  # [T + 1], index 0 is t = -1
@@ -232,13 +262,18 @@ class NoiseSchedule:
 
         - ``leading``:  ``arange(N) * (T // N)``, reversed (never reaches T - 1);
         - ``trailing``: ``round(arange(T, 0, -T / N)) - 1`` (starts at T - 1; the default);
-        - ``linspace``: ``round(linspace(0, T - 1, N))``, reversed.
+        - ``linspace``: ``round(linspace(0, T - 1, N))``, reversed;
+        - ``range``: ``range(0, T, T // N)``, reversed: the DDIM authors' code (``skip_type
+          "uniform"``). It equals ``leading`` when N divides T; otherwise it has
+          ``ceil(T / (T // N)) > N`` steps (N = 30, T = 1000: 33 apart, 31 steps).
         """
         T = self.num_train_steps
         N = check_int("num_steps", num_steps, maximum=T)
         check_choice("spacing", spacing, Spacing)
         if spacing == "leading":
             grid = (torch.arange(N, dtype=torch.float64) * (T // N)).flip(0)
+        elif spacing == "range":
+            grid = torch.arange(0, T, T // N, dtype=torch.float64).flip(0)
         elif spacing == "trailing":
             # T - k * T / N for k = 0..N-1 is arange(T, 0, -T / N) without its float-length pitfall
             grid = torch.round(T - torch.arange(N, dtype=torch.float64) * (T / N)) - 1

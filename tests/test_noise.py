@@ -92,10 +92,10 @@ def test_no_correlation_between_rows_steps_and_elements():
 
 def test_bad_input_messages():
     keys = row_keys(0, torch.arange(3), torch.zeros(3, dtype=torch.long))
-    with pytest.raises(TypeError, match=r"step: expected an integer >= -1, got float 1\.0"):
+    with pytest.raises(TypeError, match=r"step: expected an integer in -2147483648\.\.2147483646"):
         keyed_normal(keys, 1.0, (4,))
-    with pytest.raises(ValueError, match="step: expected an integer >= -1, got int -2"):
-        keyed_normal(keys, -2, (4,))
+    with pytest.raises(ValueError, match=r"step: expected an integer in .*, got int -2147483649"):
+        keyed_normal(keys, -(2**31) - 1, (4,))
     with pytest.raises(TypeError, match="keys: expected an integer tensor"):
         keyed_normal(keys.double(), 0, (4,))
     with pytest.raises(ValueError, match=r"event_shape\[1\]: expected a positive integer"):
@@ -104,5 +104,9 @@ def test_bad_input_messages():
         row_keys(0, torch.zeros(3), torch.arange(3))
     with pytest.raises(ValueError, match=r"sample_ids: expected shape \(3,\) \(as cond_ids\)"):
         row_keys(0, torch.arange(3), torch.arange(4))
-    with pytest.raises(TypeError, match="seed: expected an integer"):
+    with pytest.raises(TypeError, match="seed: expected an int or a tuple of ints"):
         row_keys(0.5, torch.arange(3), torch.arange(3))
+    with pytest.raises(TypeError, match=r"seed\[1\]: expected an integer, got float 1\.5"):
+        row_keys((0, 1.5), torch.arange(3), torch.arange(3))
+    with pytest.raises(ValueError, match=r"seed: expected a tuple of 1\.\.64 ints"):
+        row_keys((), torch.arange(3), torch.arange(3))

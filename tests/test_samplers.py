@@ -342,9 +342,12 @@ def test_clip_x0_clamps_and_is_off_by_default():
 
     x = torch.zeros(2, 3, dtype=torch.float64)
     free = sample_ddim(big, x, SCH, SCH.timesteps(5), progress=False)
-    clipped = sample_ddim(big, x, SCH, SCH.timesteps(5), clip_x0=1.0, progress=False)
+    for rule in ("raw", "rederive"):
+        clipped = sample_ddim(
+            big, x, SCH, SCH.timesteps(5), clip_x0=1.0, clip_eps=rule, progress=False
+        )
+        assert float(clipped.abs().max()) <= 1.0
     assert float(free.abs().max()) > 1.0
-    assert float(clipped.abs().max()) <= 1.0
 
 
 def test_stochastic_samplers_reproducible_with_generator():
@@ -482,7 +485,11 @@ def test_bad_input_messages():
     with pytest.raises(TypeError, match="denoiser: expected an output of shape"):
         sample_ddim(lambda x, t: (x,), x, SCH, grid)
     with pytest.raises(ValueError, match=r"clip_x0: expected a finite number > 0, got float 0\.0"):
-        sample_ddim(_toy_eps, x, SCH, grid, clip_x0=0.0)
+        sample_ddim(_toy_eps, x, SCH, grid, clip_x0=0.0, clip_eps="raw")
+    with pytest.raises(ValueError, match=r"clip_eps: expected 'raw' or 'rederive' with clip_x0"):
+        sample_ddim(_toy_eps, x, SCH, grid, clip_x0=1.0)
+    with pytest.raises(ValueError, match=r"clip_eps: expected one of 'raw', 'rederive'"):
+        sample_ddim(_toy_eps, x, SCH, grid, clip_x0=1.0, clip_eps="clipped")
 
 
 @pytest.mark.parametrize("name", sorted(SAMPLERS))

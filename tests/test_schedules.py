@@ -138,7 +138,7 @@ def test_num_steps_of_the_wrong_kind(num_steps):
 def test_bad_spacing_and_betas():
     with pytest.raises(
         ValueError,
-        match="spacing: expected one of 'trailing', 'leading', 'linspace', got str 'uniform'",
+        match="spacing: expected one of 'trailing', 'leading', 'linspace', 'range', got str 'uniform'",
     ):
         NoiseSchedule.linear(10).timesteps(5, "uniform")
     with pytest.raises(ValueError, match=r"betas\[2\] = 1.0"):
@@ -155,6 +155,48 @@ def test_bad_spacing_and_betas():
         NoiseSchedule.by_name("quadratic")
     with pytest.raises(TypeError, match="betas: expected a floating-point tensor"):
         NoiseSchedule(torch.tensor([1, 2]), torch.tensor([0.9, 0.8]))
+    with pytest.raises(TypeError, match=r"betas: expected a real tensor .*complex128"):
+        NoiseSchedule.from_betas(torch.tensor([0.1, 0.2], dtype=torch.complex128))
+    with pytest.raises(TypeError, match=r"betas: expected a 1-D tensor or sequence .*got str"):
+        NoiseSchedule.from_betas("0.1 0.2")
+    with pytest.raises(TypeError, match=r"betas: expected a 1-D tensor or sequence .*got list"):
+        NoiseSchedule.from_betas(["0.1", "0.2"])
+
+
+def test_alpha_bar_refuses_timesteps_outside_the_schedule():
+    sch = NoiseSchedule.linear(10)
+    assert float(sch.alpha_bar(torch.tensor(-1))) == 1.0  # the clean data
+    for bad, seen in ((-2, "-2..0"), (10, "0..10")):  # -2 used to wrap to alpha_bar[T - 1]
+        with pytest.raises(ValueError, match=rf"t: expected timesteps in -1\.\.9, got {seen}$"):
+            sch.alpha_bar(torch.tensor([0, bad]))
+
+
+def test_range_spacing_is_the_ddim_papers_grid():
+    """``range(0, T, T // K)`` reversed, as the DDIM authors' code builds it: equal to "leading"
+    when K divides T, one step longer or more when it does not."""
+    sch = NoiseSchedule.cosine(1000)
+    for K in (10, 30, 50, 300, 1000):
+        want = list(range(0, 1000, 1000 // K))[::-1]
+        assert sch.timesteps(K, "range").tolist() == want
+    assert len(sch.timesteps(30, "range")) == 31
+    assert torch.equal(sch.timesteps(50, "range"), sch.timesteps(50, "leading"))
+
+
+def test_cosine_beta_bounds_match_a_clipped_reference():
+    """The origin project's cosine clips betas to [1e-4, 0.9999]: min_beta and max_beta say so,
+    against a float64 reference of that clip written here."""
+    T, s = 1000, 0.008
+    tt = [t / T for t in range(T + 1)]
+    f = [math.cos((u + s) / (1 + s) * math.pi / 2) ** 2 for u in tt]
+    ref = [min(max(1 - f[i + 1] / f[i], 1e-4), 0.9999) for i in range(T)]
+    sch = NoiseSchedule.cosine(T, min_beta=1e-4, max_beta=0.9999)
+    torch.testing.assert_close(
+        sch.betas, torch.tensor(ref, dtype=torch.float64), rtol=1e-12, atol=0
+    )
+    assert int((sch.betas == 1e-4).sum()) == 13  # the first 13 raised to the floor
+    assert not torch.equal(sch.betas, NoiseSchedule.cosine(T).betas)
+    with pytest.raises(ValueError, match=r"min_beta: expected a finite number in \[0, 0\.5\)"):
+        NoiseSchedule.cosine(T, min_beta=0.6, max_beta=0.5)
 
 
 def test_constructor_knobs_are_checked():
