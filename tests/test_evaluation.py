@@ -216,6 +216,33 @@ def test_evaluate_split_checks_its_arguments(model, data):
         evaluate_split(model.denoiser, data.test)
 
 
+def test_steps_beyond_t_and_samples_beyond_memory_are_refused_before_sampling(
+    model, data, monkeypatch
+):
+    def never(*args, **kwargs):
+        raise AssertionError("sampling started")
+
+    monkeypatch.setattr(model, "forecast", never)
+    with pytest.raises(
+        ValueError,
+        match=r"^num_steps: expected at most T = 50 sampling steps \(the model's "
+        r"num_train_steps\), got 51$",
+    ):
+        evaluate_split(model, data.test, num_steps=51)
+    monkeypatch.setattr(evaluation, "free_bytes", lambda device: 10 * 2**20)
+    # 3 copies x 1000 samples x 16 windows x [12, 7] x 4 bytes = 15.4 MiB
+    with pytest.raises(
+        ValueError,
+        match=r"^n_samples, batch_size: 1000 samples x 16 windows x \[12, 7\] \(H, N\) need "
+        r"about 15\.4 MiB to sample and score, but cpu has 10\.0 MiB available; lower "
+        r"n_samples or batch_size$",
+    ):
+        evaluate_split(model, data.test, n_samples=1000, batch_size=16)
+    # the largest call counts: fewer windows than the batch size need less
+    with pytest.raises(AssertionError, match="sampling started"):
+        evaluate_split(model, data.test, n_samples=1000, batch_size=16, max_windows=6)
+
+
 # ------------------------------------------------------------------------------------ report
 def test_json_never_holds_a_bare_nan_and_says_why(tmp_path):
     obj = {"scores": {"crps": 0.5, "quantile_crps": math.nan}, "h": [1.0, math.inf], "p": tmp_path}
@@ -308,6 +335,12 @@ def test_fan_chart_with_and_without_matplotlib(tmp_path, monkeypatch):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match=r"^samples, truth: expected \[S, W, H, N\]"):
         report.fan_chart(tmp_path / "g.png", samples, truth[0])
+    # data strings (a CSV's column and file names) are text, never mathtext: this failed
+    path = report.fan_chart(
+        tmp_path / "d.png", samples, truth, variate_name=r"price $\frac{$", title="f$x^$.csv"
+    )
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert report._plain(r"a $x$ \$") == r"a \$x\$ \\$"
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
     monkeypatch.setitem(sys.modules, "matplotlib.backends.backend_agg", None)

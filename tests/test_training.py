@@ -22,6 +22,7 @@ from diffsample.forecast import (
     synthetic_dataset,
     train,
 )
+from diffsample.forecast import evaluation as evaluation_module
 from diffsample.forecast import training as training_module
 from diffsample.forecast.model import _read_checkpoint, _write_checkpoint
 
@@ -180,6 +181,38 @@ def test_fit_spread_scale_checks_its_arguments(data):
         training_module.fit_spread_scale(model, data)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"^n_samples: expected an integer >= 2, got int 1$"):
         training_module.fit_spread_scale(model, data.val, n_samples=1)
+
+
+def test_a_calibration_the_model_cannot_run_is_refused_before_any_epoch(
+    tmp_path, data, monkeypatch
+):
+    # calibration_steps > T trained both stages, then failed in the calibration and left a
+    # checkpoint that resume (with a corrected value: another config) refused: unfinishable
+    def never(record):
+        raise AssertionError("an epoch ran")
+
+    ckpt = tmp_path / "m.pt"
+    bad = dataclasses.replace(QUICK, calibration="train_spread", calibration_steps=51)
+    with pytest.raises(
+        ValueError,
+        match=r"^calibration_steps: expected at most T = 50 sampling steps \(the model's "
+        r"num_train_steps\), got 51$",
+    ):
+        train(fresh_model(), data, bad, device="cpu", checkpoint=ckpt, on_epoch=never)
+    monkeypatch.setattr(evaluation_module, "free_bytes", lambda device: 2**20)
+    big = dataclasses.replace(QUICK, calibration="val_spread", calibration_samples=1000)
+    n = len(data.val)
+    with pytest.raises(
+        ValueError,
+        match=rf"^calibration_samples: 1000 samples x {n} windows x \[12, 3\] \(H, N\) need "
+        r"about .* MiB to sample and score, but cpu has 1\.0 MiB available; lower "
+        r"calibration_samples$",
+    ):
+        train(fresh_model(), data, big, device="cpu", checkpoint=ckpt, on_epoch=never)
+    assert not ckpt.exists()
+    # without a calibration neither setting is used, so neither is checked
+    off = dataclasses.replace(big, calibration="none", calibration_steps=51)
+    training_module.check_train_settings(off, TINY, data)
 
 
 # ---------------------------------------------------------------- training lowers the losses

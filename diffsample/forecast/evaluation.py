@@ -35,6 +35,7 @@ from .._utils import (
     progress_disabled,
 )
 from ..distributed import Ranks
+from ..memory import free_bytes
 from ..metrics import ForecastMetrics, coverage, crps
 from ..samplers import SAMPLERS, Sampler
 from .data import ForecastSplit, WindowBatch
@@ -44,9 +45,18 @@ __all__ = [
     "Evaluation",
     "StepMetrics",
     "check_evaluation_args",
+    "check_num_steps",
+    "check_sampling_memory",
     "evaluate_split",
     "forecast_windows",
+    "sampling_bytes",
 ]
+
+# Sampling and scoring one batch peaks at about three float32 copies of its samples
+# [S, B, H, N] (measured on the CPU at S = 200..800, B = 64..256: 3.0x): the sampler's output,
+# the forecast's scaled copy, the metrics' sorted copy. A lower bound: a run refused for
+# needing more than the memory available could not have run.
+PEAK_COPIES = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,27 +222,104 @@ def check_evaluation_args(
     sampler: object,
     batch_size: object,
     max_windows: object,
+    num_train_steps: int | None = None,
 ) -> tuple[int, int, int, int | None]:
     """The sampling settings of :func:`evaluate_split`, checked (the command checks them before
     training, so that a bad value fails in a second, not after the training it follows).
+
+    Args:
+        n_samples: S, as for :func:`evaluate_split`.
+        num_steps: K.
+        sampler: a name in :data:`diffsample.SAMPLERS` or a sampler function.
+        batch_size: windows per forecast call.
+        max_windows: a window count, or None.
+        num_train_steps: the model's T, if known: ``num_steps`` may not exceed it.
 
     Returns:
         ``(n_samples, num_steps, batch_size, max_windows)`` as ints (``max_windows`` may be None).
 
     Raises:
         TypeError: a non-integer count, a sampler that is neither a name nor a callable.
-        ValueError: a count below 1, an unknown sampler name.
+        ValueError: a count below 1, an unknown sampler name, more steps than T.
     """
     if isinstance(sampler, str):
         check_choice("sampler", sampler, SAMPLERS)
     elif not callable(sampler):
         raise TypeError(expected("sampler", "a name in SAMPLERS or a sampler function", sampler))
+    steps = check_int("num_steps", num_steps)
+    if num_train_steps is not None:
+        check_num_steps(steps, num_train_steps)
     return (
         check_int("n_samples", n_samples),
-        check_int("num_steps", num_steps),
+        steps,
         check_int("batch_size", batch_size),
         None if max_windows is None else check_int("max_windows", max_windows),
     )
+
+
+def check_num_steps(
+    num_steps: int,
+    num_train_steps: int,
+    *,
+    name: str = "num_steps",
+    t_name: str = "the model's num_train_steps",
+) -> int:
+    """``num_steps`` if a grid of that many sampling steps fits the model's T training steps.
+
+    Every sampling setting goes through this before any work (``evaluate_split``, ``train``'s
+    calibration, the command before training), not at the first sampling call after it.
+
+    Raises:
+        ValueError: ``num_steps > num_train_steps``, naming ``name`` and where T comes from.
+    """
+    steps = check_int(name, num_steps)
+    if steps > num_train_steps:
+        raise ValueError(
+            f"{name}: expected at most T = {num_train_steps} sampling steps ({t_name}), got {steps}"
+        )
+    return steps
+
+
+def sampling_bytes(n_samples: int, windows: int, horizon: int, n_variates: int) -> int:
+    """Memory that sampling and scoring one call of ``windows`` windows peaks at, about:
+    ``PEAK_COPIES`` float32 copies of the samples ``[S, B, H, N]``."""
+    return PEAK_COPIES * n_samples * windows * horizon * n_variates * 4
+
+
+def check_sampling_memory(
+    needed: int,
+    device: str | torch.device,
+    *,
+    name: str,
+    what: str,
+    hint: str,
+) -> None:
+    """ValueError if ``needed`` bytes exceed what ``device`` has available
+    (:func:`diffsample.memory.free_bytes`), before anything is allocated.
+
+    Args:
+        needed: bytes (e.g. :func:`sampling_bytes`).
+        device: where they would be allocated.
+        name: the argument(s) to blame.
+        what: what needs them, e.g. ``"100 samples x 256 windows x [96, 7] (H, N)"``.
+        hint: what to lower.
+    """
+    have = free_bytes(device)
+    if needed > have:
+        raise ValueError(
+            f"{name}: {what} need about {_size(needed)} to sample and score, but {device} has "
+            f"{_size(have)} available; {hint}"
+        )
+
+
+def _size(n: int) -> str:
+    """Bytes in binary units, e.g. ``"5.9 TiB"``."""
+    value, unit = float(n), "bytes"
+    for u in ("KiB", "MiB", "GiB", "TiB", "PiB", "EiB"):
+        if value < 1024:
+            break
+        value, unit = value / 1024, u
+    return f"{n} bytes" if unit == "bytes" else f"{value:.1f} {unit}"
 
 
 def forecast_windows(
@@ -316,6 +403,12 @@ def evaluate_split(
         An :class:`Evaluation`; ``.as_dict()`` gives the scores the ``diffsample`` command writes.
         Distributed, ``seconds`` and ``scoring_seconds`` are the slowest rank's and
         ``peak_memory_bytes`` this rank's.
+
+    Raises:
+        ValueError: a bad setting, more ``num_steps`` than the model's T, or a forecast call
+            whose samples cannot fit in the memory the device has available (checked before
+            any is drawn, :func:`sampling_bytes`).
+        TypeError: an argument of the wrong kind.
     """
     if not isinstance(model, ITransformerDiffusion):
         raise TypeError(expected("model", "an ITransformerDiffusion", model))
@@ -327,6 +420,7 @@ def evaluate_split(
         sampler=sampler,
         batch_size=batch_size,
         max_windows=max_windows,
+        num_train_steps=model.config.num_train_steps,
     )
     if on_batch is not None and not callable(on_batch):
         raise TypeError(expected("on_batch", "a callable or None", on_batch))
@@ -342,6 +436,15 @@ def evaluate_split(
             f"max_windows: expected at least one window for each of the {ranks.world} "
             f"processes, got {n} windows"
         )
+    per_call = min(batch_size, -(-n // ranks.world))  # B of the largest call on this rank
+    c = model.config
+    check_sampling_memory(
+        sampling_bytes(n_samples, per_call, c.horizon, c.n_variates),
+        device,
+        name="n_samples, batch_size",
+        what=f"{n_samples} samples x {per_call} windows x [{c.horizon}, {c.n_variates}] (H, N)",
+        hint="lower n_samples or batch_size",
+    )
     split = split.to(device)
     mine = ranks.shard(n, device)  # [~n / world] window indices: all of them for one process
     metrics, steps = ForecastMetrics(), StepMetrics()

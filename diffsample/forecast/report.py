@@ -445,6 +445,10 @@ def fan_chart(
         levels: the two central interval levels, inner then outer.
         title: the figure's title.
 
+    ``variate_name`` and ``title`` are drawn as plain text: they carry data (a CSV's column
+    and file names), and matplotlib would otherwise parse ``$...$`` in them as mathtext (or the
+    whole string as TeX under ``text.usetex``) and fail on a name that is not valid markup.
+
     Raises:
         ModuleNotFoundError: matplotlib is not installed (the message says how to get it).
         ValueError: shapes that do not fit.
@@ -473,7 +477,7 @@ def fan_chart(
     fig = Figure(figsize=(8, 2.4 * W), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(W, 1, squeeze=False)[:, 0]
-    name = variate_name or f"variate {v}"
+    name = _plain(variate_name or f"variate {v}")
     for i, ax in enumerate(axes):
         if history is not None:
             tail = history[i, -min(history.shape[1], 2 * H) :, v].float().cpu().numpy()
@@ -482,10 +486,16 @@ def fan_chart(
         ax.fill_between(steps, q[1, i], q[3, i], color="C0", alpha=0.4, lw=0, label=f"{inner:.0%}")
         ax.plot(steps, q[2, i], color="C0", lw=1.2, label="median")
         ax.plot(steps, truth[i, :, v].float().cpu().numpy(), color="k", lw=1.2, label="truth")
-        ax.set_title(f"window {ids[i]}, {name}", fontsize=9)
+        ax.set_title(f"window {ids[i]}, {name}", fontsize=9, usetex=False)
         ax.set_xlabel("step (0 = last observed)", fontsize=8)
         ax.tick_params(labelsize=8)
     axes[0].legend(fontsize=7, ncol=5, loc="upper left")
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(_plain(title), fontsize=10, usetex=False)
     return _write(path, lambda f: fig.savefig(f, format="png", dpi=100))
+
+
+def _plain(text: str) -> str:
+    """``text`` for a matplotlib Text with usetex off: every ``$`` escaped, so none opens
+    mathtext (an escaped dollar is drawn as a dollar; the same in every matplotlib version)."""
+    return text.replace("$", r"\$")

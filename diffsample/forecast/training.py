@@ -63,8 +63,14 @@ from .._utils import (
 )
 from ..distributed import Ranks, local_device
 from .data import ForecastDataset, ForecastSplit, WindowBatch, check_data_spec
-from .evaluation import forecast_windows
-from .model import BEFORE_FIELD, ITransformerDiffusion, _read_checkpoint, _write_checkpoint
+from .evaluation import check_num_steps, check_sampling_memory, forecast_windows, sampling_bytes
+from .model import (
+    BEFORE_FIELD,
+    ForecastConfig,
+    ITransformerDiffusion,
+    _read_checkpoint,
+    _write_checkpoint,
+)
 
 __all__ = [
     "AmpMode",
@@ -72,6 +78,7 @@ __all__ = [
     "NonFiniteLossError",
     "TrainConfig",
     "TrainResult",
+    "check_train_settings",
     "fit_spread_scale",
     "resolve_amp",
     "train",
@@ -328,8 +335,9 @@ def train(
 
     Raises:
         NonFiniteLossError: a training or validation loss became NaN or infinite.
-        ValueError: the model does not fit the data; ``resume`` without a checkpoint file, or
-            with one whose model config, train config or data differ (naming the field).
+        ValueError: the model does not fit the data; a calibration the model cannot run
+            (:func:`check_train_settings`); ``resume`` without a checkpoint file, or with one
+            whose model config, train config or data differ (naming the field).
         TypeError: an argument of the wrong kind.
     """
     if not isinstance(config, TrainConfig):
@@ -353,6 +361,7 @@ def train(
     ranks.check_same(
         "train", (dataclasses.asdict(config), path is not None, resume, len(data.train))
     )
+    check_train_settings(config, model.config, data, device=device, world=ranks.world)
     saved = _resume_state(path, model, data, config, ranks) if resume else None
     model.to(device)
     if saved is not None and saved.get("finished") is True:
@@ -469,6 +478,53 @@ def train(
     seconds = ranks.max(run.seconds())  # the slowest rank's: one result on every rank
     return TrainResult(
         tuple(run.history), run.best_point, best_diff, _dtype_name(amp_dtype), seconds
+    )
+
+
+def check_train_settings(
+    config: TrainConfig,
+    model_config: ForecastConfig,
+    data: ForecastDataset,
+    *,
+    device: str | torch.device = "cpu",
+    world: int = 1,
+) -> None:
+    """What a TrainConfig asks of a model and data that the config alone cannot check, checked
+    before any training (``train`` calls it first): the calibration's sampling steps against the
+    model's T, and its samples against the memory ``device`` has available. Without this a
+    run would train both stages, then fail in the calibration and stay unfinished (and
+    ``resume`` with a corrected value is refused: the config differs).
+
+    Args:
+        config: the trainer's settings.
+        model_config: the model's (its T, H and N).
+        data: the data to be trained on (the calibration's windows).
+        device: where the calibration would sample.
+        world: processes sharing the calibration's windows (torchrun).
+
+    Raises:
+        ValueError: naming the field.
+    """
+    if not isinstance(config, TrainConfig):
+        raise TypeError(expected("config", "a TrainConfig", config))
+    if config.calibration == "none":
+        return
+    c = model_config
+    check_num_steps(config.calibration_steps, c.num_train_steps, name="calibration_steps")
+    held = data.val if config.calibration == "val_spread" else data.train
+    n = (
+        len(held)
+        if config.calibration_windows is None
+        else min(config.calibration_windows, len(held))
+    )
+    per_call = min(max(config.batch_size, 256), -(-n // world))  # as train calls fit_spread_scale
+    S = config.calibration_samples
+    check_sampling_memory(
+        sampling_bytes(S, per_call, c.horizon, c.n_variates),
+        device,
+        name="calibration_samples",
+        what=f"{S} samples x {per_call} windows x [{c.horizon}, {c.n_variates}] (H, N)",
+        hint="lower calibration_samples",
     )
 
 
@@ -820,6 +876,7 @@ def fit_spread_scale(
     batch_size = check_int("batch_size", batch_size)
     if max_windows is not None:
         max_windows = check_int("max_windows", max_windows)
+    check_num_steps(num_steps, model.config.num_train_steps)
     if len(split) == 0:
         raise ValueError("split: expected at least one window, got an empty split")
     device = next(model.parameters()).device
