@@ -27,6 +27,8 @@ from diffsample.forecast import (
     TrainConfig,
     cli,
     evaluate_split,
+    evaluation,
+    outputs,
     report,
 )
 from diffsample.forecast.cli import main
@@ -146,9 +148,29 @@ def test_every_config_field_has_a_flag_whose_default_is_the_library_default():
 def test_threads_are_set_for_the_command_only(tmp_path, monkeypatch):
     seen = []
     monkeypatch.setattr(cli, "_train", lambda a: seen.append(torch.get_num_threads()))
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)  # 3 threads fit any machine of this test
     before = torch.get_num_threads()
     assert main(["train", "--out", str(tmp_path), "--threads", "3"]) == 0
     assert seen == [3] and torch.get_num_threads() == before
+
+
+def test_threads_beyond_the_machine_are_refused_before_torch_sees_them(tmp_path, monkeypatch):
+    # a million threads killed the interpreter inside the OpenMP runtime, past any handler
+    real = torch.set_num_threads
+
+    def checked(n):
+        assert n <= 4, f"torch.set_num_threads({n}) called"
+        real(n)
+
+    monkeypatch.setattr(cli, "_train", lambda a: None)
+    monkeypatch.setattr(torch, "set_num_threads", checked)
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    for n in ("5", "1000000"):
+        rc, _, stderr = _run(["train", "--out", str(tmp_path), "--threads", n])
+        assert rc == 2 and _one_line(stderr) == (
+            f"diffsample: error: --threads: expected at most the 4 CPUs of this machine, "
+            f"got int {n}\n"
+        )
 
 
 @pytest.mark.parametrize("command", ["demo", "train", "evaluate"])
@@ -491,3 +513,257 @@ def test_type_errors_are_one_line_and_exit_2(run, monkeypatch):
     assert _one_line(stderr) == (
         "diffsample: error: n_samples: expected a positive integer, got float 1.5\n"
     )
+
+
+# ------------------------------------------------------------------------------------ issue 20
+def _csv(path: Path, columns: list[str], rows: int = 600) -> Path:
+    """A small custom CSV: hourly dates and normal values."""
+    g = np.random.default_rng(0)
+    lines = ["date," + ",".join(columns)]
+    for t in range(rows):
+        day, hour = divmod(t, 24)
+        values = ",".join(f"{v:.3f}" for v in g.normal(size=len(columns)))
+        lines.append(f"2020-{1 + day // 28:02d}-{1 + day % 28:02d} {hour:02d}:00:00,{values}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_evaluate_never_writes_over_its_checkpoint_or_its_data(run, tmp_path, monkeypatch):
+    # `evaluate run/model.pt --out run/model.pt` exited 0 after replacing the trained model
+    out, _ = run
+    data = _csv(tmp_path / "d.csv", ["a", "b", "c"])  # a CSV the second model trains on
+    flags = [*TINY, "--diffusion_steps", "10", *SAMPLING]
+    rc, _, stderr = _run(["train", "--data", str(data), "--out", str(tmp_path / "r"), *flags])
+    assert (rc, stderr) == (0, "")
+    _no_training(monkeypatch)
+    ckpt = out / "model.pt"
+    before = ckpt.read_bytes()
+    monkeypatch.chdir(out)
+    for where in (str(ckpt), "model.pt", f"../{out.name}/model.pt"):
+        rc, _, stderr = _run(["evaluate", str(ckpt), *SAMPLING, "--out", where])
+        assert rc == 2 and "is the checkpoint this run reads" in _one_line(stderr), stderr
+    assert ckpt.read_bytes() == before
+    # the data too, known once the checkpoint names them: refused before any sampling
+    before = data.read_bytes()
+    rc, _, stderr = _run(
+        ["evaluate", str(tmp_path / "r" / "model.pt"), *SAMPLING, "--out", str(data)]
+    )
+    assert rc == 2 and "is the data this run reads" in _one_line(stderr)
+    assert data.read_bytes() == before
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate"])
+def test_an_empty_out_is_refused(untrained, tmp_path, monkeypatch, command):
+    # an unset shell variable: the current folder, where a model.pt was overwritten
+    _no_training(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    argv = ["train", *TINY] if command == "train" else ["evaluate", str(untrained)]
+    rc, _, stderr = _run([*argv, "--out", ""])
+    assert rc == 2 and "--out: expected a folder or file name" in _one_line(stderr)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_killed_run_is_not_started_over_without_resume_or_overwrite(tmp_path, monkeypatch):
+    flags = ["--out", str(tmp_path / "r"), *TINY, *SAMPLING]
+    printer = cli._epoch_printer
+
+    def killed_after_stage_1(tc):
+        show = printer(tc)
+
+        def on_epoch(r):
+            show(r)
+            raise KeyboardInterrupt
+
+        return on_epoch
+
+    with monkeypatch.context() as m:
+        m.setattr(cli, "_epoch_printer", killed_after_stage_1)
+        assert _run(["train", *flags])[0] == 130
+    ckpt = tmp_path / "r" / "model.pt"
+    unfinished = ckpt.read_bytes()
+    with monkeypatch.context() as m:
+        _no_training(m)
+        rc, _, stderr = _run(["train", *flags])
+        assert rc == 2 and "holds an unfinished training run; continue it with --resume" in (
+            _one_line(stderr)
+        )
+        rc, _, stderr = _run(["train", *flags, "--resume", "--overwrite"])
+        assert rc == 2 and "--overwrite: expected --resume or --overwrite, got both" in stderr
+    assert ckpt.read_bytes() == unfinished
+    rc, stdout, stderr = _run(["train", *flags, "--overwrite"])  # afresh, on purpose
+    assert (rc, stderr) == (0, "") and "stage 1 epoch 1/1" in stdout
+    assert ITransformerDiffusion.load(ckpt).data_spec is not None  # finished now
+    rc, _, stderr = _run(["train", *flags])  # a finished run is replaced as before
+    assert (rc, stderr) == (0, "")
+
+
+def test_a_folder_in_the_way_of_an_output_fails_before_training(tmp_path, monkeypatch):
+    # a folder named model.pt passed the output check and failed at the first checkpoint write
+    _no_training(monkeypatch)
+    for name, extra in [("model.pt", []), ("results_samples.pt", ["--save-samples"])]:
+        out = tmp_path / name.split(".")[0]
+        (out / name).mkdir(parents=True)
+        rc, _, stderr = _run(["train", "--out", str(out), *TINY, *SAMPLING, *extra])
+        assert rc == 2 and _one_line(stderr) == (
+            f"diffsample: error: --out: cannot write the file {out / name}: a directory of "
+            "that name is in the way\n"
+        )
+        assert sorted(p.name for p in out.iterdir()) == [name]  # no lock file left either
+
+
+def test_a_second_run_into_a_locked_folder_names_the_first(run, tmp_path, monkeypatch):
+    out, _ = run
+    _no_training(monkeypatch)
+    want = (
+        f"diffsample: error: --out: {tmp_path} is in use by another diffsample run (process "
+        f"{os.getpid()}); wait for it to end, or choose another --out\n"
+    )
+    with cli.RunLock(tmp_path):
+        rc, _, stderr = _run(["train", "--out", str(tmp_path), *TINY, *SAMPLING])
+        assert rc == 2 and _one_line(stderr) == want
+        rc, _, stderr = _run(["evaluate", str(out / "model.pt"), *SAMPLING, "--out", str(tmp_path)])
+        assert rc == 2 and _one_line(stderr) == want
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_lock_is_held_for_the_whole_run_and_released_after(run, tmp_path, monkeypatch):
+    out, _ = run
+    seen = []
+    real = cli.evaluate_split
+
+    def probe(*args, **kwargs):
+        with pytest.raises(report.OutputError, match="in use by another diffsample run"):
+            cli.RunLock(tmp_path).acquire()
+        seen.append(True)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cli, "evaluate_split", probe)
+    rc, _, stderr = _run(["evaluate", str(out / "model.pt"), *SAMPLING, "--out", str(tmp_path)])
+    assert (rc, stderr, seen) == (0, "", [True])
+    assert outputs.LOCK_NAME not in [p.name for p in tmp_path.iterdir()]
+    monkeypatch.setattr(cli, "evaluate_split", lambda *a, **k: 1 / 0)  # a crash releases it too
+    assert _run(["evaluate", str(out / "model.pt"), *SAMPLING, "--out", str(tmp_path)])[0] == 1
+    with cli.RunLock(tmp_path) as lock:
+        assert lock.held
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--steps", "51"], "--steps: expected at most T = 50 sampling steps (--diffusion_steps)"),
+        (
+            ["--diffusion_steps", "5", "--steps", "10"],
+            "--steps: expected at most T = 5 sampling steps (--diffusion_steps), got 10",
+        ),
+        (
+            ["--calibration", "train_spread", "--calibration_steps", "5000"],
+            "calibration_steps: expected at most T = 50 sampling steps (the model's "
+            "num_train_steps), got 5000",
+        ),
+    ],
+)
+def test_sampling_steps_beyond_t_are_refused_before_training(tmp_path, monkeypatch, extra, message):
+    # each was refused only after both stages had trained (the calibration: never finishable)
+    _no_training(monkeypatch)
+    rc, _, stderr = _run(_bad_train(tmp_path, *extra))
+    assert rc == 2 and message in _one_line(stderr)
+    assert not (tmp_path / "r").exists()
+
+
+def test_evaluate_checks_steps_against_the_checkpoints_t(untrained, monkeypatch):
+    _no_training(monkeypatch)
+    monkeypatch.setattr(cli, "_evaluation_data", lambda *a: pytest.fail("data loaded first"))
+    rc, _, stderr = _run(["evaluate", str(untrained), "--steps", "1001"])
+    assert rc == 2 and (
+        f"--steps: expected at most T = 1000 sampling steps (the model in {untrained}), got 1001"
+        in _one_line(stderr)
+    )
+
+
+def test_samples_that_cannot_fit_in_memory_are_refused_before_any_work(run, tmp_path, monkeypatch):
+    out, _ = run
+    _no_training(monkeypatch)
+    rc, _, stderr = _run(_bad_train(tmp_path, "--samples", "1000000000"))
+    assert rc == 2 and not (tmp_path / "r").exists()
+    assert "--samples: 1000000000 samples x [12, 7] (H, N) for 6 windows per call need about" in (
+        _one_line(stderr)
+    )
+    assert (
+        "TiB to sample and score, but cpu has" in stderr and "available; lower --samples" in stderr
+    )
+    rc, _, stderr = _run(["evaluate", str(out / "model.pt"), "--samples", "1000000000"])
+    assert rc == 2 and "--samples: 1000000000 samples" in _one_line(stderr)
+    # --save-samples keeps every window's samples: counted against the host's memory
+    argv = ["evaluate", str(out / "model.pt"), "--samples", "1000", "--windows", "6"]
+    monkeypatch.setattr(evaluation, "free_bytes", lambda device: 5 * 2**20)
+    rc, _, stderr = _run(argv)  # 3 copies x 1000 x 6 x 12 x 7 x 4 bytes: 5.8 MiB
+    assert rc == 2 and "6 windows per call need about 5.8 MiB" in _one_line(stderr)
+    assert "but cpu has 5.0 MiB available" in stderr
+    # --save-samples keeps every window's samples: on the CPU, added to the sampling's
+    monkeypatch.setattr(evaluation, "free_bytes", lambda device: 7 * 2**20)
+    monkeypatch.setattr(cli, "evaluate_split", lambda *a, **k: 1 / 0)  # fits: reached
+    assert _run([*argv, "--out", str(tmp_path)])[0] == 1
+    rc, _, stderr = _run([*argv, "--save-samples", "--out", str(tmp_path)])
+    assert rc == 2 and "and 6 windows kept (--save-samples) need about 7.7 MiB" in stderr
+
+
+def _chart_csv(tmp_path: Path) -> Path:
+    return _csv(tmp_path / "f$x^$.csv", ["a", "b", r"price $\frac{$"])
+
+
+def test_data_names_are_drawn_as_text_and_the_samples_come_first(tmp_path, monkeypatch):
+    # a `$...$` column name was parsed as mathtext by the fan chart after the whole run, and
+    # the chart was written before the samples, so --save-samples was lost
+    pytest.importorskip("matplotlib")
+    data = _chart_csv(tmp_path)
+    out = tmp_path / "r"
+    flags = ["--data", str(data), "--out", str(out), *TINY, "--diffusion_steps", "10"]
+    rc, stdout, stderr = _run(["train", *flags, *SAMPLING, "--save-samples"])
+    assert (rc, stderr) == (0, ""), stderr
+    assert (out / "results_fan_chart.png").read_bytes()[:4] == b"\x89PNG"
+    lines = stdout.splitlines()
+    order = [next(i for i, x in enumerate(lines) if x.startswith(k)) for k in ("samples:", "fan")]
+    assert order == sorted(order)
+
+    def broken(*args, **kwargs):
+        raise report.OutputError("cannot write the chart: broken", tmp_path)
+
+    monkeypatch.setattr(cli, "fan_chart", broken)
+    rc, _, stderr = _run(
+        ["evaluate", str(out / "model.pt"), *SAMPLING, "--save-samples", "--out", str(tmp_path)]
+    )
+    assert rc == 2 and "cannot write the chart" in _one_line(stderr)
+    saved = torch.load(tmp_path / "eval_test_samples.pt", weights_only=True)
+    assert saved["samples"].shape == (4, 6, 12, 3)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (
+            ["train", "--out", "x", "--epochs", "x"],
+            "argument --train_epochs/--epochs: invalid int value: 'x' "
+            "(diffsample train --help lists the flags)",
+        ),
+        (["train", "--out", "x", "--dropout", "y"], "argument --dropout: invalid float value: 'y'"),
+        (["train", "--out", "x", "--grad_clip", "z"], "argument --grad_clip: invalid float value"),
+        (["train", "--out", "x", "--sampler", "euler"], "argument --sampler: invalid choice"),
+        (["train", "--out", "x", "--bogus"], "unrecognized arguments: --bogus"),
+        (["train"], "the following arguments are required: --out"),
+        (["evaluate", "m.pt", "--samples", "many"], "argument --samples: invalid int value"),
+        (["evaluate", "m.pt", "--batch-size", "1.5"], "argument --batch_size: invalid int value"),
+        (["evaluate", "m.pt", "--split", "dev"], "argument --split: invalid choice: 'dev'"),
+        (["evaluate"], "the following arguments are required: checkpoint"),
+        (["demo", "--windows", "some"], "argument --windows: invalid int value: 'some'"),
+        ([], "the following arguments are required: {demo,train,evaluate}"),
+    ],
+)
+def test_argument_errors_are_one_line_and_exit_2(argv, message):
+    # a mistyped value printed argparse's 27-line usage block
+    rc, stdout, stderr = _run(argv)
+    assert (rc, stdout) == (2, "") and message in _one_line(stderr), stderr
+
+
+def test_help_still_prints_the_usage_and_exits_0():
+    rc, stdout, stderr = _run(["train", "--help"])
+    assert (rc, stderr) == (0, "") and "--overwrite" in stdout and "--resume" in stdout

@@ -10,9 +10,13 @@
 Flags take Time-Series-Library's names (``--seq_len``, ``--d_model``, ``--learning_rate``, ...),
 with ``-`` or ``_`` alike; every default shown is the library's (ForecastConfig, TrainConfig,
 evaluate_split). The results go beside the checkpoint: a JSON file (configuration, data,
-machine, versions, wall times, scores), a per-horizon-step CSV, a fan chart PNG (with
-matplotlib) and, with --save-samples, the samples. A bad argument or an unwritable output ends
-the command before any training with one line on stderr and exit status 2, never a traceback.
+machine, versions, wall times, scores), a per-horizon-step CSV, the samples (with
+--save-samples) and a fan chart PNG (with matplotlib), in that order. A bad argument (a
+mistyped flag value too) or an output that cannot be written ends the command before any
+training with one line on stderr and exit status 2, never a traceback. Output paths are
+guarded (:mod:`diffsample.forecast.outputs`): no output replaces the checkpoint or the data
+read, an unfinished run is not started over without --resume or --overwrite, and one run at
+a time holds a folder.
 
 Dimensions (in what it prints and writes): S samples, W windows scored, H horizon, N variates.
 Only this module parses arguments; it turns them into the library's frozen configs and keyword
@@ -22,14 +26,17 @@ arguments, and prints. What it writes is built by :mod:`diffsample.forecast.repo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import inspect
+import os
+import re
 import sys
 import time
 import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 
@@ -37,8 +44,22 @@ from .._utils import check_int, choices_of, expected
 from ..distributed import local_device, torchrun_rank_world
 from ..samplers import SAMPLERS
 from .data import ForecastDataset, Protocol, WindowBatch, check_data_spec, load_dataset
-from .evaluation import Evaluation, check_evaluation_args, evaluate_split
+from .evaluation import (
+    Evaluation,
+    check_evaluation_args,
+    check_num_steps,
+    check_sampling_memory,
+    evaluate_split,
+    sampling_bytes,
+)
 from .model import Forecast, ForecastConfig, ITransformerDiffusion
+from .outputs import (
+    RunLock,
+    check_fresh_start,
+    check_out_arg,
+    check_writable_files,
+    refuse_inputs,
+)
 from .report import (
     OutputFiles,
     SampleStore,
@@ -52,7 +73,7 @@ from .report import (
     write_json,
     write_per_step_csv,
 )
-from .training import TrainConfig, TrainResult, train
+from .training import TrainConfig, TrainResult, check_train_settings, train
 
 __all__ = ["main"]
 
@@ -201,9 +222,11 @@ def _train_and_report(
     a: argparse.Namespace, command: str, *, source: str | None, protocol: Protocol
 ) -> None:
     # every check before any work: a bad --samples or an unwritable --out fails now, not after
-    # the hour of training it would follow
+    # the hour of training it would follow; nothing is created for a run that cannot start
     device = _device(a.device)
+    out = check_out_arg(a.out)
     _check_sampling(a, batch_size=_EVAL_BATCH)
+    check_num_steps(a.steps, a.num_train_steps, name="--steps", t_name="--diffusion_steps")
     tc = TrainConfig(**{field: getattr(a, field) for field in _TRAIN_FLAGS})
     data = load_dataset(
         source, lookback=a.lookback, horizon=a.horizon, protocol=protocol, download=a.download
@@ -214,11 +237,33 @@ def _train_and_report(
         n_time_features=data.n_marks,
         **{field: _field_value(a, field) for field in _MODEL_FLAGS},
     )
-    out = prepare_output_dir(a.out, name="--out")
+    check_train_settings(tc, config, data, device=device, world=torchrun_rank_world()[1])
+    _check_memory(a, config, len(data.test), _EVAL_BATCH, device)
     files = OutputFiles.beside(out / "results.json")
-    plot = _can_plot()
     checkpoint = out / "model.pt"
+    writes = [checkpoint, *_outputs(a, files)]
+    refuse_inputs(writes, {"the data": data.source})
+    prepare_output_dir(out, name="--out")
+    with _lock(out):
+        check_fresh_start(checkpoint, resume=a.resume, overwrite=a.overwrite)
+        check_writable_files(writes)
+        plot = _can_plot()
+        _train_locked(a, command, data, config, tc, files, checkpoint, device, plot=plot)
 
+
+def _train_locked(
+    a: argparse.Namespace,
+    command: str,
+    data: ForecastDataset,
+    config: ForecastConfig,
+    tc: TrainConfig,
+    files: OutputFiles,
+    checkpoint: Path,
+    device: torch.device,
+    *,
+    plot: bool,
+) -> None:
+    """Train and score, every check passed and --out locked."""
     torch.manual_seed(a.seed)  # the weight initialisation (the library never seeds globally)
     model = ITransformerDiffusion(config)
     n_params = sum(p.numel() for p in model.parameters())
@@ -266,7 +311,18 @@ def _evaluate(a: argparse.Namespace) -> None:
     _check_sampling(a, batch_size=a.batch_size)
     checkpoint = Path(a.checkpoint)
     files = OutputFiles.beside(_results_path(a.out, checkpoint, a.split))
+    writes = _outputs(a, files)
+    refuse_inputs(writes, {"the checkpoint": checkpoint})
     check_output_file(files.results, name="--out")
+    with _lock(files.results.parent):
+        check_writable_files(writes)
+        _evaluate_locked(a, checkpoint, files, device)
+
+
+def _evaluate_locked(
+    a: argparse.Namespace, checkpoint: Path, files: OutputFiles, device: torch.device
+) -> None:
+    """Load, check and score a checkpoint, every output checked and its folder locked."""
     plot = _can_plot()
     try:
         model = ITransformerDiffusion.load(
@@ -278,7 +334,11 @@ def _evaluate(a: argparse.Namespace) -> None:
             .replace("pass allow_unfinished=True", "pass --allow-unfinished")
             .replace("train(..., checkpoint=path, resume=True)", "diffsample train --resume")
         ) from None
+    c = model.config
+    check_num_steps(a.steps, c.num_train_steps, name="--steps", t_name=f"the model in {checkpoint}")
     data = _evaluation_data(a, model)
+    refuse_inputs(_outputs(a, files), {"the data": data.source})
+    _check_memory(a, c, len(getattr(data, a.split)), a.batch_size, device)
     n_params = sum(p.numel() for p in model.parameters())
     _say(
         f"checkpoint: {checkpoint} ({n_params / 1e6:.2f}M parameters, {model.config.denoiser} "
@@ -378,6 +438,14 @@ def _score_and_write(
     # the scores are on screen already; the results file is written first, each file atomically
     _say(f"results: {write_json(files.results, report)}")
     _say(f"per-step scores: {write_per_step_csv(files.per_step, ev.per_step)}")
+    if store is not None:  # before the chart: an optional picture never costs the samples
+        saved = store.save(
+            files.samples,
+            data=data.spec(),
+            split=split_name,
+            units="scaled (the data spec's scaler_mean and scaler_std map them back)",
+        )
+        _say(f"samples: {saved} ([S, W, H, N] = {list(store.samples.shape)} float32)")
     if plot:
         samples, truth, history, ids = keeper.stacked()
         inv = data.scaler.inverse_transform  # the chart in the data's own units
@@ -392,14 +460,6 @@ def _score_and_write(
             f"{ev.sampler} {ev.steps} steps",
         )
         _say(f"fan chart: {chart}")
-    if store is not None:
-        saved = store.save(
-            files.samples,
-            data=data.spec(),
-            split=split_name,
-            units="scaled (the data spec's scaler_mean and scaler_std map them back)",
-        )
-        _say(f"samples: {saved} ([S, W, H, N] = {list(store.samples.shape)} float32)")
 
 
 # ---------------------------------------------------------------------------------------- checks
@@ -442,6 +502,44 @@ def _check_sampling(a: argparse.Namespace, *, batch_size: int) -> None:
         batch_size=batch_size,
         max_windows=a.windows,
     )
+
+
+def _check_memory(
+    a: argparse.Namespace, c: ForecastConfig, n_split: int, batch_size: int, device: torch.device
+) -> None:
+    """--samples, --windows and --save-samples against the memory available, before anything
+    is allocated: each forecast call's samples (and the metrics' copies) on the device, and with
+    --save-samples all of them [S, W, H, N] float32 on the CPU."""
+    n = n_split if a.windows is None else min(a.windows, n_split)
+    world = torchrun_rank_world()[1]
+    per_call = min(batch_size, -(-n // world))
+    H, N = c.horizon, c.n_variates
+    needed = {device: sampling_bytes(a.samples, per_call, H, N)}
+    what = f"{a.samples} samples x [{H}, {N}] (H, N) for {per_call} windows per call"
+    if a.save_samples:
+        cpu = torch.device("cpu")
+        needed[cpu] = needed.get(cpu, 0) + (a.samples + 2) * n * H * N * 4  # + targets, point
+        what += f" and {n} windows kept (--save-samples)"
+    for where, nbytes in needed.items():
+        check_sampling_memory(
+            nbytes,
+            where,
+            name="--samples",
+            what=what,
+            hint="lower --samples, --windows or --batch_size",
+        )
+
+
+def _outputs(a: argparse.Namespace, files: OutputFiles) -> list[Path]:
+    """The result files this run may write (the fan chart whether or not it will be drawn)."""
+    return [files.results, files.per_step, files.fan_chart] + (
+        [files.samples] if a.save_samples else []
+    )
+
+
+def _lock(folder: Path) -> contextlib.AbstractContextManager[object]:
+    """--out's lock for the run's life; under torchrun rank 0's (the one that writes)."""
+    return RunLock(folder, name="--out") if _rank() == 0 else contextlib.nullcontext()
 
 
 def _check_enc_in(enc_in: int | None, data: ForecastDataset) -> None:
@@ -518,7 +616,7 @@ def _results_path(out: str | None, checkpoint: Path, split: str) -> Path:
     name = f"eval_{split}.json"
     if out is None:
         return checkpoint.with_name(name)
-    p = Path(out)
+    p = check_out_arg(out)
     return p / name if p.is_dir() or out.endswith(("/", "\\")) else p
 
 
@@ -581,6 +679,29 @@ def _print_scores(ev: Evaluation, split: str, source: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------- parser
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser with its errors as one line, as every other error of the command:
+    ``diffsample: error: argument --train_epochs/--epochs: invalid int value: 'x' (...)``,
+    exit status 2, not the usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        message = _FLAG_LIST.sub(lambda m: _short_flags(m[1]), message)
+        self.exit(2, f"{_who()}: error: {message} ({self.prog} --help lists the flags)\n")
+
+
+# argparse names a flag by all its spellings: "argument --batch_size/--batch-size: ..."
+_FLAG_LIST = re.compile(r"(?<=argument )(--?[\w-]+(?:/--?[\w-]+)+)")
+
+
+def _short_flags(spellings: str) -> str:
+    """``--train_epochs/--train-epochs/--epochs`` -> ``--train_epochs/--epochs``: one spelling
+    each (``-`` and ``_`` alike), so the line stays short."""
+    seen: dict[str, str] = {}
+    for flag in spellings.split("/"):
+        seen.setdefault(flag.replace("-", "_"), flag)
+    return "/".join(seen.values())
+
+
 class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
     """The docstring as written; each flag's spellings once with one metavar; its default after
     its help (a flag whose default is None says in its help what None means)."""
@@ -653,7 +774,7 @@ _EVAL_BATCH: int = _EVAL["batch_size"]
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="diffsample", description=__doc__, formatter_class=_Formatter, allow_abbrev=False
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="{demo,train,evaluate}")
@@ -708,6 +829,12 @@ def _parser() -> argparse.ArgumentParser:
             "--resume",
             action="store_true",
             help="continue the killed run saved in --out/model.pt (pass the same flags)",
+        )
+        g.add_argument(
+            "--overwrite",
+            action="store_true",
+            help="start afresh over an unfinished run (or another file) in --out/model.pt, "
+            "losing it; without it or --resume such a run is refused",
         )
 
     def sampling(
@@ -812,11 +939,14 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
-    args = _parser().parse_args(argv)
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a bad flag (2: one line, _Parser.error)
+        return exc.code if isinstance(exc.code, int) else 2
     threads = torch.get_num_threads()
     try:
         if args.threads is not None:  # for this command only (main may run in-process)
-            torch.set_num_threads(check_int("--threads", args.threads))
+            torch.set_num_threads(_check_threads(args.threads))
         args.run(args)
     except KeyboardInterrupt:
         hint = (
@@ -839,6 +969,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         torch.set_num_threads(threads)
     return 0
+
+
+def _check_threads(threads: object) -> int:
+    """--threads within the machine's CPUs: a million threads kill the interpreter inside the
+    OpenMP runtime, past any error handling."""
+    cpus = os.cpu_count() or 1
+    n = check_int("--threads", threads)
+    if n > cpus:
+        raise ValueError(expected("--threads", f"at most the {cpus} CPUs of this machine", threads))
+    return n
 
 
 def _who() -> str:
