@@ -304,9 +304,11 @@ def _per_condition(
     for key, (name, v) in given.items():
         if v is None:
             continue
-        v = check_tensor(name, v, floating=key != _KM)
-        if key == _KM and v.dtype != torch.bool:
-            raise TypeError(expected(name, "a bool tensor (True where the value is known)", v))
+        if key == _KM:
+            if not (isinstance(v, torch.Tensor) and v.dtype == torch.bool):
+                raise TypeError(expected(name, "a bool tensor (True where the value is known)", v))
+        else:
+            v = check_tensor(name, v, floating=True)
         if v.ndim != len(E) + 1 or tuple(v.shape[1:]) != E:
             raise ValueError(expected(name, f"shape [B, {', '.join(map(str, E))}] ([B, *E])", v))
         out[key] = v

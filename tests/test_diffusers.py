@@ -154,3 +154,62 @@ def test_ddpm_matches_diffusers(variance, prediction):
     for i, t in enumerate(ref.timesteps[:compared]):
         x = ref.step(_toy(x, t.expand(x.shape[0])), t, x, generator=g_ref).prev_sample
         torch.testing.assert_close(ours[i], x, rtol=TOL, atol=TOL)
+
+
+@pytest.mark.parametrize("clipped_eps", [False, True])
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+def test_ddim_clip_conventions_match_diffusers(clipped_eps, prediction):
+    """``clip_eps="raw"`` is diffusers' ``use_clipped_model_output=False`` (its default) and
+    "rederive" is ``True``, with ``clip_sample_range`` as the bound."""
+    sch = _schedule("cosine")
+    ref = diffusers.DDIMScheduler(
+        num_train_timesteps=T,
+        trained_betas=sch.betas.numpy(),
+        prediction_type=PREDICTION[prediction],
+        timestep_spacing="trailing",
+        set_alpha_to_one=True,
+        clip_sample=True,
+        clip_sample_range=0.9,
+    )
+    _float64(ref, sch)
+    ref.set_timesteps(10)
+    grid = sch.timesteps(10, "trailing")
+    rule = "rederive" if clipped_eps else "raw"
+    ours = _ours("ddim", sch, grid, prediction, clip_x0=0.9, clip_eps=rule)
+    x = _x()
+    for i, t in enumerate(ref.timesteps):
+        out = _toy(x, t.expand(x.shape[0]))
+        x = ref.step(out, t, x, use_clipped_model_output=clipped_eps).prev_sample
+        torch.testing.assert_close(ours[i], x, rtol=TOL, atol=TOL)
+
+
+def test_dynamic_threshold_matches_diffusers():
+    """``DynamicThreshold`` is diffusers' ``thresholding=True`` rule, inside a DDIM loop."""
+    from diffsample.prediction import DynamicThreshold
+
+    sch = _schedule("linear")
+    ref = diffusers.DDIMScheduler(
+        num_train_timesteps=T,
+        trained_betas=sch.betas.numpy(),
+        timestep_spacing="trailing",
+        set_alpha_to_one=True,
+        thresholding=True,
+        dynamic_thresholding_ratio=0.9,
+        sample_max_value=2.5,
+    )
+    _float64(ref, sch)
+    ref.set_timesteps(10)
+    x = 2 * torch.randn(16, 5, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    seen: list[torch.Tensor] = []
+    SAMPLERS["ddim"](
+        _toy,
+        x,
+        sch,
+        sch.timesteps(10, "trailing"),
+        clip_x0=DynamicThreshold(0.9, 2.5),
+        clip_eps="raw",
+        callback=lambda d: seen.append(d["x"]),
+    )
+    for i, t in enumerate(ref.timesteps):
+        x = ref.step(_toy(x, t.expand(x.shape[0])), t, x).prev_sample
+        torch.testing.assert_close(seen[i], x, rtol=TOL, atol=TOL)
