@@ -246,7 +246,7 @@ def _train_and_report(
     prepare_output_dir(out, name="--out")
     with _lock(out):
         check_fresh_start(checkpoint, resume=a.resume, overwrite=a.overwrite)
-        check_writable_files(writes)
+        _check_writable(writes)
         plot = _can_plot()
         _train_locked(a, command, data, config, tc, files, checkpoint, device, plot=plot)
 
@@ -315,7 +315,7 @@ def _evaluate(a: argparse.Namespace) -> None:
     refuse_inputs(writes, {"the checkpoint": checkpoint})
     check_output_file(files.results, name="--out")
     with _lock(files.results.parent):
-        check_writable_files(writes)
+        _check_writable(writes)
         _evaluate_locked(a, checkpoint, files, device)
 
 
@@ -535,6 +535,13 @@ def _outputs(a: argparse.Namespace, files: OutputFiles) -> list[Path]:
     return [files.results, files.per_step, files.fan_chart] + (
         [files.samples] if a.save_samples else []
     )
+
+
+def _check_writable(paths: list[Path]) -> None:
+    """The output names, checked by the rank that writes them (probes of several ranks at one
+    name would collide)."""
+    if _rank() == 0:
+        check_writable_files(paths)
 
 
 def _lock(folder: Path) -> contextlib.AbstractContextManager[object]:
