@@ -26,7 +26,8 @@ Import from here; the modules are the implementation, one job each:
     reader         CSV reading and parsing, with file / line / column in every error
     splits         the split borders, scaling and cutting the splits, load_csv
     synthetic      synthetic_dataset
-    spec           data_spec, check_data_spec: what a model was trained on, and the check
+    spec           data_spec, check_data_spec, reload_data: what a model was trained on, the
+                   check, and getting those data back (never from a path the spec names)
     download       download_ett, the cache folder, finding ETT files
     loader         load_dataset
 """
@@ -45,7 +46,7 @@ from .reader import ETT_COLUMNS as ETT_COLUMNS
 from .reader import PathLike as PathLike
 from .scaler import ArrayOrTensor as ArrayOrTensor
 from .scaler import StandardScaler
-from .spec import check_data_spec
+from .spec import check_data_spec, reload_data
 from .splits import Protocol as Protocol
 from .splits import load_csv
 from .synthetic import synthetic_dataset
@@ -61,6 +62,7 @@ __all__ = [
     "download_ett",
     "load_csv",
     "load_dataset",
+    "reload_data",
     "synthetic_dataset",
     "time_features",
 ]

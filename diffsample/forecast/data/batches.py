@@ -37,6 +37,23 @@ def check_window_lengths(lookback: object, horizon: object) -> tuple[int, int]:
     return check_int("lookback", lookback), check_int("horizon", horizon)
 
 
+def _check_finite_rows(name: str, x: torch.Tensor, start: object) -> None:
+    """ValueError naming the row (and the source row, ``start`` + row) and the column of the
+    first NaN or infinite value of ``x`` ``[T, C]``: a window holding one trains or scores as
+    NaN, far from where the value came from."""
+    if not x.is_floating_point():
+        return
+    bad = ~torch.isfinite(x)  # [T, C]
+    if not bool(bad.any()):
+        return
+    i, j = (int(k) for k in torch.nonzero(bad)[0])
+    source_row = f" (source row {int(start) + i})" if isinstance(start, (int, np.integer)) else ""
+    raise ValueError(
+        f"{name}: expected finite values, got {float(x[i, j])} at row {i}{source_row}, column "
+        f"{j} ({int(bad.sum())} NaN/inf value(s) in all)"
+    )
+
+
 @dataclass(frozen=True, eq=False)
 class WindowBatch:
     """A batch of forecasting windows (Time-Series-Library layout).
@@ -95,6 +112,8 @@ class ForecastSplit:
                     m,
                 )
             )
+        for field, x in (("values", v), ("marks", m)):
+            _check_finite_rows(f"ForecastSplit {self.name!r}: {field}", x, self.start)
         lookback, horizon = check_window_lengths(self.lookback, self.horizon)
         object.__setattr__(self, "lookback", lookback)  # a numpy integer becomes an int
         object.__setattr__(self, "horizon", horizon)
@@ -225,6 +244,11 @@ class ForecastDataset:
         source: the CSV's absolute path, or the synthetic generator's call
             (``"synthetic(n_steps=6000, n_variates=7, seed=0)"``); ``load_dataset(source)``
             reloads either.
+        digest: sha256 (hex) of the raw float64 values and timestamps of the rows the splits
+            use (:func:`~diffsample.forecast.data.splits.values_digest`), for data read from a
+            file; None for the synthetic data (a pure function of its source) or a dataset
+            built by hand. The data spec records it, and ``check_data_spec`` refuses data whose
+            values changed.
     """
 
     train: ForecastSplit
@@ -238,6 +262,7 @@ class ForecastDataset:
     freq: str
     protocol: str
     source: str
+    digest: str | None = None
 
     @property
     def n_variates(self) -> int:

@@ -5,11 +5,9 @@ Dimensions: L lookback, H horizon (passed through to the loaders).
 
 from __future__ import annotations
 
-import os
-
 from ..._utils import check_bool, check_choice, check_path
 from .batches import ForecastDataset
-from .download import ETT_NAMES, cache_root, download_ett, find_ett
+from .download import ETT_NAMES, locate_ett
 from .reader import PathLike
 from .splits import Protocol, load_csv
 from .synthetic import synthetic_call, synthetic_dataset
@@ -67,15 +65,7 @@ def load_dataset(
     stem = p.name.removesuffix(".csv")
     # a bare name only: "data/ETTh1.csv" that is not a file is a wrong path, not a name
     if isinstance(source, str) and stem in ETT_NAMES and str(p.parent) == ".":
-        found = find_ett(stem) or (download_ett(stem) if download else None)
-        if found is None:
-            env = os.environ.get("DIFFSAMPLE_ETT_DIR")
-            where = [f"$DIFFSAMPLE_ETT_DIR={env}"] if env else []
-            where.append(str(cache_root(None) / "ETT-small"))
-            raise FileNotFoundError(
-                f"{stem}.csv not found (looked in {', '.join(where)}); pass download=True, call "
-                f"download_ett({stem!r}), set DIFFSAMPLE_ETT_DIR, or pass the file's path"
-            )
+        found = locate_ett(stem, download=download)
         return load_csv(found, lookback=lookback, horizon=horizon, protocol=protocol, freq=freq)
     raise FileNotFoundError(
         f"source: {str(source)!r} is not a file; expected None (synthetic data), a CSV path, "

@@ -1,10 +1,15 @@
-"""Reading a CSV with a ``date`` column into timestamps and float64 values.
+"""Reading a CSV with a ``date`` column into timestamps and float64 values, in one checked pass.
 
 Dimensions: n data rows of the file, N variate columns.
 
 Every check names the file (or the label given), the line as an editor shows it (1-based,
 the header included, blank lines counted) and the column of the first bad cell. Nothing is
-imputed: an empty, ``NaN``, infinite or non-numeric cell is an error.
+imputed: an empty, ``NaN``, infinite or non-numeric cell is an error. The file is read as
+UTF-8 (a byte-order mark allowed) in chunks, line by line: bytes that are not UTF-8 (a Latin-1
+or UTF-16 file, a binary file), a NUL character, a quoted cell that runs past the end of its
+line, a cell longer than :data:`MAX_CELL_CHARS`, a line longer than :data:`MAX_LINE_BYTES` or a
+header of more than :data:`MAX_COLUMNS` columns stop the reading there, before the rest of the
+file is read.
 """
 
 from __future__ import annotations
@@ -12,7 +17,8 @@ from __future__ import annotations
 import csv
 import math
 import os
-from collections.abc import Iterable
+import re
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TypeAlias
@@ -21,8 +27,12 @@ import numpy as np
 
 __all__ = [
     "ETT_COLUMNS",
+    "MAX_CELL_CHARS",
+    "MAX_COLUMNS",
+    "MAX_LINE_BYTES",
     "PathLike",
     "Table",
+    "parse_bytes",
     "parse_date",
     "parse_table",
     "read_table",
@@ -34,6 +44,18 @@ ETT_COLUMNS: tuple[str, ...] = ("date", "HUFL", "HULL", "MUFL", "MULL", "LUFL", 
 # what datetime.fromisoformat does not read but CSV exports often hold
 _SLASH_FORMATS = ("%Y/%m/%d %H:%M:%S", "%Y/%m/%d %H:%M", "%Y/%m/%d")
 
+# Limits of what a CSV may hold, far above real data (a timestamp or a number is under 40
+# characters, ETT has 8 columns) and checked as the file is read, so that a malformed or
+# hostile file is refused at its first bad line instead of filling memory
+MAX_CELL_CHARS = 1000  # characters in one cell (a column name included)
+MAX_COLUMNS = 100_001  # the date and up to 100000 variates, ForecastConfig's limit
+MAX_LINE_BYTES = 16 << 20  # bytes in one line
+_CHUNK = 1 << 16
+_EOL = re.compile(rb"\r\n|\r|\n")  # what csv and universal newlines end a line at
+_UTF8_BOM = b"\xef\xbb\xbf"
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+_QUOTE_OR_COMMA = re.compile(r'[",]')
+
 
 @dataclass(frozen=True)
 class Table:
@@ -42,6 +64,7 @@ class Table:
     columns: tuple[str, ...]  # the N variate names, in file order
     dates: np.ndarray  # [n] datetime64[s], strictly increasing
     values: np.ndarray  # [n, N] float64, all finite
+    lines: np.ndarray | None = None  # [n] int64: each row's 1-based line in the file
 
 
 def parse_date(text: str) -> datetime | None:
@@ -63,53 +86,229 @@ def parse_date(text: str) -> datetime | None:
 
 
 def read_table(path: PathLike, *, ett: bool) -> Table:
-    """Read a CSV file (UTF-8, a byte-order mark allowed); see ``parse_table``."""
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        return parse_table(fh, ett=ett, label=str(path))
+    """Read a CSV file (UTF-8, a byte-order mark allowed) in chunks; see ``parse_table``."""
+    with open(path, "rb") as fh:
+        return _parse(_byte_lines(fh.read, label=str(path)), ett, str(path))
+
+
+def parse_bytes(data: bytes, *, ett: bool, label: str) -> Table:
+    """A CSV held in memory (a download) read exactly as ``read_table`` reads a file."""
+    view = memoryview(data)
+    pos = 0
+
+    def read(size: int) -> bytes:
+        nonlocal pos
+        chunk = bytes(view[pos : pos + size])
+        pos += len(chunk)
+        return chunk
+
+    return _parse(_byte_lines(read, label=label), ett, label)
 
 
 def parse_table(lines: Iterable[str], *, ett: bool, label: str) -> Table:
     """Parse CSV lines with a ``date`` column; every other column is a variate (file order).
 
     Args:
-        lines: the file's lines (an open text file, or ``io.StringIO`` of downloaded text).
+        lines: the file's lines, one row each (an open text file, or ``io.StringIO`` of text);
+            a line's ending is dropped.
         ett: demand exactly the ETT header ``date,HUFL,HULL,MUFL,MULL,LUFL,LULL,OT``.
         label: what the messages call the source (the file's path).
 
     Returns:
-        Table with dates ``[n]`` and values ``[n, N]``. Blank lines are skipped.
+        Table with dates ``[n]``, values ``[n, N]`` and each row's line ``[n]``. Blank lines are
+        skipped.
 
     Raises:
         ValueError: naming ``label``, the line and the column of the first problem.
     """
+    return _parse((line.rstrip("\r\n") for line in lines), ett, label)
+
+
+def _byte_lines(read: Callable[[int], bytes], *, label: str) -> Iterator[bytes]:
+    """The lines of a byte stream, their endings (``\\n``, ``\\r\\n``, ``\\r``) dropped, read
+    ``_CHUNK`` bytes at a time; ValueError as soon as a line passes ``MAX_LINE_BYTES``."""
+    pending = bytearray()
+    scanned, line = 0, 1  # bytes of pending already searched for an ending; its first line
+    while True:
+        chunk = read(_CHUNK)
+        pending += chunk
+        pos = 0
+        while True:
+            end = _EOL.search(pending, max(pos, scanned - 1))
+            # a \r last in the buffer may be half of a \r\n: wait for the next chunk
+            if end is None or (chunk and end.end() == len(pending) and end.group() == b"\r"):
+                break
+            _check_line_length(end.start() - pos, line, label)
+            yield bytes(pending[pos : end.start()])
+            pos, line = end.end(), line + 1
+        del pending[:pos]
+        scanned = len(pending)
+        _check_line_length(scanned, line, label)
+        if not chunk:
+            if pending:
+                yield bytes(pending)
+            return
+
+
+def _check_line_length(n_bytes: int, line: int, label: str) -> None:
+    if n_bytes > MAX_LINE_BYTES:
+        raise ValueError(
+            f"{label}: line {line}: longer than {MAX_LINE_BYTES} bytes (the reader's limit, "
+            "MAX_LINE_BYTES); expected a CSV file of one row per line"
+        )
+
+
+def _decoded(raw: bytes, line: int, header: list[str] | None, label: str) -> str:
+    """A byte line as UTF-8 text (a byte-order mark dropped from line 1); ValueError naming
+    the line and the column of the first bytes that are not UTF-8."""
+    if line == 1:
+        if raw.startswith(_UTF16_BOMS):
+            raise ValueError(
+                f"{label}: line 1, column 1: a UTF-16 byte-order mark ({raw[:2]!r}); expected "
+                "a UTF-8 text file (save it as UTF-8)"
+            )
+        raw = raw.removeprefix(_UTF8_BOM)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        before = raw[: err.start].decode("utf-8", "replace")
+        bad = raw[err.start : min(err.end, err.start + 4)]
+        raise ValueError(
+            f"{_where(label, line, header, _column_at(before))}: bytes that are not UTF-8 "
+            f"({bad!r} at character {len(before) + 1} of the line); expected a UTF-8 text file "
+            "(a binary, Latin-1 or UTF-16 file? save it as UTF-8)"
+        ) from None
+
+
+def _spans(text: str, limit: int) -> tuple[list[tuple[int, int]], bool]:
+    """The ``(start, end)`` of each cell of a line as csv's default dialect splits it (a quote
+    opens a quoted cell only at its start, ``""`` inside one is a quote), at most ``limit + 1``
+    of them, and whether a quoted cell is left open at the end."""
+    spans: list[tuple[int, int]] = []
+    start, quoted, skip = 0, False, -1
+    for m in _QUOTE_OR_COMMA.finditer(text):
+        pos = m.start()
+        if pos == skip:
+            continue
+        if m.group() == '"':
+            if quoted and text.startswith('""', pos):
+                skip = pos + 1  # an escaped quote
+            elif quoted:
+                quoted = False
+            elif pos == start:
+                quoted = True
+        elif not quoted:
+            spans.append((start, pos))
+            start = pos + 1
+            if len(spans) > limit:
+                return spans, False
+    spans.append((start, len(text)))
+    return spans, quoted
+
+
+def _column_at(prefix: str) -> int:
+    """The 0-based column a line's text ``prefix`` ends in."""
+    if '"' not in prefix:
+        return prefix.count(",")
+    return len(_spans(prefix, MAX_COLUMNS)[0]) - 1
+
+
+def _where(label: str, line: int, header: list[str] | None, column: int) -> str:
+    """``label: line n, column 'name'`` (``column k``, 1-based, before the header is known)."""
+    name = repr(header[column]) if header is not None and column < len(header) else column + 1
+    return f"{label}: line {line}, column {name}"
+
+
+def _check_cells(text: str, line: int, header: list[str] | None, label: str) -> None:
+    """ValueError for a NUL, a quoted cell left open at the end of the line, more than
+    ``MAX_COLUMNS`` cells or a cell longer than ``MAX_CELL_CHARS``; called only on a line
+    long enough to hold such a cell, or holding a quote or a NUL."""
+    if "\x00" in text:
+        col = _column_at(text[: text.index("\x00")])
+        raise ValueError(
+            f"{_where(label, line, header, col)}: a NUL character; expected a text file"
+        )
+    if '"' in text:
+        spans, open_quote = _spans(text, MAX_COLUMNS)
+    else:  # the common long line: split in C
+        lengths = [len(c) for c in text.split(",", MAX_COLUMNS)]
+        starts = np.cumsum([0] + [n + 1 for n in lengths[:-1]]).tolist()
+        spans, open_quote = [(a, a + n) for a, n in zip(starts, lengths, strict=True)], False
+    if len(spans) > MAX_COLUMNS:
+        raise ValueError(
+            f"{label}: line {line}: more than {MAX_COLUMNS} cells (the reader's limit, "
+            "MAX_COLUMNS); expected a date and at most 100000 variates"
+        )
+    for col, (lo, hi) in enumerate(spans):
+        if hi - lo > MAX_CELL_CHARS:
+            raise ValueError(
+                f"{_where(label, line, header, col)}: a cell of {hi - lo} characters; expected "
+                f"at most {MAX_CELL_CHARS} (the reader's limit, MAX_CELL_CHARS)"
+            )
+    if open_quote:
+        raise ValueError(
+            f"{_where(label, line, header, len(spans) - 1)}: a quoted cell runs past the end "
+            "of the line; expected one row per line (close the quote)"
+        )
+
+
+class _CheckedLines:
+    """The texts of lines (str, or UTF-8 bytes decoded here), each checked by ``_check_cells``
+    where it could hold a bad cell; ``line`` is the last one's number (1-based), ``header``
+    (set by the parser) names the columns in messages."""
+
+    def __init__(self, lines: Iterable[str | bytes], label: str) -> None:
+        self._lines = iter(lines)
+        self.label = label
+        self.line = 0
+        self.header: list[str] | None = None
+
+    def __iter__(self) -> _CheckedLines:
+        return self
+
+    def __next__(self) -> str:
+        text = next(self._lines)
+        self.line += 1
+        if isinstance(text, bytes):
+            text = _decoded(text, self.line, self.header, self.label)
+        if len(text) > MAX_CELL_CHARS or '"' in text or "\x00" in text:
+            _check_cells(text, self.line, self.header, self.label)
+        return text
+
+
+def _parse(lines: Iterable[str | bytes], ett: bool, label: str) -> Table:
+    """``parse_table`` of the lines of a file (str, or UTF-8 bytes), their endings dropped."""
     p = label
     rows: list[list[str]] = []
     lines_of: list[int] = []  # the 1-based line of each row, for messages
-    reader = csv.reader(lines)
+    checked = _CheckedLines(lines, label)
     header: list[str] | None = None
     header_line = 0
-    for row in reader:
+    for row in csv.reader(checked):
+        line = checked.line
         if not row or all(not c.strip() for c in row):
             continue
         if header is None:
             header = [c.strip() for c in row]
-            header_line = reader.line_num
+            header_line = line
+            if len(header) > MAX_COLUMNS:
+                raise ValueError(
+                    f"{p}: line {line} (header): {len(header)} columns; expected at most "
+                    f"{MAX_COLUMNS} (the reader's limit, MAX_COLUMNS)"
+                )
+            _check_header(header, header_line, ett=ett, label=p)
+            checked.header = header
             continue
+        if len(row) != len(header):
+            _wrong_cell_count(row, line, header, p)
         rows.append(row)
-        lines_of.append(reader.line_num)
+        lines_of.append(line)
     if header is None:
         raise ValueError(f"{p}: the file is empty; expected a header line with a 'date' column")
-    _check_header(header, header_line, ett=ett, label=p)
     if not rows:
         raise ValueError(f"{p}: no data rows after the header on line {header_line}")
 
     n_cols = len(header)
-    for row, line in zip(rows, lines_of, strict=True):
-        if len(row) != n_cols:
-            raise ValueError(
-                f"{p}: line {line}: {len(row)} cell(s), expected {n_cols} (one per header "
-                f"column: {','.join(header)})"
-            )
     di = header.index("date")
     vcols = [j for j in range(n_cols) if j != di]
     names = tuple(header[j] for j in vcols)
@@ -155,7 +354,23 @@ def parse_table(lines: Iterable[str], *, ett: bool, label: str) -> Table:
                     )
         # every cell is finite to float() although numpy's parser refused one: use float()'s
         values = np.array([[float(c) for c in row] for row in cells], dtype=np.float64)
-    return Table(columns=names, dates=dates, values=values)
+    return Table(
+        columns=names, dates=dates, values=values, lines=np.array(lines_of, dtype=np.int64)
+    )
+
+
+def _wrong_cell_count(row: list[str], line: int, header: list[str], label: str) -> None:
+    """ValueError for a row of the wrong length, naming the first column it lacks or passes."""
+    n, n_cols = len(row), len(header)
+    where = (
+        f"column {header[n]!r} is missing"
+        if n < n_cols
+        else f"a cell past the last column {header[-1]!r}"
+    )
+    raise ValueError(
+        f"{label}: line {line}: {n} cell(s), expected {n_cols} ({where}; one cell per header "
+        f"column: {','.join(header)})"
+    )
 
 
 def _check_header(header: list[str], line: int, *, ett: bool, label: str) -> None:

@@ -4,13 +4,17 @@ Dimensions: N variates, F time features, L lookback, H horizon.
 
 ``data_spec(data)`` (also ``ForecastDataset.spec()``) records where the data came from and
 everything that decides what a window means: the split protocol and borders, the window
-lengths, the variate and time-feature names and the scaler's statistics. ``train`` stores it in
-the model, the checkpoint keeps it, and ``check_data_spec`` refuses data that differ from it:
-a model trained on ETTh1 is never scored on other data without a word.
+lengths, the variate and time-feature names, the scaler's statistics and a digest of the
+values. ``train`` stores it in the model, the checkpoint keeps it, and ``check_data_spec``
+refuses data that differ from it: a model trained on ETTh1 is never scored on other data, or on
+rows edited since, without a word.
 
-``spec["source"]`` round-trips: ``load_dataset(spec["source"], lookback=spec["lookback"],
-horizon=spec["horizon"])`` reloads the same data (a CSV's absolute path, or the synthetic
-generator's ``"synthetic(n_steps=..., n_variates=..., seed=...)"`` call).
+A spec names data; it never names a file to read on its own authority (a checkpoint is a file
+anyone can write). ``reload_data(spec)`` gets the data back from the same named dataset (an ETT
+name, found the usual way, or the synthetic generator's call) or from a path the caller
+passes; ``spec["source"]`` (a CSV's absolute path, or the synthetic generator's
+``"synthetic(n_steps=..., n_variates=..., seed=...)"`` call) says where the data came from and
+is never opened.
 """
 
 from __future__ import annotations
@@ -18,13 +22,17 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from ..._utils import expected
-from .batches import ForecastDataset
-from .download import ETT_NAMES
+from ..._utils import check_bool, check_choice, check_path, expected
+from .batches import ForecastDataset, check_window_lengths
+from .download import ETT_NAMES, locate_ett
+from .reader import PathLike
+from .splits import Protocol, load_csv
+from .synthetic import synthetic_call, synthetic_dataset
+from .timefeatures import Freq
 
-__all__ = ["SPEC_FIELDS", "check_data_spec", "data_spec"]
+__all__ = ["SPEC_FIELDS", "check_data_spec", "data_spec", "reload_data"]
 
 # the fields check_data_spec compares, in this order; "source" and "ett" only say where the data
 # came from (the same ETTh1 file may lie elsewhere on another machine), so they are not compared
@@ -51,9 +59,11 @@ def data_spec(data: ForecastDataset) -> dict[str, Any]:
 
     Returns:
         ``{"source", "ett", "protocol", "freq", "lookback", "horizon", "borders", "columns",
-        "time_features", "scaler_mean", "scaler_std"}``; ``borders`` is ``[[lo, hi]] * 3`` of
-        train, val and test among the source's rows, ``ett`` the ETT name (``"ETTh1"``, ...) of
-        an ETT file or None, the scaler statistics are ``[N]`` lists of floats.
+        "time_features", "scaler_mean", "scaler_std", "digest"}``; ``borders`` is
+        ``[[lo, hi]] * 3`` of train, val and test among the source's rows, ``ett`` the ETT name
+        (``"ETTh1"``, ...) of an ETT file or None, the scaler statistics are ``[N]`` lists of
+        floats, ``digest`` the dataset's :attr:`~ForecastDataset.digest` (the sha256 of the
+        rows' values, or None for the synthetic data).
     """
     if not isinstance(data, ForecastDataset):
         raise TypeError(expected("data", "a ForecastDataset (load_dataset)", data))
@@ -70,6 +80,7 @@ def data_spec(data: ForecastDataset) -> dict[str, Any]:
         "time_features": list(data.time_features),
         "scaler_mean": [float(v) for v in data.scaler.mean],
         "scaler_std": [float(v) for v in data.scaler.std],
+        "digest": data.digest,
     }
 
 
@@ -78,7 +89,11 @@ def check_data_spec(saved: Mapping[str, Any], data: ForecastDataset) -> None:
 
     Compares the fields of :data:`SPEC_FIELDS` in order and names the first that differs with
     both values; the scaler statistics agree within a relative tolerance of 1e-6 (the mean
-    relative to ``|mean| + std``, so a mean near zero is not compared to zero).
+    relative to ``|mean| + std``, so a mean near zero is not compared to zero). Then the
+    values' digest: a spec that records one (diffsample 0.5 on, for data read from a file)
+    refuses data whose rows changed, even where the statistics still agree. A spec without one
+    (older versions, or the synthetic data, a pure function of its source) is checked on the
+    fields alone, as before.
 
     Args:
         saved: ``model.data_spec`` (a ``data_spec`` dict, e.g. from a checkpoint).
@@ -91,7 +106,7 @@ def check_data_spec(saved: Mapping[str, Any], data: ForecastDataset) -> None:
     if not isinstance(saved, Mapping):
         raise TypeError(expected("saved", "a data spec dict (model.data_spec)", saved))
     now = data_spec(data)
-    where = f"(trained on {saved.get('source')!r}, given {now['source']!r})"
+    where = f"(trained on {_short(saved.get('source'))}, given {_short(now['source'])})"
     for field in SPEC_FIELDS:
         if field not in saved:
             raise ValueError(f"data spec: the saved spec has no field {field!r}; not a data spec")
@@ -103,8 +118,91 @@ def check_data_spec(saved: Mapping[str, Any], data: ForecastDataset) -> None:
         if not same:
             raise ValueError(
                 f"data: expected the data the model was trained on, got data that differ in "
-                f"{field}: trained with {_plain(a)!r}, given {_plain(b)!r} {where}"
+                f"{field}: trained with {_short(_plain(a))}, given {_short(_plain(b))} {where}"
             )
+    trained = saved.get("digest")
+    if trained is not None and trained != now["digest"]:
+        raise ValueError(
+            "data: expected the data the model was trained on, got data whose values differ "
+            f"(digest {_short(trained)} when trained, {_short(now['digest'])} given: rows "
+            f"edited since?) {where}"
+        )
+
+
+def reload_data(
+    spec: Mapping[str, Any], *, path: PathLike | None = None, download: bool = False
+) -> ForecastDataset:
+    """The data a data spec describes (``model.data_spec``), checked against it.
+
+    A spec names data; it never names a file to read on its own authority. The data come from:
+
+    - ``path``, when given: the caller's CSV, read with the spec's protocol, freq, lookback and
+      horizon;
+    - else the spec's ETT name (one of ``ETTh1``, ``ETTh2``, ``ETTm1``, ``ETTm2``), found in
+      ``$DIFFSAMPLE_ETT_DIR`` or the download cache, or fetched with ``download=True``;
+    - else the synthetic generator, for a spec whose source is its call (its sizes within the
+      generator's limits).
+
+    The spec of any other CSV needs ``path``: its ``source`` (the absolute path it was read
+    from) is never opened. The data are then checked with :func:`check_data_spec`, the digest
+    of the values included; an older spec without a digest is checked on its other fields.
+
+    Args:
+        spec: a data spec (``data_spec``, e.g. ``model.data_spec`` of a loaded checkpoint).
+        path: the CSV to read the data from (a str or path), or None.
+        download: fetch an ETT file found in neither place (off: nothing touches the network
+            unless asked).
+
+    Returns:
+        ForecastDataset equal in what the spec records to the data the model was trained on.
+
+    Raises:
+        TypeError: ``spec`` is not a mapping, ``path`` not a path, ``download`` not a bool.
+        ValueError: a spec field that no spec holds (a bad protocol, freq, window length or
+            ETT name), bad data (see ``load_csv``), or data that differ from the spec.
+        FileNotFoundError: an ETT file found nowhere, ``path`` missing, or the spec of a CSV
+            without ``path``.
+    """
+    if not isinstance(spec, Mapping):
+        raise TypeError(expected("spec", "a data spec dict (model.data_spec)", spec))
+    download = check_bool("download", download)
+    lookback, horizon = check_window_lengths(spec.get("lookback"), spec.get("horizon"))
+    protocol = cast(
+        Protocol, check_choice("data spec: protocol", spec.get("protocol"), _SPEC_PROTOCOLS)
+    )
+    freq = cast(Freq, check_choice("data spec: freq", spec.get("freq"), Freq))
+    kw: dict[str, Any] = {"lookback": lookback, "horizon": horizon, "protocol": protocol}
+    ett, source = spec.get("ett"), spec.get("source")
+    if path is not None:
+        data = load_csv(check_path("path", path), freq=freq, **kw)
+    elif ett is not None:
+        if ett not in ETT_NAMES:
+            raise ValueError(
+                expected("data spec: ett", f"None or one of {', '.join(ETT_NAMES)}", ett)
+            )
+        found = locate_ett(ett, download=download)
+        data = load_csv(found, freq=freq, **kw)
+    else:
+        call = synthetic_call(source) if isinstance(source, str) else None
+        if call is None:
+            raise FileNotFoundError(
+                f"data spec: the data came from {_short(source)}, which is reloaded only from "
+                "a path you pass (reload_data(spec, path=...); the command's --data): a data "
+                "spec never names a file to open"
+            )
+        data = synthetic_dataset(**call, lookback=lookback, horizon=horizon)
+    check_data_spec(spec, data)
+    return data
+
+
+# the protocols a spec records ("auto" is resolved before a dataset exists)
+_SPEC_PROTOCOLS = ("etth", "ettm", "custom")
+
+
+def _short(value: object) -> str:
+    """``repr(value)``, cut to 200 characters: a spec's strings come from a file."""
+    text = repr(value)
+    return text if len(text) <= 200 else text[:200] + "..."
 
 
 def _plain(v: object) -> object:

@@ -15,6 +15,7 @@ train rows only.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Literal, TypeAlias
@@ -35,9 +36,11 @@ __all__ = [
     "Protocol",
     "build_dataset",
     "custom_borders",
+    "custom_min_rows",
     "detect_protocol",
     "load_csv",
     "split_borders",
+    "values_digest",
 ]
 
 Protocol = Literal["auto", "etth", "ettm", "custom"]
@@ -69,6 +72,56 @@ def custom_borders(n: int, lookback: int) -> Borders:
 
 def _borders_ok(borders: Borders, lookback: int, horizon: int) -> bool:
     return all(lo >= 0 and hi - lo >= lookback + horizon for lo, hi in borders)
+
+
+# For n = 10 q + r rows (r in 0..9), exactly: int(0.7 n) = 7 q + _TRAIN[r],
+# int(0.2 n) = 2 q + _TEST[r], and the validation rows n - int(0.7 n) - int(0.2 n) = q + _VAL[r]
+_TRAIN = (0, 0, 1, 2, 2, 3, 4, 4, 5, 6)
+_TEST = (0, 0, 0, 0, 0, 1, 1, 1, 1, 1)
+_VAL = (0, 1, 1, 1, 2, 1, 1, 2, 2, 2)
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def custom_min_rows(n: int, lookback: int, horizon: int) -> int:
+    """The fewest rows above ``n`` whose 70/10/20 split (:func:`custom_borders`) gives every
+    split a window, computed, not searched (one step a row took seconds per million rows of
+    lookback).
+
+    A split needs int(0.7 m) >= L + H train rows and int(0.2 m) >= H test and m - int(0.7 m) -
+    int(0.2 m) >= H validation rows (the validation and test splits reach L rows back). For
+    m = 10 q + r each count is linear in q, so each residue r has a smallest q. Python's
+    ``int(m * 0.7)`` falls one short of 7 m / 10 for some multiples of 10 (90 * 0.7 =
+    62.99...), which can move that q by a step or two: the few q between what exact and what
+    one-short counts allow are tried with :func:`custom_borders` itself.
+    """
+    need = lookback + horizon
+    best = None
+    for r in range(10):
+        q_min = max(0, _ceil_div(n + 1 - r, 10))
+        # counts at most 1 (train, test) short, so validation at most 2 long: q can be no less
+        lo = max(
+            q_min,
+            _ceil_div(need - _TRAIN[r] - 1, 7),
+            _ceil_div(horizon - _TEST[r] - 1, 2),
+            horizon - _VAL[r] - 2,
+        )
+        # counts at most 1 short, validation never short: q this large always does
+        hi = max(
+            q_min,
+            _ceil_div(need - _TRAIN[r] + 1, 7),
+            _ceil_div(horizon - _TEST[r] + 1, 2),
+            horizon - _VAL[r],
+        )
+        for q in range(lo, hi + 1):
+            m = 10 * q + r
+            if _borders_ok(custom_borders(m, lookback), lookback, horizon):
+                best = m if best is None else min(best, m)
+                break
+    assert best is not None  # q = hi always does
+    return best
 
 
 def split_borders(n: int, protocol: str, lookback: int, horizon: int, path: str) -> Borders:
@@ -104,10 +157,7 @@ def split_borders(n: int, protocol: str, lookback: int, horizon: int, path: str)
         return ett
     borders = custom_borders(n, lookback)
     if not _borders_ok(borders, lookback, horizon):
-        # the borders move with n in steps of int(0.7 n), int(0.2 n): search, not a formula
-        need = n + 1
-        while not _borders_ok(custom_borders(need, lookback), lookback, horizon):
-            need += 1
+        need = custom_min_rows(n, lookback, horizon)
         name, (lo, hi) = next(
             (nm, b)
             for nm, b in zip(_SPLIT_NAMES, borders, strict=True)
@@ -121,6 +171,47 @@ def split_borders(n: int, protocol: str, lookback: int, horizon: int, path: str)
     return borders
 
 
+def values_digest(dates: np.ndarray, raw: np.ndarray) -> str:
+    """sha256 (hex) of the rows' values as float64 ``[n, N]`` then their timestamps as int64
+    seconds ``[n]``, both little-endian and row-major: parsing a CSV's text gives the same
+    float64 on every machine, so the same rows give the same digest anywhere."""
+    h = hashlib.sha256()
+    h.update(np.ascontiguousarray(raw, dtype="<f8").tobytes())
+    h.update(np.ascontiguousarray(dates.astype("datetime64[s]").astype("<i8")).tobytes())
+    return h.hexdigest()
+
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _refuse_beyond_float32(
+    bad: np.ndarray,
+    raw: np.ndarray,
+    columns: tuple[str, ...],
+    lines: np.ndarray | None,
+    source: str,
+    scaler: StandardScaler | None = None,
+) -> None:
+    """ValueError naming the source, the line (or row) and the column of the first True in
+    ``bad`` ``[n, N]``: a value of ``raw`` ``[n, N]`` beyond float32, the precision the
+    forecaster computes in, as read (``scaler`` None) or after scaling by ``scaler``."""
+    if not bad.any():
+        return
+    i, j = (int(k) for k in np.argwhere(bad)[0])
+    where = f"line {int(lines[i])}" if lines is not None else f"row {i}"
+    after = (
+        ""
+        if scaler is None
+        else f" after scaling by the train rows' mean {scaler.mean[j]:.6g} and std "
+        f"{scaler.std[j]:.6g}"
+    )
+    raise ValueError(
+        f"{source}: {where}, column {columns[j]!r}: {float(raw[i, j])!r} is beyond float32's "
+        f"range (|x| <= {_FLOAT32_MAX:.4g}){after}; expected values the forecaster can hold in "
+        "float32 (a misplaced exponent? fix the cell or rescale the column)"
+    )
+
+
 def build_dataset(
     dates: np.ndarray,
     raw: np.ndarray,
@@ -132,8 +223,13 @@ def build_dataset(
     freq: Freq,
     protocol: str,
     source: str,
+    lines: np.ndarray | None = None,
+    digest: bool = True,
 ) -> ForecastDataset:
     """Fit the scaler on the train rows, scale everything, cut the splits.
+
+    Every value the splits use is checked to be finite in float32 as read and after scaling,
+    and refused with the source, line (or row) and column named.
 
     Args:
         dates: ``[n]`` datetime64 timestamps.
@@ -145,13 +241,25 @@ def build_dataset(
         freq: the time-feature set.
         protocol: recorded in the dataset.
         source: recorded in the dataset.
+        lines: ``[n]`` each row's line in the file, for messages; None: rows are named by
+            index.
+        digest: record :func:`values_digest` of the rows the splits use in the dataset (a
+            file's data); False leaves it None (the synthetic generator's, a pure function
+            of the arguments its source records).
 
     Returns:
         ForecastDataset with float32 splits (copies, so no split keeps the others alive).
     """
-    scaler = StandardScaler.fit(raw[borders[0][0] : borders[0][1]])
-    scaled = scaler.transform(raw[: borders[-1][1]]).astype(np.float32)  # [n, N]
-    marks = time_features(dates[: borders[-1][1]], freq=freq)  # [n, F]
+    end = borders[-1][1]
+    used = raw[:end]  # [n, N]: the rows the splits use
+    with np.errstate(invalid="ignore"):  # NaN compares False: refused too
+        _refuse_beyond_float32(~(np.abs(used) <= _FLOAT32_MAX), used, columns, lines, source)
+    # values within float32 keep the float64 sums of squares far from overflow
+    scaler = StandardScaler.fit(used[borders[0][0] : borders[0][1]])
+    with np.errstate(over="ignore"):  # a cast to inf is found and named next
+        scaled = scaler.transform(used).astype(np.float32)  # [n, N]
+    _refuse_beyond_float32(~np.isfinite(scaled), used, columns, lines, source, scaler)
+    marks = time_features(dates[:end], freq=freq)  # [n, F]
     splits = []
     for name, (lo, hi) in zip(_SPLIT_NAMES, borders, strict=True):
         d = dates[lo:hi].copy()  # [T]
@@ -168,6 +276,7 @@ def build_dataset(
             )
         )
     return ForecastDataset(
+        digest=values_digest(dates[:end], used) if digest else None,
         train=splits[0],
         val=splits[1],
         test=splits[2],
@@ -233,5 +342,6 @@ def load_csv(
         horizon=horizon,
         freq=freq or ("t" if proto == "ettm" else "h"),
         protocol=proto,
-        source=os.path.abspath(p),  # reloadable from any working directory
+        source=os.path.abspath(p),  # where it came from (a reload never opens it unasked)
+        lines=table.lines,
     )

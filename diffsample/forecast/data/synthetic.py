@@ -14,15 +14,49 @@ import re
 
 import numpy as np
 
-from ..._utils import check_int
+from ..._utils import check_int, expected
 from .batches import ForecastDataset, check_window_lengths
 from .splits import build_dataset, split_borders
 
-__all__ = ["synthetic_call", "synthetic_dataset", "synthetic_values"]
+__all__ = [
+    "MAX_CELLS",
+    "MAX_STEPS",
+    "MAX_VARIATES",
+    "check_synthetic_sizes",
+    "synthetic_call",
+    "synthetic_dataset",
+    "synthetic_values",
+]
 
-# the dataset's ``source``: the call that makes it again (load_dataset reads it back)
+# the dataset's ``source``: the call that makes it again (load_dataset reads it back); a
+# source is data a checkpoint holds, so the numbers it may spell are bounded too
 _SOURCE = "synthetic(n_steps={n_steps}, n_variates={n_variates}, seed={seed})"
-_SOURCE_RE = re.compile(r"synthetic\(n_steps=(\d+), n_variates=(\d+), seed=(\d+)\)")
+_SOURCE_RE = re.compile(r"synthetic\(n_steps=(\d{1,20}), n_variates=(\d{1,20}), seed=(\d{1,20})\)")
+
+# the generator's sizes: far above what a test or a demo needs (6000 x 7), and below what
+# would exhaust a machine's memory (it holds about ten float64 arrays of n_steps x n_variates:
+# at the cell limit, under a GiB)
+MAX_STEPS = 1_000_000
+MAX_VARIATES = 10_000
+MAX_CELLS = 10_000_000
+
+
+def check_synthetic_sizes(n_steps: object, n_variates: object) -> tuple[int, int]:
+    """``(n_steps, n_variates)`` as ints if both are positive integers within the generator's
+    limits (:data:`MAX_STEPS`, :data:`MAX_VARIATES`, :data:`MAX_CELLS`); TypeError /
+    ValueError naming the argument otherwise. Checked before anything is allocated."""
+    T, N = check_int("n_steps", n_steps), check_int("n_variates", n_variates)
+    for name, value, limit in (("n_steps", T, MAX_STEPS), ("n_variates", N, MAX_VARIATES)):
+        if value > limit:
+            raise ValueError(
+                expected(name, f"an integer <= {limit} (the synthetic generator's limit)", value)
+            )
+    if T * N > MAX_CELLS:
+        raise ValueError(
+            f"n_steps, n_variates: expected at most {MAX_CELLS} values (the synthetic "
+            f"generator's limit), got n_steps * n_variates = {T} * {N} = {T * N}"
+        )
+    return T, N
 
 
 def synthetic_call(source: str) -> dict[str, int] | None:
@@ -61,8 +95,10 @@ def synthetic_dataset(
       plus a slow oscillation over the whole series.
 
     Args:
-        n_steps: number of hourly rows T (the default 6000 is about 8 months).
-        n_variates: N.
+        n_steps: number of hourly rows T (the default 6000 is about 8 months), at most
+            1000000.
+        n_variates: N, at most 10000, and n_steps * n_variates at most 10000000 (the sizes
+            are checked before anything is allocated).
         lookback: L.
         horizon: H.
         seed: a non-negative integer seeding a ``numpy.random.Generator``; the data are a pure
@@ -74,12 +110,11 @@ def synthetic_dataset(
 
     Raises:
         TypeError: an argument is not an integer (``2.0`` and ``True`` included).
-        ValueError: an argument is out of range, or ``n_steps`` too small for the window
-            lengths (the message says how many rows would do).
+        ValueError: an argument is out of range (the size limits included), or ``n_steps``
+            too small for the window lengths (the message says how many rows would do).
     """
     lookback, horizon = check_window_lengths(lookback, horizon)
-    n_steps = check_int("n_steps", n_steps)
-    n_variates = check_int("n_variates", n_variates)
+    n_steps, n_variates = check_synthetic_sizes(n_steps, n_variates)
     seed = check_int("seed", seed, minimum=0)
     source = _SOURCE.format(n_steps=n_steps, n_variates=n_variates, seed=seed)
     borders = split_borders(n_steps, "custom", lookback, horizon, source)
@@ -94,11 +129,15 @@ def synthetic_dataset(
         freq="h",
         protocol="custom",
         source=source,
+        digest=False,  # a pure function of its source; no file to edit
     )
 
 
 def synthetic_values(T: int, N: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Timestamps ``[T]`` and raw values ``[T, N]`` float64 of the synthetic series."""
+    """Timestamps ``[T]`` and raw values ``[T, N]`` float64 of the synthetic series (sizes
+    checked against the limits first, see ``check_synthetic_sizes``)."""
+    T, N = check_synthetic_sizes(T, N)
+    seed = check_int("seed", seed, minimum=0)
     rng = np.random.default_rng(seed)
     dates = np.datetime64("2020-01-01T00:00:00", "s") + np.arange(T) * np.timedelta64(1, "h")  # [T]
     day = dates.astype("datetime64[D]")
