@@ -707,6 +707,26 @@ def test_samples_that_cannot_fit_in_memory_are_refused_before_any_work(run, tmp_
     assert rc == 2 and "and 6 windows kept (--save-samples) need about 7.7 MiB" in stderr
 
 
+def test_on_a_gpu_the_kept_samples_count_against_the_host(monkeypatch):
+    cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
+    free = {"cuda": 2**30, "cpu": 2**30}
+    monkeypatch.setattr(evaluation, "free_bytes", lambda d: free[torch.device(d).type])
+    a = argparse.Namespace(samples=1000, windows=None, save_samples=True)
+    config = ForecastConfig(lookback=24, horizon=12, n_variates=7)
+    cli._check_memory(a, config, 100, 256, cuda)  # 97 MiB on the GPU, 32 MiB on the host
+    free["cpu"] = 16 * 2**20
+    with pytest.raises(ValueError) as info:
+        cli._check_memory(a, config, 100, 256, cuda)
+    assert str(info.value).startswith(
+        "--samples: 1000 samples x 100 windows kept (--save-samples) need about 32.1 MiB to "
+        "sample and score, but cpu has 16.0 MiB available"
+    )
+    free.update(cuda=64 * 2**20, cpu=2**30)
+    with pytest.raises(ValueError, match=r"need about 96\.1 MiB .* but cuda:0 has 64\.0 MiB"):
+        cli._check_memory(a, config, 100, 256, cuda)
+    cli._check_memory(a, config, 100, 256, cpu)  # 128 MiB of the host's 1 GiB
+
+
 def _chart_csv(tmp_path: Path) -> Path:
     return _csv(tmp_path / "f$x^$.csv", ["a", "b", r"price $\frac{$"])
 

@@ -515,17 +515,18 @@ def _check_memory(
     per_call = min(batch_size, -(-n // world))
     H, N = c.horizon, c.n_variates
     needed = {device: sampling_bytes(a.samples, per_call, H, N)}
-    what = f"{a.samples} samples x [{H}, {N}] (H, N) for {per_call} windows per call"
+    what = {device: f"{a.samples} samples x [{H}, {N}] (H, N) for {per_call} windows per call"}
     if a.save_samples:
         cpu = torch.device("cpu")
         needed[cpu] = needed.get(cpu, 0) + (a.samples + 2) * n * H * N * 4  # + targets, point
-        what += f" and {n} windows kept (--save-samples)"
+        kept = f"{n} windows kept (--save-samples)"
+        what[cpu] = f"{what[cpu]} and {kept}" if cpu in what else f"{a.samples} samples x {kept}"
     for where, nbytes in needed.items():
         check_sampling_memory(
             nbytes,
             where,
             name="--samples",
-            what=what,
+            what=what[where],
             hint="lower --samples, --windows or --batch_size",
         )
 
