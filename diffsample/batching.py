@@ -11,7 +11,6 @@ without a copy. The noise of a row is keyed by (seed, condition id, sample index
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import numbers
@@ -37,7 +36,7 @@ from ._utils import (
 )
 from .graph import ChunkGraph, HostSyncError
 from .memory import back_off, fit_row_cost, free_bytes, is_oom
-from .noise import keyed_normal, noise_key, row_keys
+from .noise import keyed_normal, keyed_normal_steps, noise_key, row_keys
 from .prediction import Denoiser, autocast_denoiser, check_output
 from .samplers import SAMPLERS, Known, Sampler, check_grid
 from .schedules import NoiseSchedule
@@ -54,6 +53,9 @@ log = logging.getLogger(__name__)
 # rows for that denoiser) and never fewer than CPU_MIN_ROWS rows. See benchmarks/bench_sampling.py.
 CPU_WORKING_SET = 16 << 20
 CPU_MIN_ROWS = 64
+# A stochastic sampler's keyed noise is drawn for several steps at once, up to this many bytes
+# (per-op overhead dominates one step of a small chunk); see _StepNoise.
+NOISE_BLOCK_BYTES = 1 << 20
 # The probe: two small calls whose peak memory gives the per-row cost.
 PROBE_ROWS = (16, 64)
 # Sampler state beside the denoiser call (x, x0, eps, noise, the previous x0, the update),
@@ -239,7 +241,7 @@ def sample_many(
                     schedule,
                     grid_t,
                     cond=rows,
-                    noise_sampler=functools.partial(keyed_normal, keys, event_shape=E, dtype=dtype),
+                    noise_sampler=_StepNoise(keys, E, dtype, n_steps),
                     progress=False,
                     callback=callback,
                     **extra,
@@ -282,6 +284,28 @@ def sample_many(
                 out[r0:r1] = _check_samples(y, r0, r1, B)
                 r0 = r1
     return out.view(S, B, *E)
+
+
+class _StepNoise:
+    """``noise_sampler(i)`` of one chunk, keys ``[C]``: the keyed noise ``[C, *E]`` of step i,
+    drawn for consecutive steps in blocks of about ``NOISE_BLOCK_BYTES`` (bit for bit the
+    per-step noise; fewer, larger tensor ops). Other streams (known values' i < -1) one by
+    one."""
+
+    def __init__(self, keys: torch.Tensor, E: tuple[int, ...], dtype: torch.dtype, K: int):
+        self.keys, self.E, self.dtype, self.K = keys, E, dtype, K
+        per_step = keys.shape[0] * math.prod(E) * 4  # float32 bytes of one step
+        self.size = max(1, min(K, NOISE_BLOCK_BYTES // per_step))
+        self.first, self.block = 0, torch.empty(0)
+
+    def __call__(self, i: int) -> torch.Tensor:
+        if i < 0:
+            return keyed_normal(self.keys, i, self.E, dtype=self.dtype)
+        if not self.first <= i < self.first + len(self.block):
+            n = max(1, min(self.size, self.K - i))
+            self.first = i
+            self.block = keyed_normal_steps(self.keys, i, n, self.E, dtype=self.dtype)
+        return self.block[i - self.first]
 
 
 # per-condition tensors that travel with the cond rows (gathered per chunk, static graph

@@ -29,6 +29,7 @@ element (measured in ``benchmarks/bench_sampling.py``).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 
@@ -37,7 +38,7 @@ import torch
 
 from ._utils import check_int, check_tensor, expected
 
-__all__ = ["NoiseSampler", "keyed_normal", "noise_key", "row_keys"]
+__all__ = ["NoiseSampler", "keyed_normal", "keyed_normal_steps", "noise_key", "row_keys"]
 
 NoiseSampler = Callable[[int], torch.Tensor]  # step index -> standard normal noise shaped like x
 
@@ -66,13 +67,28 @@ def mix_int(x: int) -> int:
     return x ^ (x >> 15)
 
 
-def _mix_(x: torch.Tensor) -> torch.Tensor:
-    """``mix`` in place (the per-element stage, where temporaries cost memory bandwidth)."""
-    x.bitwise_xor_(x >> 16)
-    x.mul_(0x21F0AAAD).bitwise_and_(_MASK32)
-    x.bitwise_xor_(x >> 15)
-    x.mul_(0x735A2D97).bitwise_and_(_MASK32)
-    return x.bitwise_xor_(x >> 15)
+def _mix32_(x: torch.Tensor) -> torch.Tensor:
+    """``mix`` in place on int32 tensors holding the 32-bit words as bit patterns: the
+    per-element stage, half the memory traffic of int64. Right shifts are masked to be logical
+    and products wrap modulo 2**32, so the bits equal ``mix``'s (tested against it)."""
+    x.bitwise_xor_((x >> 16) & 0xFFFF)
+    x.mul_(0x21F0AAAD)
+    x.bitwise_xor_((x >> 15) & 0x1FFFF)
+    x.mul_(0x735A2D97)
+    return x.bitwise_xor_((x >> 15) & 0x1FFFF)
+
+
+def _to_int32(v: torch.Tensor) -> torch.Tensor:
+    """int64 words in [0, 2**32) as int32 bit patterns (two's complement)."""
+    return (v - ((v >> 31) << 32)).to(torch.int32)
+
+
+@functools.lru_cache(maxsize=16)
+def _element_keys(P: int, device: torch.device) -> torch.Tensor:
+    """The element words ``mix(e + C_ELEMENT)``, e = 0..P-1, as int32 bit patterns ``[P]``
+    (the same at every step, so computed once per size and device)."""
+    e = torch.arange(P, device=device, dtype=torch.long)
+    return _to_int32(mix((e + _C_ELEMENT) & _MASK32))
 
 
 def noise_key(seed: int | Sequence[int]) -> int:
@@ -161,25 +177,70 @@ def keyed_normal(
     Returns:
         ``[M, *E]`` standard normal noise (|z| < 5.3).
     """
-    _check_ids("keys", keys)
+    E = _check_keys_and_shape(keys, event_shape)
+    step = check_int("step", step, minimum=_MIN_STEP, maximum=_MAX_STEP)
+    # [M]; the step word stays a host int (no transfer)
+    step_keys = mix(keys ^ mix_int(step + 1 + _C_STEP))  # [M]
+    return _normal(step_keys, E).reshape(keys.shape[0], *E).to(dtype)
+
+
+def keyed_normal_steps(
+    keys: torch.Tensor,
+    first: int,
+    count: int,
+    event_shape: Sequence[int] | torch.Size,
+    *,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """The noise of ``count`` consecutive steps in one call: ``[count, M, *E]``, entry j equal
+    bit for bit to ``keyed_normal(keys, first + j, event_shape)``. Fewer, larger tensor ops
+    than one call per step (``sample_many`` draws a stochastic sampler's noise in such blocks).
+
+    Args:
+        keys: ``[M]`` row keys from :func:`row_keys`.
+        first: the first step (as ``step`` of :func:`keyed_normal`).
+        count: the number of steps, >= 1.
+        event_shape: E.
+        dtype: of the result.
+
+    Returns:
+        ``[count, M, *E]`` standard normal noise.
+    """
+    E = _check_keys_and_shape(keys, event_shape)
+    first = check_int("first", first, minimum=_MIN_STEP, maximum=_MAX_STEP)
+    count = check_int("count", count, maximum=_MAX_STEP - first + 1)
+    steps = torch.arange(first, first + count, device=keys.device)  # [count], no host copy
+    words = mix((steps + 1 + _C_STEP) & _MASK32)  # [count]: mix_int of each step, on the device
+    step_keys = mix(keys[None, :] ^ words[:, None])  # [count, M]
+    return _normal(step_keys, E).reshape(count, keys.shape[0], *E).to(dtype)
+
+
+_MIN_STEP, _MAX_STEP = -(1 << 31), (1 << 31) - 2
+
+
+def _check_keys_and_shape(keys: object, event_shape: object) -> tuple[int, ...]:
+    keys = _check_ids("keys", keys)
     if keys.ndim != 1:
         raise ValueError(expected("keys", "a 1-D tensor [M] from row_keys", keys))
-    step = check_int("step", step, minimum=-(1 << 31), maximum=(1 << 31) - 2)
-    E = tuple(check_int(f"event_shape[{i}]", d) for i, d in enumerate(event_shape))
+    if isinstance(event_shape, (str, bytes)) or not isinstance(event_shape, Sequence):
+        raise TypeError(expected("event_shape", "a sequence of positive integers", event_shape))
+    return tuple(check_int(f"event_shape[{i}]", d) for i, d in enumerate(event_shape))
+
+
+def _normal(step_keys: torch.Tensor, E: tuple[int, ...]) -> torch.Tensor:
+    """The per-element stage: float32 normals ``[*step_keys.shape, P]`` from step keys (int64
+    words), bits[e] = mix(step_key ^ mix(e + C_ELEMENT)), computed on int32 bit patterns."""
     P = math.prod(E)
-    # [M]; the step word stays a host int (no transfer)
-    step_keys = mix(keys ^ mix_int(step + 1 + _C_STEP))
-    elem_keys = mix(
-        (torch.arange(P, device=keys.device, dtype=torch.long) + _C_ELEMENT) & _MASK32
-    )  # [P]
-    bits = _mix_(step_keys[:, None] ^ elem_keys[None, :])  # [M, P]
-    u = ((bits >> 9).to(torch.float32) + 0.5) * (2.0**-23)  # [M, P] in (0, 1), exact in float32
-    z = torch.erfinv(u.mul_(2).sub_(1)).mul_(math.sqrt(2.0))
-    return z.reshape(keys.shape[0], *E).to(dtype)
+    k = _to_int32(step_keys).unsqueeze(-1)  # [..., 1]
+    bits = _mix32_(k ^ _element_keys(P, step_keys.device))  # [..., P]
+    # 2u - 1 with u = ((bits >> 9) + 1/2) / 2**23 in (0, 1): every operation exact in float32
+    v = ((bits >> 9) & 0x7FFFFF).to(torch.float32).mul_(2.0**-22).add_(2.0**-23 - 1.0)
+    return torch.erfinv(v).mul_(math.sqrt(2.0))
 
 
-def _check_ids(name: str, ids: object) -> None:
-    """An integer tensor (host-side dtype check only: no device sync)."""
+def _check_ids(name: str, ids: object) -> torch.Tensor:
+    """``ids`` if it is an integer tensor (host-side dtype check only: no device sync)."""
     ids = check_tensor(name, ids)
     if ids.is_floating_point():
         raise TypeError(expected(name, "an integer tensor", ids))
+    return ids

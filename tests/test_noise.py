@@ -110,3 +110,29 @@ def test_bad_input_messages():
         row_keys((0, 1.5), torch.arange(3), torch.arange(3))
     with pytest.raises(ValueError, match=r"seed: expected a tuple of 1\.\.64 ints"):
         row_keys((), torch.arange(3), torch.arange(3))
+
+
+def test_element_stage_and_step_blocks_equal_the_int64_definition():
+    """The per-element stage runs on int32 bit patterns (masked shifts, wrapping products) and
+    a block of steps in one call; both must give the bits of the int64 definition."""
+    from diffsample.noise import _C_ELEMENT, _C_STEP, _MASK32, keyed_normal_steps, mix, mix_int
+
+    def reference(keys, step, E):  # the construction of the module docstring, in int64
+        P = math.prod(E)
+        step_key = mix(keys ^ mix_int(step + 1 + _C_STEP))
+        elem = mix((torch.arange(P) + _C_ELEMENT) & _MASK32)
+        bits = mix(step_key[:, None] ^ elem[None, :])
+        u = ((bits >> 9).to(torch.float32) + 0.5) * 2.0**-23
+        return (torch.erfinv(2 * u - 1) * math.sqrt(2.0)).reshape(len(keys), *E)
+
+    keys = row_keys(123, torch.arange(3000) % 37, torch.arange(3000) // 37)
+    for step in (-1, 0, 5, -7, 999, 2**31 - 2):
+        assert torch.equal(keyed_normal(keys, step, (24, 3)), reference(keys, step, (24, 3)))
+    block = keyed_normal_steps(keys[:50], -3, 6, (4, 5), dtype=torch.float64)
+    assert block.shape == (6, 50, 4, 5) and block.dtype == torch.float64
+    for j in range(6):
+        assert torch.equal(block[j], keyed_normal(keys[:50], -3 + j, (4, 5), dtype=torch.float64))
+    with pytest.raises(
+        ValueError, match=r"count: expected an integer in 1\.\.2147483647, got int 0"
+    ):
+        keyed_normal_steps(keys, 0, 0, (4,))
