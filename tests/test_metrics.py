@@ -347,6 +347,61 @@ def test_float32_far_from_origin_stays_accurate():
     assert float((out.double() - truth).abs().max()) < 1e-3 * float(truth.mean())
 
 
+def _huge(shape, seed, top=3e38):
+    """float32 values spread over [-top, top] (seeded), and their float64 twins."""
+    x = ((torch.rand(shape, generator=gen(seed), dtype=torch.float64) * 2 - 1) * top).float()
+    return x, x.double()
+
+
+@pytest.mark.parametrize("estimator", ["ecdf", "fair", "energy"])
+@pytest.mark.parametrize("nan_policy", ["propagate", "omit"])
+def test_float32_near_the_float32_maximum_is_finite_and_right(estimator, nan_policy):
+    # issue 20: sum_i |x_i - y| and the gaps overflowed float32 for values near 1e38, though
+    # the CRPS itself (< 3e38 here) is representable; the float64 twin is the reference
+    x32, x64 = _huge((100, 64), 300)
+    y32, y64 = _huge((64,), 301, top=1e38)
+    x32[:, :8] = torch.randn(100, 8, generator=gen(302))  # ordinary lanes in the same chunk
+    x64[:, :8] = x32[:, :8].double()
+    got = crps(x32, y32, estimator=estimator, nan_policy=nan_policy)
+    want = crps(x64, y64, estimator=estimator, nan_policy=nan_policy)
+    assert got.dtype == torch.float32 and bool(torch.isfinite(got).all())
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=0)
+    # the ordinary lanes score exactly as they do on their own (no scaling reaches them)
+    alone = crps(x32[:, :8], y32[:8], estimator=estimator, nan_policy=nan_policy)
+    assert torch.equal(got[:8], alone)
+
+
+def test_float32_near_the_maximum_with_weights_nan_and_other_scores():
+    x32, x64 = _huge((50, 40), 303)
+    y32, y64 = _huge((40,), 304, top=1e38)
+    w = torch.rand(50, 40, generator=gen(305))
+    got = crps(x32, y32, weights=w)
+    torch.testing.assert_close(got.double(), crps(x64, y64, weights=w.double()), rtol=1e-5, atol=0)
+    x32[3, 5] = x64[3, 5] = float("nan")  # omit drops it; the lane's other values are huge
+    got = crps(x32, y32, nan_policy="omit")
+    assert bool(torch.isfinite(got).all())
+    torch.testing.assert_close(got.double(), crps(x64, y64, nan_policy="omit"), rtol=1e-5, atol=0)
+    x32[3, 5] = x64[3, 5] = 0.0
+    # the pinball sums (float64) and ForecastMetrics' point errors too
+    q = quantile_crps(x32, y32)
+    assert math.isfinite(float(q))
+    assert float(q) == pytest.approx(float(quantile_crps(x64, y64)), rel=1e-5)
+    m = ForecastMetrics(variate_dim=None)
+    m.update(x32, y32)
+    ref = ForecastMetrics(variate_dim=None)
+    ref.update(x64, y64)
+    got_m, want_m = m.compute(), ref.compute()
+    for k in ("crps", "mae_mean", "mse_mean", "mae_median", "mse_median", "width_90"):
+        assert math.isfinite(got_m[k]) and got_m[k] == pytest.approx(want_m[k], rel=1e-5), k
+
+
+def test_float32_beyond_representable_crps_is_inf_not_nan():
+    # samples at +3e38, observation at -3e38: the CRPS (6e38) does not fit in float32
+    x = torch.full((10, 2), 3e38)
+    out = crps(x, torch.tensor([-3e38, 3e38]))
+    assert out[0] == math.inf and out[1] == 0
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_accumulates_in_float32(dtype):
     x = torch.randn(100, 64, generator=gen(20)).to(dtype)
@@ -928,6 +983,24 @@ def test_forecast_metrics_mask_and_omit():
     assert math.isnan(p.compute()["crps"])
     with pytest.raises(ValueError, match="obs: expected finite values"):
         ForecastMetrics(nan_policy="raise").update(x, y_nan)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_mask_with_a_non_finite_weight_is_refused(bad):
+    # issue 20: a NaN weight failed every "> 0" test and its element was dropped as if 0
+    x, y = _forecast_data(seed=72)
+    mask = torch.ones(y.shape, dtype=torch.float64)
+    mask[1, 2, 0] = bad
+    pattern = (
+        r"^mask: expected finite values \(element weights\), got 1 NaN/inf value\(s\), "
+        r"the first at index \(1, 2, 0\)"
+    )
+    with pytest.raises(ValueError, match=pattern):
+        quantile_crps(x, y, mask=mask)
+    with pytest.raises(ValueError, match=pattern):
+        quantile_crps(x, y, mask=mask, sum_dim=-1)
+    with pytest.raises(ValueError, match=pattern):
+        ForecastMetrics().update(x, y, mask=mask)
 
 
 def test_forecast_metrics_other_sample_dim_and_no_grad():

@@ -67,13 +67,16 @@ def check_finite(name: str, t: torch.Tensor) -> None:
 
 
 def broadcast_mask(mask: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-    """``mask`` expanded to the scored shape ``shape``; its values must be >= 0."""
+    """``mask`` expanded to the scored shape ``shape``; its values must be finite and >= 0 (a
+    NaN weight would otherwise fail every ``> 0`` test and drop its element as if it were 0)."""
     try:
         out = mask.expand(shape)
     except RuntimeError:
         raise ValueError(
             expected("mask", f"a shape that broadcasts to the scored shape {shape}", mask)
         ) from None
+    if mask.is_floating_point():
+        _check_finite("mask", mask, hint=" (element weights)")
     negative = int((mask < 0).sum())
     if negative:
         raise ValueError(

@@ -16,6 +16,13 @@ Estimators (x_(1) <= ... <= x_(S) the sorted samples of one lane, g_k = x_(k+1) 
     energy  E|X - y| - 0.5 E|X - X'| evaluated pairwise in O(S^2), chunked so memory stays
             bounded: the slow reference for ``ecdf`` (same value up to round-off).
 
+Overflow: a lane's sums add S terms as large as 2 max|x| (|x_i - y|, the gaps), which passes
+the float32 maximum (3.4e38) for values near 1e36 and S = 100. The CRPS is homogeneous,
+CRPS(aX, ay) = a CRPS(X, y) for a > 0, so lanes holding values that large are scaled by a power
+of two (exact) before the kernel and the result is scaled back: values within the dtype's range
+give a finite, correct CRPS wherever the CRPS itself is representable. Other lanes, i.e. every
+lane of ordinary data, pay one comparison per lane.
+
 A new estimator is one kernel (the ``CrpsKernel`` protocol) and one line in ``ESTIMATORS``
 (plus its name in the ``Estimator`` Literal, which a test keeps equal to the registry).
 """
@@ -54,6 +61,57 @@ class CrpsKernel(Protocol):
         omit: bool,
         scratch: Scratch | None,
     ) -> torch.Tensor: ...
+
+
+def abs_max(x: torch.Tensor, dims: int | tuple[int, ...]) -> torch.Tensor:
+    """max |x| over ``dims``, NaN counted as 0 (an infinity stays infinite)."""
+    return torch.nan_to_num(x.abs(), nan=0.0, posinf=math.inf).amax(dims)
+
+
+def pow2_exponents(amax: torch.Tensor, limit: float) -> torch.Tensor | None:
+    """Per-row exponents k >= 0 (float) with amax 2^-k <= limit, 0 for rows within it or not
+    finite; None if no row passes ``limit`` (the common case: one comparison per row and one
+    host sync)."""
+    need = amax > limit
+    if not bool(need.any()):
+        return None
+    need &= torch.isfinite(amax)
+    return torch.where(need, torch.ceil(torch.log2(amax / limit)), torch.zeros_like(amax))
+
+
+def _overflow_exponents(
+    xs: torch.Tensor, y: torch.Tensor | None, *, ends: bool
+) -> torch.Tensor | None:
+    """Exponents scaling lanes ``xs [C, S]`` and ``y [C]`` into the range where 4 S max|v|
+    stays below the dtype's maximum, or None where every lane is already there.
+
+    ``ends``: the lanes are sorted ascending and any NaN in them makes the score NaN anyway,
+    so max|x| is max(x_(S), -x_(1)); otherwise NaN samples are skipped (``nan_policy="omit"``).
+    """
+    amax = torch.maximum(xs[:, -1], -xs[:, 0]) if ends else abs_max(xs, -1)  # [C]
+    if y is not None:
+        amax = torch.fmax(amax, y.abs())
+    return pow2_exponents(amax, torch.finfo(xs.dtype).max / (4 * xs.shape[-1]))
+
+
+def _homogeneous(
+    kernel: Callable[..., torch.Tensor],
+    xs: torch.Tensor,
+    y: torch.Tensor | None,
+    w: torch.Tensor | None,
+    *,
+    ends: bool,
+    **kw: Any,
+) -> torch.Tensor:
+    """``kernel(xs, y, w, **kw)`` [C] of a score homogeneous of degree 1 in (xs, y), run on
+    power-of-two scaled lanes where its sums could overflow (exact: CRPS(aX, ay) =
+    a CRPS(X, y)), and scaled back."""
+    k = _overflow_exponents(xs, y, ends=ends)
+    if k is None:
+        return kernel(xs, y, w, **kw)
+    scale = torch.exp2(-k)  # [C], exact powers of two
+    ys = None if y is None else y * scale
+    return kernel(xs * scale[:, None], ys, w, **kw) / scale
 
 
 def _valid_counts(xs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -136,7 +194,9 @@ def crps_ecdf(
     scratch: Scratch | None,
 ) -> torch.Tensor:
     """Exact CRPS of the (weighted) empirical distribution of sorted lanes -> [C]."""
-    return _crps_sorted(xs, y, w, omit=omit, fair=False, scratch=scratch)
+    return _homogeneous(
+        _crps_sorted, xs, y, w, ends=not omit, omit=omit, fair=False, scratch=scratch
+    )
 
 
 def crps_fair(
@@ -148,7 +208,9 @@ def crps_fair(
     scratch: Scratch | None,
 ) -> torch.Tensor:
     """Unbiased (fair) CRPS of sorted, unweighted lanes -> [C]."""
-    return _crps_sorted(xs, y, w, omit=omit, fair=True, scratch=scratch)
+    return _homogeneous(
+        _crps_sorted, xs, y, w, ends=not omit, omit=omit, fair=True, scratch=scratch
+    )
 
 
 def crps_energy(
@@ -160,6 +222,13 @@ def crps_energy(
     scratch: Scratch | None,
 ) -> torch.Tensor:
     """E|X - y| - 0.5 E|X - X'| pairwise: xs [C, S] (any order), y [C] -> [C]."""
+    return _homogeneous(_crps_pairwise, xs, y, w, ends=False, omit=omit)
+
+
+def _crps_pairwise(
+    xs: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None, *, omit: bool
+) -> torch.Tensor:
+    """The energy form of ``crps_energy``, unscaled."""
     x = xs
     if omit:
         valid = ~torch.isnan(x)
@@ -234,7 +303,12 @@ def quantiles_sorted(xs: torch.Tensor, q: torch.Tensor, *, omit: bool) -> torch.
 
 
 def mean_sorted(xs: torch.Tensor, *, omit: bool) -> torch.Tensor:
-    """Sample mean of lanes [C, S] -> [C] (NaN-ignoring under omit)."""
+    """Sample mean of lanes [C, S] -> [C] (NaN-ignoring under omit); lanes whose sum could
+    overflow are scaled by a power of two first, as in the CRPS kernels."""
+    return _homogeneous(_mean, xs, None, None, ends=not omit, omit=omit)
+
+
+def _mean(xs: torch.Tensor, y: None, w: None, *, omit: bool) -> torch.Tensor:
     if not omit:
         return xs.mean(-1)
     valid, n = _valid_counts(xs)
@@ -313,7 +387,8 @@ def pinball_sums(
         The chunk's ``PinballSums`` (float64).
     """
     ind = (y[:, None] <= qv).to(torch.float64)
-    loss = ((qv - y[:, None]).to(torch.float64) * (ind - q)).abs()  # [C, Q]
+    # the difference in float64: two float32 values near 3e38 differ by more than float32 holds
+    loss = ((qv.to(torch.float64) - y.to(torch.float64)[:, None]) * (ind - q)).abs()  # [C, Q]
     return PinballSums(
         pinball=2 * masked(loss, m[:, None]).sum(0), abs_obs=masked(y.abs(), m).sum()
     )

@@ -85,6 +85,59 @@ def _blocks(shape: tuple[int, ...], start: int, stop: int) -> Iterator[Block]:
             yield (i1, *b)
 
 
+def check_operands(
+    samples: torch.Tensor, obs: torch.Tensor | None, sample_dim: int
+) -> tuple[int, tuple[int, ...]]:
+    """The checks every score shares: ``samples`` a floating tensor with a non-empty sample axis
+    ``sample_dim``, ``obs`` (if given) a tensor on the same device whose shape broadcasts to the
+    scored shape E (``samples`` without its sample axis). Returns (the sample axis as a
+    non-negative index, E).
+    """
+    check_tensor("samples", samples, floating=True)
+    if samples.dim() == 0:
+        raise ValueError(
+            expected(
+                "samples",
+                "a tensor with a sample axis (a deterministic forecast is samples.unsqueeze(0))",
+                samples,
+            )
+        )
+    sd = normalise_dim(
+        "sample_dim", sample_dim, samples.dim(), f"samples of shape {tuple(samples.shape)}"
+    )
+    if samples.shape[sd] == 0:
+        raise ValueError(
+            expected("samples", f"at least one sample along sample_dim={sample_dim}", samples)
+        )
+    rest = tuple(samples.shape[:sd] + samples.shape[sd + 1 :])
+    without = f"samples of shape {tuple(samples.shape)} without its sample axis (dim {sd}), {rest}"
+    if obs is not None:
+        check_tensor("obs", obs)
+        if obs.device != samples.device:
+            raise ValueError(
+                f"obs: expected a tensor on {samples.device} (where samples are), got one "
+                f"on {obs.device}"
+            )
+        if obs.dim() > len(rest):
+            raise ValueError(
+                expected(
+                    "obs",
+                    f"at most {len(rest)} dimension(s), those of {without} (obs must not "
+                    "carry a sample axis: is sample_dim right?)",
+                    obs,
+                )
+            )
+        try:
+            shape: tuple[int, ...] | None = tuple(torch.broadcast_shapes(rest, obs.shape))
+        except RuntimeError:
+            shape = None
+        if shape != rest:
+            raise ValueError(
+                expected("obs", f"a shape that broadcasts to {without} (is sample_dim right?)", obs)
+            )
+    return sd, rest
+
+
 class Layout:
     """Validated operands of a score, seen as lanes.
 
@@ -101,54 +154,8 @@ class Layout:
         *,
         weights: torch.Tensor | None = None,
     ) -> None:
-        check_tensor("samples", samples, floating=True)
-        if samples.dim() == 0:
-            raise ValueError(
-                expected(
-                    "samples",
-                    "a tensor with a sample axis (a deterministic forecast is "
-                    "samples.unsqueeze(0))",
-                    samples,
-                )
-            )
-        sd = normalise_dim(
-            "sample_dim", sample_dim, samples.dim(), f"samples of shape {tuple(samples.shape)}"
-        )
+        sd, rest = check_operands(samples, obs, sample_dim)
         self.n_samples = samples.shape[sd]
-        if self.n_samples == 0:
-            raise ValueError(
-                expected("samples", f"at least one sample along sample_dim={sample_dim}", samples)
-            )
-        rest = tuple(samples.shape[:sd] + samples.shape[sd + 1 :])
-        without = (
-            f"samples of shape {tuple(samples.shape)} without its sample axis (dim {sd}), {rest}"
-        )
-        if obs is not None:
-            check_tensor("obs", obs)
-            if obs.device != samples.device:
-                raise ValueError(
-                    f"obs: expected a tensor on {samples.device} (where samples are), got one "
-                    f"on {obs.device}"
-                )
-            if obs.dim() > len(rest):
-                raise ValueError(
-                    expected(
-                        "obs",
-                        f"at most {len(rest)} dimension(s), those of {without} (obs must not "
-                        "carry a sample axis: is sample_dim right?)",
-                        obs,
-                    )
-                )
-            try:
-                shape: tuple[int, ...] | None = tuple(torch.broadcast_shapes(rest, obs.shape))
-            except RuntimeError:
-                shape = None
-            if shape != rest:
-                raise ValueError(
-                    expected(
-                        "obs", f"a shape that broadcasts to {without} (is sample_dim right?)", obs
-                    )
-                )
         self.shape: tuple[int, ...] = rest
         self.dtype = compute_dtype(samples, obs, weights)
         self.device = samples.device

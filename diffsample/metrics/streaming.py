@@ -365,13 +365,17 @@ class ForecastMetrics:
             inside = ((lo <= y[:, None]) & (y[:, None] <= hi)).to(torch.float64)  # [C, V]
             undefined = torch.isnan(lo) | torch.isnan(hi) | torch.isnan(y)[:, None]
             covered = torch.where(undefined, torch.full_like(inside, math.nan), inside)
+            # errors and widths in float64: float32 values near 3e38 differ, and square, past
+            # what float32 holds
+            y64 = y.double()
+            e_mean, e_med = mean.double() - y64, med.double() - y64  # [C]
             points = _PointSums(
-                se_mean=masked((mean - y) ** 2, m).sum(),
-                ae_mean=masked((mean - y).abs(), m).sum(),
-                se_median=masked((med - y) ** 2, m).sum(),
-                ae_median=masked((med - y).abs(), m).sum(),
+                se_mean=masked(e_mean**2, m).sum(),
+                ae_mean=masked(e_mean.abs(), m).sum(),
+                se_median=masked(e_med**2, m).sum(),
+                ae_median=masked(e_med.abs(), m).sum(),
                 covered=masked(covered, m[:, None]).sum(0),
-                width=masked(hi - lo, m[:, None]).sum(0),
+                width=masked(hi.double() - lo.double(), m[:, None]).sum(0),
             )
             return sums, points
 
