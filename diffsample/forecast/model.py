@@ -547,8 +547,8 @@ class ITransformerDiffusion(nn.Module):
         own = next(self.backbone.parameters()).device
         if device.type != own.type or device.index not in (None, own.index):
             raise ValueError(
-                f"device: expected the model's device {own} (move the model with .to({str(device)!r}) "
-                f"to sample there), got {str(value)!r}"
+                f"device: expected the model's device {own} (move the model with "
+                f".to({str(device)!r}) to sample there), got {str(value)!r}"
             )
 
     def _check_inputs(self, history: torch.Tensor, time_features: torch.Tensor | None) -> None:
@@ -832,7 +832,8 @@ _MAX_READS = 2
 
 def _tensors(payload: Mapping[str, Any], path: Path) -> list[tuple[str, torch.Tensor]]:
     """Every tensor in a checkpoint's payload with where it sits (``state_dict['res_std']``),
-    breadth first, without recursion; ValueError for values nested deeper than :data:`_MAX_DEPTH`."""
+    breadth first, without recursion; ValueError for values nested deeper than
+    :data:`_MAX_DEPTH`."""
     found: list[tuple[str, torch.Tensor]] = []
     # (value, its parent's entry, its key, depth): a path is spelled out only for a tensor
     queue: deque[tuple[object, Any, object, int]] = deque([(payload, None, None, 0)])
