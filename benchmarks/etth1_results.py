@@ -47,14 +47,13 @@ from diffsample.forecast import (
 )
 from diffsample.forecast.baselines import (
     bootstrap_samples,
-    gaussian_crps,
     gaussian_samples,
     residual_std,
     residuals,
 )
 from diffsample.forecast.evaluation import forecast_windows
 from diffsample.forecast.training import fit_spread_scale
-from diffsample.metrics import ForecastMetrics
+from diffsample.metrics import ForecastMetrics, crps_normal
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -165,7 +164,7 @@ def score_setting(
         diff.add(fc.samples, fc.point, b.y)
         for name, sigma in sigmas.items():
             x = gaussian_samples(fc.point, sigma, n_samples, generator=g)  # [S, B, H, N]
-            exact = float(gaussian_crps(fc.point, sigma, b.y).double().sum())
+            exact = float(crps_normal(fc.point, sigma, b.y).double().sum())
             gauss[name].add(x, fc.point, b.y, crps_exact=exact)
         if pool is not None:
             boot.add(bootstrap_samples(fc.point, pool, n_samples, generator=g), fc.point, b.y)
@@ -342,7 +341,7 @@ def oracle_bounds(model: ITransformerDiffusion, split: ForecastSplit) -> dict[st
     zero = torch.zeros_like(r)
 
     def score(mu: torch.Tensor, sigma: torch.Tensor) -> float:
-        return float(gaussian_crps(mu, sigma.clamp_min(1e-9), r).mean())
+        return float(crps_normal(mu, sigma, r).mean())  # sigma = 0 scores |r - mu|
 
     mean = r.mean(1, keepdim=True).expand_as(r)  # [R, H, N]: each window-variate's level
     return {

@@ -45,6 +45,17 @@ def test_gaussian_crps_matches_properscoring():
     np.testing.assert_allclose(gaussian_crps(point, sigma, obs).numpy(), want, rtol=1e-10)
 
 
+def test_gaussian_crps_is_the_metrics_closed_form():
+    # one implementation: the baseline scores with diffsample.metrics.crps_normal
+    from diffsample.metrics import crps_normal
+
+    g = torch.Generator().manual_seed(2)
+    point = torch.randn(4, 5, 3, generator=g)
+    sigma = torch.rand(3, generator=g) + 0.1
+    obs = torch.randn(4, 5, 3, generator=g)
+    assert torch.equal(gaussian_crps(point, sigma, obs), crps_normal(point, sigma, obs))
+
+
 def test_gaussian_crps_closed_form_at_zero():
     # CRPS(N(0, s^2), 0) = s (2 / sqrt(2 pi) - 1 / sqrt(pi))
     s = torch.tensor([0.5, 2.0], dtype=torch.float64)

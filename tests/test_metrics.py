@@ -25,6 +25,7 @@ from diffsample.metrics import (
     _kernels,
     coverage,
     crps,
+    crps_normal,
     crps_sum,
     interval_width,
     quantile_crps,
@@ -282,6 +283,135 @@ def test_quantile_ensembles_converge_to_gaussian_closed_form():
         errors.append(float((crps(x, y) - exact).abs().max()))
     assert all(a > b for a, b in itertools.pairwise(errors)), errors
     assert errors[-1] < 1e-3 * float(s.min())
+
+
+def ref_crps_normal_quadrature(m, s, y):
+    """int (Phi((z - m) / s) - 1[y <= z])^2 dz by adaptive quadrature on each side of y."""
+    from scipy import integrate, stats
+
+    left = integrate.quad(lambda z: stats.norm.cdf(z, m, s) ** 2, -np.inf, y, limit=200)
+    right = integrate.quad(lambda z: stats.norm.sf(z, m, s) ** 2, y, np.inf, limit=200)
+    return left[0] + right[0]
+
+
+def test_crps_normal_matches_properscoring_and_scoringrules():
+    sr = pytest.importorskip("scoringrules")
+    g = gen(400)
+    mu = torch.randn(4, 1, 3, generator=g, dtype=torch.float64)  # broadcasts with sigma, obs
+    sigma = torch.rand(5, 1, generator=g, dtype=torch.float64) * 3 + 0.01
+    obs = torch.randn(4, 5, 3, generator=g, dtype=torch.float64) * 4
+    got = crps_normal(mu, sigma, obs)
+    assert got.shape == (4, 5, 3) and got.dtype == torch.float64
+    m, sd, y = (np.broadcast_to(t.numpy(), (4, 5, 3)) for t in (mu, sigma, obs))
+    np.testing.assert_allclose(got.numpy(), properscoring.crps_gaussian(y, m, sd), rtol=1e-12)
+    np.testing.assert_allclose(got.numpy(), sr.crps_normal(y, m, sd, backend="numpy"), rtol=1e-12)
+
+
+def test_crps_normal_matches_quadrature_and_monte_carlo():
+    pytest.importorskip("scipy")
+    m, s = 1.5, 0.7
+    z = torch.tensor([-30.0, -5.0, -1.0, 0.0, 0.3, 2.0, 8.0, 30.0], dtype=torch.float64)
+    y = m + s * z
+    got = crps_normal(m, s, y)
+    want = [ref_crps_normal_quadrature(m, s, float(v)) for v in y]
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-9)
+    # Monte Carlo: E|X - y| - E|X - X'| / 2 with independent pairs, within 5 standard errors
+    n = 400_000
+    x1 = m + s * torch.randn(n, generator=gen(401), dtype=torch.float64)
+    x2 = m + s * torch.randn(n, generator=gen(402), dtype=torch.float64)
+    for v, exact in zip(y[2:6], got[2:6], strict=True):
+        draws = (x1 - v).abs() - 0.5 * (x1 - x2).abs()
+        se = float(draws.std()) / math.sqrt(n)
+        assert abs(float(draws.mean()) - float(exact)) < 5 * se
+
+
+def test_crps_normal_at_sigma_zero_is_the_absolute_error_and_its_limit():
+    mu = torch.tensor([0.0, 1.0, -2.0, 3.0], dtype=torch.float64, requires_grad=True)
+    sigma = torch.zeros(4, dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([0.0, 4.0, -5.0, 3.0], dtype=torch.float64)
+    got = crps_normal(mu, sigma, y)
+    assert torch.equal(got.detach(), (y - mu).abs().detach())
+    got.sum().backward()  # finite gradients at the point mass
+    assert torch.equal(mu.grad, torch.tensor([0.0, -1.0, 1.0, 0.0], dtype=torch.float64))
+    assert bool(torch.isfinite(sigma.grad).all())
+    # continuous in sigma: a tiny sigma scores |y - mu| - sigma / sqrt(pi) away from y = mu
+    tiny = crps_normal(mu.detach(), 1e-200, y)
+    torch.testing.assert_close(tiny, (y - mu).abs().detach(), rtol=1e-15, atol=1e-199)
+    # NaN anywhere gives NaN
+    nan = crps_normal(torch.tensor([0.0, math.nan, 0.0]), torch.tensor([1.0, 1.0, math.nan]), 0.0)
+    assert not math.isnan(nan[0]) and math.isnan(nan[1]) and math.isnan(nan[2])
+
+
+def test_crps_normal_is_stable_where_z_is_huge_or_tiny():
+    # z = (y - mu) / sigma overflows float32 at 1e40: sigma z (2 Phi(z) - 1) gave inf there
+    y = torch.tensor([1e10, -1e10, 3e38])
+    got = crps_normal(torch.zeros(3), torch.full((3,), 1e-30), y)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, y.abs(), rtol=1e-6, atol=0)
+    # float32 agrees with float64 over a wide range of z and scales, relative to the value
+    g = gen(403)
+    z = torch.cat([torch.linspace(-40, 40, 801), torch.tensor([1e-8, -1e-8, 1e3, -1e5])])
+    sig = 10 ** (torch.rand(z.shape, generator=g) * 40 - 20)
+    mu = torch.randn(z.shape, generator=g)
+    y = mu + sig * z
+    got = crps_normal(mu, sig, y).double()
+    want = crps_normal(mu.double(), sig.double(), y.double())
+    assert bool(torch.isfinite(got).all())
+    torch.testing.assert_close(got, want, rtol=5e-6, atol=0)
+
+
+def test_crps_normal_dtypes_numbers_and_gradients():
+    x32, x64 = torch.zeros(3), torch.zeros(3, dtype=torch.float64)
+    assert crps_normal(x32, 1.0, x32).dtype == torch.float32
+    assert crps_normal(x32, 1.0, x64).dtype == torch.float64
+    assert crps_normal(x32.half(), 1, 0).dtype == torch.float32
+    assert crps_normal(torch.zeros(3, dtype=torch.long), 1.0, 2).dtype == torch.float32
+    assert crps_normal(0.0, 1.0, 0.0).shape == ()
+    assert float(crps_normal(0.0, 1.0, 0.0)) == pytest.approx(
+        math.sqrt(2 / math.pi) - 1 / math.sqrt(math.pi), rel=1e-7
+    )
+    g = gen(404)
+    args = [
+        torch.randn(5, generator=g, dtype=torch.float64, requires_grad=True),
+        (torch.rand(5, generator=g, dtype=torch.float64) + 0.1).requires_grad_(),
+        torch.randn(5, generator=g, dtype=torch.float64, requires_grad=True),
+    ]
+    assert torch.autograd.gradcheck(crps_normal, args)
+
+
+def test_crps_normal_bad_input():
+    x = torch.zeros(3)
+    with pytest.raises(
+        ValueError,
+        match=r"^sigma: expected values >= 0, got 1 negative value\(s\) in a torch.float32 tensor of shape \(3,\)$",
+    ):
+        crps_normal(x, torch.tensor([1.0, -1.0, 1.0]), x)
+    with pytest.raises(
+        ValueError, match=r"^sigma: expected values >= 0, got 1 negative value\(s\) in float -0\.5$"
+    ):
+        crps_normal(x, -0.5, x)
+    with pytest.raises(
+        TypeError, match=r"^mu: expected a torch.Tensor or a real number, got list$"
+    ):
+        crps_normal([0.0], 1.0, x)  # type: ignore[arg-type]
+    with pytest.raises(
+        TypeError, match=r"^sigma: expected a torch.Tensor or a real number, got bool True$"
+    ):
+        crps_normal(x, True, x)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"^obs: expected a real tensor, got a torch.complex64"):
+        crps_normal(x, 1.0, torch.zeros(3, dtype=torch.complex64))
+    with pytest.raises(TypeError, match=r"^obs: expected a torch.Tensor or a real number, got str"):
+        crps_normal(x, 1.0, "0")  # type: ignore[arg-type]
+    with pytest.raises(
+        ValueError,
+        match=r"^mu, sigma, obs: expected shapes that broadcast together, got \(3,\), \(\) and \(4,\)$",
+    ):
+        crps_normal(x, 1.0, torch.zeros(4))
+    with pytest.raises(
+        ValueError,
+        match=r"^mu, sigma, obs: expected tensors on one device, got mu on cpu, obs on meta$",
+    ):
+        crps_normal(x, 1.0, torch.zeros(3, device="meta"))
 
 
 def test_random_samples_fair_unbiased_ecdf_biased_by_known_amount():

@@ -4,7 +4,7 @@ Dimensions: S samples, B windows, H horizon, N variates, R residual windows.
 
     sigma = residual_std(model, split)                    [N]  std of y - y_det on a split
     samples = gaussian_samples(point, sigma, S)           [S, B, H, N]  y ~ N(y_det, sigma_n^2)
-    gaussian_crps(point, sigma, y)                        [B, H, N]  the exact CRPS of that law
+    gaussian_crps(point, sigma, y)                        [B, H, N]  its exact CRPS (crps_normal)
     r = residuals(model, data.train)                      [R, H, N]  y - y_det of each window
     samples = bootstrap_samples(point, r, S)              [S, B, H, N]  y = y_det + r_w, w random
 
@@ -18,12 +18,12 @@ is the stronger one on ETTh1 (see ``docs/results.md``).
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Iterator
 
 import torch
 
 from .._utils import check_int, check_tensor, expected
+from ..metrics import crps_normal
 from .data import ForecastSplit
 from .model import ITransformerDiffusion
 
@@ -71,9 +71,13 @@ def gaussian_samples(
 
 
 def gaussian_crps(point: torch.Tensor, sigma: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
-    """The exact CRPS of N(point, sigma^2) at ``obs`` (Gneiting & Raftery, 2007)::
+    """The exact CRPS of the baseline's law N(point, sigma^2) at ``obs``: the metrics'
+    closed form :func:`diffsample.metrics.crps_normal` (Gneiting & Raftery, 2007)::
 
         CRPS = sigma (z (2 Phi(z) - 1) + 2 phi(z) - 1 / sqrt(pi)),   z = (obs - point) / sigma
+
+    with the baseline's checks of ``sigma`` (a floating tensor of positive finite values that
+    broadcasts to ``point``, cast to ``point``'s dtype as :func:`gaussian_samples` does).
 
     Args:
         point: ``[B, H, N]``.
@@ -85,11 +89,7 @@ def gaussian_crps(point: torch.Tensor, sigma: torch.Tensor, obs: torch.Tensor) -
     """
     check_tensor("point", point, floating=True)
     check_tensor("obs", obs, floating=True)
-    sigma = _check_sigma(sigma, point)
-    z = (obs - point) / sigma
-    normal = torch.distributions.Normal(torch.zeros_like(z), torch.ones_like(z))
-    pdf, cdf = normal.log_prob(z).exp(), normal.cdf(z)
-    return sigma * (z * (2 * cdf - 1) + 2 * pdf - 1 / math.sqrt(math.pi))
+    return crps_normal(point, _check_sigma(sigma, point), obs)
 
 
 @torch.no_grad()
