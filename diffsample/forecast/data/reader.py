@@ -126,28 +126,31 @@ def parse_table(lines: Iterable[str], *, ett: bool, label: str) -> Table:
 
 def _byte_lines(read: Callable[[int], bytes], *, label: str) -> Iterator[bytes]:
     """The lines of a byte stream, their endings (``\\n``, ``\\r\\n``, ``\\r``) dropped, read
-    ``_CHUNK`` bytes at a time; ValueError as soon as a line passes ``MAX_LINE_BYTES``."""
-    pending = bytearray()
-    scanned, line = 0, 1  # bytes of pending already searched for an ending; its first line
+    ``_CHUNK`` bytes at a time and split in C; ValueError as soon as a line passes
+    ``MAX_LINE_BYTES``."""
+    pending = bytearray()  # the start of a line whose end has not been read yet
+    line = 1  # the line pending starts
     while True:
         chunk = read(_CHUNK)
-        pending += chunk
-        pos = 0
-        while True:
-            end = _EOL.search(pending, max(pos, scanned - 1))
-            # a \r last in the buffer may be half of a \r\n: wait for the next chunk
-            if end is None or (chunk and end.end() == len(pending) and end.group() == b"\r"):
-                break
-            _check_line_length(end.start() - pos, line, label)
-            yield bytes(pending[pos : end.start()])
-            pos, line = end.end(), line + 1
-        del pending[:pos]
-        scanned = len(pending)
-        _check_line_length(scanned, line, label)
         if not chunk:
             if pending:
+                _check_line_length(len(pending), line, label)
                 yield bytes(pending)
             return
+        # the chunk's last line ending; a \r last in it may be half of a \r\n: it waits
+        cut = max(chunk.rfind(b"\n"), chunk.rfind(b"\r", 0, len(chunk) - 1))
+        if cut < 0:
+            pending += chunk
+            _check_line_length(len(pending), line, label)
+            continue
+        pending += chunk[: cut + 1]
+        lines = bytes(pending).splitlines()  # bytes split at \n, \r\n and \r only
+        pending = bytearray(chunk[cut + 1 :])
+        longest = max(map(len, lines))
+        if longest > MAX_LINE_BYTES:
+            _check_line_length(longest, line + [len(x) for x in lines].index(longest), label)
+        yield from lines
+        line += len(lines)
 
 
 def _check_line_length(n_bytes: int, line: int, label: str) -> None:
@@ -252,28 +255,25 @@ def _check_cells(text: str, line: int, header: list[str] | None, label: str) -> 
         )
 
 
-class _CheckedLines:
-    """The texts of lines (str, or UTF-8 bytes decoded here), each checked by ``_check_cells``
-    where it could hold a bad cell; ``line`` is the last one's number (1-based), ``header``
-    (set by the parser) names the columns in messages."""
+class _Where:
+    """Where ``_checked_lines`` is: the last line's number (1-based) and, once the parser has
+    read it, the header that names the columns in messages."""
 
-    def __init__(self, lines: Iterable[str | bytes], label: str) -> None:
-        self._lines = iter(lines)
-        self.label = label
+    def __init__(self) -> None:
         self.line = 0
         self.header: list[str] | None = None
 
-    def __iter__(self) -> _CheckedLines:
-        return self
 
-    def __next__(self) -> str:
-        text = next(self._lines)
-        self.line += 1
+def _checked_lines(lines: Iterable[str | bytes], at: _Where, label: str) -> Iterator[str]:
+    """The texts of lines (str, or UTF-8 bytes decoded here), each checked by ``_check_cells``
+    where it could hold a bad cell; ``at.line`` follows them."""
+    for text in lines:
+        at.line += 1
         if isinstance(text, bytes):
-            text = _decoded(text, self.line, self.header, self.label)
+            text = _decoded(text, at.line, at.header, label)
         if len(text) > MAX_CELL_CHARS or '"' in text or "\x00" in text:
-            _check_cells(text, self.line, self.header, self.label)
-        return text
+            _check_cells(text, at.line, at.header, label)
+        yield text
 
 
 def _parse(lines: Iterable[str | bytes], ett: bool, label: str) -> Table:
@@ -281,12 +281,12 @@ def _parse(lines: Iterable[str | bytes], ett: bool, label: str) -> Table:
     p = label
     rows: list[list[str]] = []
     lines_of: list[int] = []  # the 1-based line of each row, for messages
-    checked = _CheckedLines(lines, label)
+    at = _Where()
     header: list[str] | None = None
     header_line = 0
-    for row in csv.reader(checked):
-        line = checked.line
-        if not row or all(not c.strip() for c in row):
+    for row in csv.reader(_checked_lines(lines, at, label)):
+        line = at.line
+        if not row or (not row[0].strip() and all(not c.strip() for c in row)):
             continue
         if header is None:
             header = [c.strip() for c in row]
@@ -297,7 +297,7 @@ def _parse(lines: Iterable[str | bytes], ett: bool, label: str) -> Table:
                     f"{MAX_COLUMNS} (the reader's limit, MAX_COLUMNS)"
                 )
             _check_header(header, header_line, ett=ett, label=p)
-            checked.header = header
+            at.header = header
             continue
         if len(row) != len(header):
             _wrong_cell_count(row, line, header, p)
