@@ -1,4 +1,5 @@
-"""CRPS speed and memory: ``diffsample.metrics.crps`` vs ``properscoring.crps_ensemble``.
+"""CRPS speed and memory: ``diffsample.metrics.crps`` vs ``properscoring.crps_ensemble``; the
+energy score of whole windows and the per-step multivariate scores at the same shape.
 
 Not part of the default test run (pytest-benchmark; needs the ``bench`` extra, and numba for
 properscoring's fast path, without which properscoring falls back to an O(S^2)-memory route).
@@ -16,7 +17,9 @@ What is timed is what a user runs: ``crps(samples, obs)`` on the sample-first te
 (``moveaxis`` is a view; the transposition happens inside properscoring's ``np.sort`` and is
 counted). The ``*_transposed`` cases score the same values with the last two axes swapped in
 memory (``samples.transpose(-1, -2).contiguous().transpose(-1, -2)``), the layout the
-forecaster's ``forecast()`` returns: the cost must not depend on it (issue 9). Peak memory is measured in a fresh subprocess per call: the peak resident size
+forecaster's ``forecast()`` returns: the cost must not depend on it (issue 9). The
+``*_energy_score*`` and ``*_variogram_score*`` cases score vectors: each window's last two axes
+(7 x 96 = 672 values) for the energy score, each step's 7 variates for both. Peak memory is measured in a fresh subprocess per call: the peak resident size
 (``VmHWM``, reset through ``/proc/self/clear_refs`` just before the call; Linux only) minus the
 resident size just before the call (input already resident), recorded as ``extra_peak_mib`` in
 ``extra_info``. tracemalloc cannot see torch's allocations, hence whole-process accounting.
@@ -34,7 +37,14 @@ import numpy as np
 import pytest
 import torch
 
-from diffsample.metrics import ForecastMetrics, _engine, crps, quantile_crps
+from diffsample.metrics import (
+    ForecastMetrics,
+    _engine,
+    crps,
+    energy_score,
+    quantile_crps,
+    variogram_score,
+)
 
 properscoring = pytest.importorskip("properscoring")
 
@@ -72,9 +82,15 @@ def run_properscoring(samples: torch.Tensor, obs: torch.Tensor) -> np.ndarray:
     return properscoring.crps_ensemble(obs.numpy(), np.moveaxis(samples.numpy(), 0, -1))
 
 
+def window_energy_score(samples: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
+    """The energy score of each window: its last two axes as one vector -> [B]."""
+    return energy_score(samples, obs, event_dims=(-2, -1))
+
+
 ROUTES = {
     "diffsample": lambda s, o: crps(s, o),
     "properscoring": run_properscoring,
+    "energy_score": window_energy_score,
 }
 
 _PEAK_SCRIPT = r"""
@@ -261,6 +277,89 @@ def test_diffsample_forecast_metrics_update_transposed(benchmark, data, transpos
     for k, v in got.items():  # the same values: the same metrics up to float32 round-off
         if f"forecast_metrics/{k}" in RESULTS:
             assert v == pytest.approx(RESULTS[f"forecast_metrics/{k}"], rel=1e-5), k
+
+
+def _energy_reference(samples: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
+    """The energy score of each window by direct differences in float64 (no Gram matrix):
+    samples [S, B, *V], obs [B, *V] -> [B]."""
+    x = samples.flatten(2).double().transpose(0, 1)  # [B, S, D]
+    y = obs.flatten(1).double()  # [B, D]
+    pairs = torch.cdist(x, x, compute_mode="donot_use_mm_for_euclid_dist")  # [B, S, S]
+    return (x - y[:, None]).norm(dim=-1).mean(1) - 0.5 * pairs.mean((1, 2))
+
+
+def test_diffsample_energy_score(benchmark, data):
+    """The energy score of every window, its 7 x 96 values as one vector (O(S^2 D) each)."""
+    benchmark.group = f"multivariate scores, samples {list(SHAPE)} float32, CPU"
+    samples, obs = data
+    out = benchmark.pedantic(
+        lambda: window_energy_score(samples, obs), rounds=ROUNDS, iterations=1, warmup_rounds=1
+    )
+    info = extra_peak("energy_score")
+    benchmark.extra_info.update(
+        machine=_machine(),
+        vectors=SHAPE[1],
+        vector_length=SHAPE[2] * SHAPE[3],
+        route="float64 Gram matrix of centred samples, one bmm per chunk",
+        **info,
+    )
+    assert out.shape == SHAPE[1:2] and out.dtype == torch.float32
+    want = _energy_reference(samples[:, :16], obs[:16])
+    np.testing.assert_allclose(out[:16].double().numpy(), want.numpy(), rtol=1e-6)
+    # a few float64 chunk temporaries of MV_CHUNK_ELEMENTS (8 MiB each), whatever the shape
+    assert info["extra_peak_mib"] <= 64
+
+
+def test_diffsample_energy_score_per_step(benchmark, data):
+    """The energy score of each step's N variates: B x H vectors of 7 (the S^2 pass dominates)."""
+    benchmark.group = f"multivariate scores, samples {list(SHAPE)} float32, CPU"
+    samples, obs = data  # [S, B, N, H]: the variates are axis -2 of E
+    out = benchmark.pedantic(
+        lambda: energy_score(samples, obs, event_dims=-2), rounds=1, iterations=1
+    )
+    benchmark.extra_info.update(machine=_machine(), vectors=SHAPE[1] * SHAPE[3])
+    assert out.shape == (SHAPE[1], SHAPE[3])
+    want = _energy_reference(samples[:, :4, :, 0], obs[:4, :, 0])
+    np.testing.assert_allclose(out[:4, 0].double().numpy(), want.numpy(), rtol=1e-6)
+
+
+def test_diffsample_variogram_score_per_step(benchmark, data):
+    """The variogram score (p = 0.5) of each step's N variates: B x H vectors of 7."""
+    benchmark.group = f"multivariate scores, samples {list(SHAPE)} float32, CPU"
+    samples, obs = data
+    out = benchmark.pedantic(
+        lambda: variogram_score(samples, obs, event_dims=-2), rounds=1, iterations=1
+    )
+    benchmark.extra_info.update(machine=_machine(), vectors=SHAPE[1] * SHAPE[3])
+    assert out.shape == (SHAPE[1], SHAPE[3]) and bool(torch.isfinite(out).all())
+    x = samples[:, :4, :, 0].double()  # [S, 4, N]
+    y = obs[:4, :, 0].double()  # [4, N]
+    fx = (x[..., :, None] - x[..., None, :]).abs().sqrt().mean(0)  # [4, N, N]
+    fy = (y[..., :, None] - y[..., None, :]).abs().sqrt()
+    want = (fx - fy).square().sum((-2, -1))
+    np.testing.assert_allclose(out[:4, 0].double().numpy(), want.numpy(), rtol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_diffsample_energy_score_cuda(benchmark, data):
+    benchmark.group = f"multivariate scores, samples {list(SHAPE)} float32, CUDA"
+    samples, obs = (t.cuda() for t in data)
+
+    def run() -> torch.Tensor:
+        out = window_energy_score(samples, obs)
+        torch.cuda.synchronize()
+        return out
+
+    run()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    out = benchmark.pedantic(run, rounds=ROUNDS, iterations=1)
+    benchmark.extra_info.update(
+        device=torch.cuda.get_device_name(),
+        extra_peak_mib=round((torch.cuda.max_memory_allocated() - base) / 2**20, 1),
+    )
+    want = _energy_reference(data[0][:, :16], data[1][:16])
+    np.testing.assert_allclose(out[:16].double().cpu().numpy(), want.numpy(), rtol=1e-6)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

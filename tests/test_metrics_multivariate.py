@@ -515,3 +515,15 @@ def test_variogram_score_bad_order_and_pair_weights():
         variogram_score(x + torch.arange(5.0), y, pair_weights=w),
         variogram_score(x + torch.arange(5.0), y),
     )
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu():
+    x, y = data(19, shape=(30, 4, 8, 5))
+    for score in (energy_score, variogram_score):
+        for kw in ({}, {"event_dims": (-2, -1)}, {"estimator": "fair", "nan_policy": "omit"}):
+            got = score(x.cuda(), y.cuda(), **kw)
+            assert got.device.type == "cuda"
+            torch.testing.assert_close(got.cpu(), score(x, y, **kw), rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match=r"^obs: expected a tensor on cuda"):
+        energy_score(x.cuda(), y)
