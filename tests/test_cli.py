@@ -543,13 +543,36 @@ def test_evaluate_never_writes_over_its_checkpoint_or_its_data(run, tmp_path, mo
         rc, _, stderr = _run(["evaluate", str(ckpt), *SAMPLING, "--out", where])
         assert rc == 2 and "is the checkpoint this run reads" in _one_line(stderr), stderr
     assert ckpt.read_bytes() == before
-    # the data too, known once the checkpoint names them: refused before any sampling
+    # the data too (a custom CSV is named by the user: a checkpoint never names a file to
+    # read): refused before any sampling
     before = data.read_bytes()
-    rc, _, stderr = _run(
-        ["evaluate", str(tmp_path / "r" / "model.pt"), *SAMPLING, "--out", str(data)]
-    )
+    model2 = str(tmp_path / "r" / "model.pt")
+    rc, _, stderr = _run(["evaluate", model2, "--data", str(data), *SAMPLING, "--out", str(data)])
     assert rc == 2 and "is the data this run reads" in _one_line(stderr)
     assert data.read_bytes() == before
+
+
+def test_evaluate_never_opens_a_file_its_checkpoint_names(tmp_path, monkeypatch):
+    """A checkpoint's data spec names data, not a file to read: a custom CSV's spec (its path
+    recorded) needs --data, and the file it names is not opened, even when it exists."""
+    data = _csv(tmp_path / "d.csv", ["a", "b", "c"])
+    flags = [*TINY, "--diffusion_steps", "10", *SAMPLING]
+    rc, _, stderr = _run(["train", "--data", str(data), "--out", str(tmp_path / "r"), *flags])
+    assert (rc, stderr) == (0, "")
+    opened: list[str] = []
+    real_open = open
+
+    def spy(file, *args, **kw):
+        opened.append(str(file))
+        return real_open(file, *args, **kw)
+
+    monkeypatch.setattr("builtins.open", spy)
+    rc, _, stderr = _run(["evaluate", str(tmp_path / "r" / "model.pt"), *SAMPLING])
+    assert rc != 0 and "never names a file to open" in _one_line(stderr)
+    assert str(data) not in opened
+    rc, _, stderr = _run(["evaluate", str(tmp_path / "r" / "model.pt"), "--data", str(data),
+                          *SAMPLING, "--out", str(tmp_path / "e.json")])  # fmt: skip
+    assert (rc, stderr) == (0, "")
 
 
 @pytest.mark.parametrize("command", ["train", "evaluate"])
@@ -750,7 +773,16 @@ def test_data_names_are_drawn_as_text_and_the_samples_come_first(tmp_path, monke
 
     monkeypatch.setattr(cli, "fan_chart", broken)
     rc, _, stderr = _run(
-        ["evaluate", str(out / "model.pt"), *SAMPLING, "--save-samples", "--out", str(tmp_path)]
+        [
+            "evaluate",
+            str(out / "model.pt"),
+            "--data",
+            str(data),
+            *SAMPLING,
+            "--save-samples",
+            "--out",
+            str(tmp_path),
+        ]
     )
     assert rc == 2 and "cannot write the chart" in _one_line(stderr)
     saved = torch.load(tmp_path / "eval_test_samples.pt", weights_only=True)

@@ -43,7 +43,14 @@ import torch
 from .._utils import check_int, choices_of, expected
 from ..distributed import local_device, torchrun_rank_world
 from ..samplers import SAMPLERS
-from .data import ForecastDataset, Protocol, WindowBatch, check_data_spec, load_dataset
+from .data import (
+    ForecastDataset,
+    Protocol,
+    WindowBatch,
+    check_data_spec,
+    load_dataset,
+    reload_data,
+)
 from .evaluation import (
     Evaluation,
     check_evaluation_args,
@@ -582,7 +589,9 @@ def _source(a: argparse.Namespace) -> tuple[str | None, Protocol]:
 
 
 def _evaluation_data(a: argparse.Namespace, model: ITransformerDiffusion) -> ForecastDataset:
-    """The data a checkpoint is scored on: its own by default; --data only if it matches."""
+    """The data a checkpoint is scored on: its own by default, from its ETT name or synthetic
+    call (``reload_data``: never a path the file names); --data, the user's, only if it
+    matches."""
     spec, c = model.data_spec, model.config
     source, protocol = _source(a)
     if source is None:
@@ -591,33 +600,24 @@ def _evaluation_data(a: argparse.Namespace, model: ITransformerDiffusion) -> For
                 f"--data: {a.checkpoint} does not record the data it was trained on (saved "
                 "before training, or by an older version); pass --data"
             )
-        data = _reload(spec, a.download)
-    else:
-        data = load_dataset(
-            source, lookback=c.lookback, horizon=c.horizon, protocol=protocol, download=a.download
+        try:
+            return reload_data(spec, download=a.download)
+        except FileNotFoundError as exc:
+            raise FileNotFoundError(
+                f"{exc} (the data the checkpoint was trained on; pass --data to say where it is "
+                "now)"
+            ) from None
+    data = load_dataset(
+        source, lookback=c.lookback, horizon=c.horizon, protocol=protocol, download=a.download
+    )
+    if spec is None:
+        _say(
+            "note: the checkpoint does not record its training data; the data given "
+            "could not be checked"
         )
-        if spec is None:
-            _say(
-                "note: the checkpoint does not record its training data; the data given "
-                "could not be checked"
-            )
-    if spec is not None:
+    else:
         check_data_spec(spec, data)
     return data
-
-
-def _reload(spec: dict[str, Any], download: bool) -> ForecastDataset:
-    """The data of a data spec: its source, else (another machine) its ETT name."""
-    protocol = spec.get("protocol", "auto")
-    kw: dict[str, Any] = dict(lookback=spec["lookback"], horizon=spec["horizon"])
-    try:
-        return load_dataset(spec["source"], protocol=protocol, **kw)
-    except FileNotFoundError as exc:
-        if spec.get("ett"):
-            return load_dataset(spec["ett"], protocol=protocol, download=download, **kw)
-        raise FileNotFoundError(
-            f"{exc} (the data the checkpoint was trained on; pass --data to say where it is now)"
-        ) from None
 
 
 def _results_path(out: str | None, checkpoint: Path, split: str) -> Path:
