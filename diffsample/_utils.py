@@ -168,26 +168,29 @@ def check_tensor(name: str, value: object, *, floating: bool = False) -> torch.T
 
 
 def check_device(name: str, value: object) -> torch.device:
-    """``value`` as a ``torch.device`` that exists here: TypeError for a non-device, ValueError
-    for an unknown device string or a CUDA device without CUDA (or past the visible count)."""
+    """``value`` (a device name or ``torch.device``) as a device this machine has: cpu, cuda
+    (with as many GPUs as its index needs) or mps; one-line TypeError / ValueError otherwise."""
+    want = "a device such as 'cpu', 'cuda', 'cuda:1' or 'mps'"
     if not isinstance(value, (str, torch.device)):
-        raise TypeError(
-            expected(name, "a torch.device or a string such as 'cpu' or 'cuda:0'", value)
-        )
+        raise TypeError(expected(name, f"{want} (a str or torch.device)", value))
     try:
         device = torch.device(value)
-    except RuntimeError:
-        raise ValueError(
-            expected(name, "a device string such as 'cpu', 'cuda' or 'cuda:0'", value)
-        ) from None
+    except (RuntimeError, ValueError):
+        raise ValueError(f"{name}: expected {want}, got {str(value)!r}") from None
+    have = None
     if device.type == "cuda":
-        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if n == 0:
-            raise ValueError(f"{name}: got {str(device)!r}, but CUDA is not available here")
-        if device.index is not None and device.index >= n:
-            raise ValueError(
-                f"{name}: got {str(device)!r}, but only {n} CUDA device(s) are visible"
-            )
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if not count:
+            have = f"this torch {torch.__version__} sees no CUDA device"
+        elif device.index is not None and device.index >= count:
+            have = f"{count} CUDA device(s)"
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            have = "no MPS device"
+    elif device.type != "cpu":
+        raise ValueError(f"{name}: expected {want}, got {str(value)!r}")
+    if have is not None:
+        raise ValueError(f"{name}: expected a device this machine has, got {str(value)!r} ({have})")
     return device
 
 

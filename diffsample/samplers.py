@@ -229,11 +229,9 @@ def _rows_like(
         return None
     if name != "known.mask":  # the mask is bool, checked by the caller
         check_tensor(name, v, floating=True)
-    try:
-        shape = torch.broadcast_shapes(v.shape, x.shape)
-    except RuntimeError:
-        shape = None
-    if shape != x.shape:
+    # by hand: torch.broadcast_shapes imports torch.fx on its first call (~1 s)
+    fits = v.ndim <= x.ndim and all(a in (1, b) for a, b in zip(v.shape[::-1], x.shape[::-1]))
+    if not fits:
         raise ValueError(expected(name, f"a tensor broadcastable to x's {tuple(x.shape)}", v))
     v = v.to(x.device)
     if check and v.is_floating_point():

@@ -47,6 +47,7 @@ from .._utils import (
     atomic_write,
     check_bool,
     check_choice,
+    check_device,
     check_finite,
     check_int,
     check_number,
@@ -487,7 +488,7 @@ class ITransformerDiffusion(nn.Module):
                 the limits included), weights that do not fit the config, NaN or infinite
                 weights, or an unfinished run without ``allow_unfinished``.
         """
-        device = _check_device("map_location", map_location)
+        device = check_device("map_location", map_location)
         allow_unfinished = check_bool("allow_unfinished", allow_unfinished)
         path = Path(path)
         if not path.is_file():
@@ -542,8 +543,8 @@ class ITransformerDiffusion(nn.Module):
         return moved
 
     def _check_own_device(self, value: object) -> None:
-        """``value`` a device (see ``_check_device``) that is the parameters' own."""
-        device = _check_device("device", value)
+        """``value`` a device (see ``diffsample._utils.check_device``) that is the parameters' own."""
+        device = check_device("device", value)
         own = next(self.backbone.parameters()).device
         if device.type != own.type or device.index not in (None, own.index):
             raise ValueError(
@@ -617,33 +618,6 @@ def _state_shapes(c: ForecastConfig) -> dict[str, tuple[int, ...]]:
     }
     N, H = c.n_variates, c.horizon
     return {**shapes, "res_mean": (N,), "res_std": (N,), "res_scale": (H, N)}
-
-
-def _check_device(name: str, value: object) -> torch.device:
-    """``value`` (a device name or ``torch.device``) as a device this machine has: cpu, cuda
-    (with as many GPUs as its index needs) or mps; one-line TypeError / ValueError otherwise."""
-    want = "a device such as 'cpu', 'cuda', 'cuda:1' or 'mps'"
-    if not isinstance(value, (str, torch.device)):
-        raise TypeError(expected(name, f"{want} (a str or torch.device)", value))
-    try:
-        device = torch.device(value)
-    except (RuntimeError, ValueError):
-        raise ValueError(f"{name}: expected {want}, got {str(value)!r}") from None
-    have = None
-    if device.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if not count:
-            have = f"this torch {torch.__version__} sees no CUDA device"
-        elif device.index is not None and device.index >= count:
-            have = f"{count} CUDA device(s)"
-    elif device.type == "mps":
-        if not torch.backends.mps.is_available():
-            have = "no MPS device"
-    elif device.type != "cpu":
-        raise ValueError(f"{name}: expected {want}, got {str(value)!r}")
-    if have is not None:
-        raise ValueError(f"{name}: expected a device this machine has, got {str(value)!r} ({have})")
-    return device
 
 
 def _check_window_ids(window_ids: object, B: int) -> None:
