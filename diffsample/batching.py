@@ -35,7 +35,7 @@ from ._utils import (
     progress_disabled,
 )
 from .graph import ChunkGraph, HostSyncError
-from .memory import back_off, fit_row_cost, free_bytes, is_oom
+from .memory import back_off, check_fits, fit_row_cost, free_bytes, is_oom
 from .noise import keyed_normal, keyed_normal_steps, noise_key, row_keys
 from .prediction import Denoiser, autocast_denoiser, check_output
 from .samplers import SAMPLERS, Known, Sampler, check_grid
@@ -370,16 +370,16 @@ def _resolve_seed(seed: object) -> int:
 def _check_output_fits(
     S: int, B: int, E: tuple[int, ...], dtype: torch.dtype, device: torch.device
 ) -> None:
-    """Refuse an output ``[S, B, *E]`` larger than the memory free on ``device``, before any
-    allocation (the probe included)."""
+    """Refuse an output ``[S, B, *E]`` larger than the memory available on ``device``, before
+    any allocation (the probe included)."""
     need = S * B * math.prod(E) * torch.empty((), dtype=dtype).element_size()
-    free = free_bytes(device)
-    if need > free:
-        raise ValueError(
-            f"n_samples: expected an output that fits in memory, got {S} samples x {B} "
-            f"conditions x {math.prod(E)} values = {need / 2**30:.3g} GiB, with "
-            f"{free / 2**30:.3g} GiB free on {device}"
-        )
+    check_fits(
+        need,
+        device,
+        name="n_samples",
+        what=f"the output of {S} samples x {B} conditions x {math.prod(E)} values",
+        hint="draw fewer samples per call",
+    )
 
 
 def _capture(

@@ -28,7 +28,16 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-__all__ = ["back_off", "fit_row_cost", "free_bytes", "is_oom", "peak_bytes"]
+__all__ = [
+    "available_bytes",
+    "back_off",
+    "check_fits",
+    "fit_row_cost",
+    "format_bytes",
+    "free_bytes",
+    "is_oom",
+    "peak_bytes",
+]
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +58,12 @@ def back_off(rows: int, device: torch.device, what: str) -> int:
     return smaller
 
 
-def free_bytes(device: str | torch.device) -> int:
-    """Memory a new allocation on ``device`` can still use, in bytes.
+def available_bytes(device: str | torch.device) -> int | None:
+    """Memory a new allocation on ``device`` can still use, in bytes, or None where this
+    machine does not tell.
 
     CUDA: free device memory plus what the caching allocator holds but does not use.
-    CPU: ``MemAvailable`` from /proc/meminfo, else free physical pages.
+    CPU: ``MemAvailable`` from /proc/meminfo, else free physical pages (POSIX).
     """
     device = torch.device(device)
     if device.type == "cuda":
@@ -69,7 +79,52 @@ def free_bytes(device: str | torch.device) -> int:
     try:
         return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
     except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
-        return 8 << 30
+        return None
+
+
+def free_bytes(device: str | torch.device) -> int:
+    """:func:`available_bytes`, or 8 GiB where the machine does not tell (a planning guess:
+    the OOM back-off corrects it)."""
+    have = available_bytes(device)
+    return 8 << 30 if have is None else have
+
+
+def check_fits(
+    needed: int,
+    device: str | torch.device,
+    *,
+    name: str,
+    what: str,
+    hint: str,
+    purpose: str = "",
+) -> None:
+    """ValueError naming ``name`` if ``needed`` bytes exceed what ``device`` has available,
+    before anything is allocated (no check where the machine does not tell).
+
+    Args:
+        needed: bytes.
+        device: where they would be allocated.
+        name: the argument(s) to blame.
+        what: what needs them, e.g. ``"100 samples x 256 windows x [96, 7] (H, N)"``.
+        hint: what to lower.
+        purpose: what for, e.g. ``" to sample and score"`` (after the size).
+    """
+    have = available_bytes(device)
+    if have is not None and needed > have:
+        raise ValueError(
+            f"{name}: {what} need about {format_bytes(needed)}{purpose}, but {device} has "
+            f"{format_bytes(have)} available; {hint}"
+        )
+
+
+def format_bytes(n: int) -> str:
+    """Bytes in binary units, e.g. ``"5.9 TiB"``."""
+    value, unit = float(n), "bytes"
+    for u in ("KiB", "MiB", "GiB", "TiB", "PiB", "EiB"):
+        if value < 1024:
+            break
+        value, unit = value / 1024, u
+    return f"{n} bytes" if unit == "bytes" else f"{value:.1f} {unit}"
 
 
 class _StorageTracker(TorchDispatchMode):

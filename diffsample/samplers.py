@@ -230,7 +230,9 @@ def _rows_like(
     if name != "known.mask":  # the mask is bool, checked by the caller
         check_tensor(name, v, floating=True)
     # by hand: torch.broadcast_shapes imports torch.fx on its first call (~1 s)
-    fits = v.ndim <= x.ndim and all(a in (1, b) for a, b in zip(v.shape[::-1], x.shape[::-1]))
+    fits = v.ndim <= x.ndim and all(
+        a in (1, b) for a, b in zip(v.shape[::-1], x.shape[::-1], strict=False)
+    )
     if not fits:
         raise ValueError(expected(name, f"a tensor broadcastable to x's {tuple(x.shape)}", v))
     v = v.to(x.device)

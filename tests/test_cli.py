@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffsample import SAMPLERS, sample_ddim
+from diffsample import SAMPLERS, memory, sample_ddim
 from diffsample._utils import atomic_write
 from diffsample.forecast import (
     ForecastConfig,
@@ -27,7 +27,6 @@ from diffsample.forecast import (
     TrainConfig,
     cli,
     evaluate_split,
-    evaluation,
     outputs,
     report,
 )
@@ -718,12 +717,12 @@ def test_samples_that_cannot_fit_in_memory_are_refused_before_any_work(run, tmp_
     assert rc == 2 and "--samples: 1000000000 samples" in _one_line(stderr)
     # --save-samples keeps every window's samples: counted against the host's memory
     argv = ["evaluate", str(out / "model.pt"), "--samples", "1000", "--windows", "6"]
-    monkeypatch.setattr(evaluation, "free_bytes", lambda device: 5 * 2**20)
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 5 * 2**20)
     rc, _, stderr = _run(argv)  # 3 copies x 1000 x 6 x 12 x 7 x 4 bytes: 5.8 MiB
     assert rc == 2 and "6 windows per call need about 5.8 MiB" in _one_line(stderr)
     assert "but cpu has 5.0 MiB available" in stderr
     # --save-samples keeps every window's samples: on the CPU, added to the sampling's
-    monkeypatch.setattr(evaluation, "free_bytes", lambda device: 7 * 2**20)
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 7 * 2**20)
     monkeypatch.setattr(cli, "evaluate_split", lambda *a, **k: 1 / 0)  # fits: reached
     assert _run([*argv, "--out", str(tmp_path)])[0] == 1
     rc, _, stderr = _run([*argv, "--save-samples", "--out", str(tmp_path)])
@@ -733,7 +732,7 @@ def test_samples_that_cannot_fit_in_memory_are_refused_before_any_work(run, tmp_
 def test_on_a_gpu_the_kept_samples_count_against_the_host(monkeypatch):
     cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
     free = {"cuda": 2**30, "cpu": 2**30}
-    monkeypatch.setattr(evaluation, "free_bytes", lambda d: free[torch.device(d).type])
+    monkeypatch.setattr(memory, "available_bytes", lambda d: free[torch.device(d).type])
     a = argparse.Namespace(samples=1000, windows=None, save_samples=True)
     config = ForecastConfig(lookback=24, horizon=12, n_variates=7)
     cli._check_memory(a, config, 100, 256, cuda)  # 97 MiB on the GPU, 32 MiB on the host

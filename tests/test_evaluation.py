@@ -12,7 +12,7 @@ import pytest
 import torch
 from tiny import TINY as TINY_BASE
 
-from diffsample import sample_ddim
+from diffsample import memory, sample_ddim
 from diffsample._utils import atomic_write
 from diffsample.forecast import (
     Evaluation,
@@ -229,7 +229,7 @@ def test_steps_beyond_t_and_samples_beyond_memory_are_refused_before_sampling(
         r"num_train_steps\), got 51$",
     ):
         evaluate_split(model, data.test, num_steps=51)
-    monkeypatch.setattr(evaluation, "free_bytes", lambda device: 10 * 2**20)
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 10 * 2**20)
     # 3 copies x 1000 samples x 16 windows x [12, 7] x 4 bytes = 15.4 MiB
     with pytest.raises(
         ValueError,

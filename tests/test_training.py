@@ -15,6 +15,7 @@ import pytest
 import torch
 from tiny import QUICK, TINY
 
+from diffsample import memory
 from diffsample.forecast import (
     ITransformerDiffusion,
     NonFiniteLossError,
@@ -22,7 +23,6 @@ from diffsample.forecast import (
     synthetic_dataset,
     train,
 )
-from diffsample.forecast import evaluation as evaluation_module
 from diffsample.forecast import training as training_module
 from diffsample.forecast.model import _read_checkpoint, _write_checkpoint
 
@@ -199,7 +199,7 @@ def test_a_calibration_the_model_cannot_run_is_refused_before_any_epoch(
         r"num_train_steps\), got 51$",
     ):
         train(fresh_model(), data, bad, device="cpu", checkpoint=ckpt, on_epoch=never)
-    monkeypatch.setattr(evaluation_module, "free_bytes", lambda device: 2**20)
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 2**20)
     big = dataclasses.replace(QUICK, calibration="val_spread", calibration_samples=1000)
     n = len(data.val)
     with pytest.raises(

@@ -35,7 +35,7 @@ from .._utils import (
     progress_disabled,
 )
 from ..distributed import Ranks
-from ..memory import free_bytes
+from ..memory import check_fits
 from ..metrics import ForecastMetrics, coverage, crps
 from ..samplers import SAMPLERS, Sampler
 from .data import ForecastSplit, WindowBatch
@@ -295,7 +295,7 @@ def check_sampling_memory(
     hint: str,
 ) -> None:
     """ValueError if ``needed`` bytes exceed what ``device`` has available
-    (:func:`diffsample.memory.free_bytes`), before anything is allocated.
+    (:func:`diffsample.memory.check_fits`), before anything is allocated.
 
     Args:
         needed: bytes (e.g. :func:`sampling_bytes`).
@@ -304,22 +304,7 @@ def check_sampling_memory(
         what: what needs them, e.g. ``"100 samples x 256 windows x [96, 7] (H, N)"``.
         hint: what to lower.
     """
-    have = free_bytes(device)
-    if needed > have:
-        raise ValueError(
-            f"{name}: {what} need about {_size(needed)} to sample and score, but {device} has "
-            f"{_size(have)} available; {hint}"
-        )
-
-
-def _size(n: int) -> str:
-    """Bytes in binary units, e.g. ``"5.9 TiB"``."""
-    value, unit = float(n), "bytes"
-    for u in ("KiB", "MiB", "GiB", "TiB", "PiB", "EiB"):
-        if value < 1024:
-            break
-        value, unit = value / 1024, u
-    return f"{n} bytes" if unit == "bytes" else f"{value:.1f} {unit}"
+    check_fits(needed, device, name=name, what=what, hint=hint, purpose=" to sample and score")
 
 
 def forecast_windows(
