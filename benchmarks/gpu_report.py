@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     def folded(**kw: Any) -> torch.Tensor:
         return sample_many(
             "ddim", den, E, S, cond={"z": z}, schedule=sch, timesteps=grid,
-            prediction=c.prediction, progress=False, **kw,
+            prediction=c.prediction, seed=0, progress=False, **kw,
         )  # fmt: skip
 
     def seed_loop() -> torch.Tensor:
