@@ -215,14 +215,26 @@ def progress_disabled(progress: bool | None) -> bool:
     return not (sys.stderr is not None and hasattr(sys.stderr, "isatty") and sys.stderr.isatty())
 
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+def _umask() -> int:
+    """The process's umask now (it can change after import): read from /proc where Linux
+    shows it, else set and restored at once (the only portable way)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> Path:
     """Call ``write(f)`` on a temp file beside ``path``, then rename it into place: a failure
     leaves the old file (or none), never a half-written one. The file gets the permissions a
-    plain ``open(path, "w")`` would give (mkstemp alone makes 0600)."""
+    plain ``open(path, "w")`` would give under the current umask (mkstemp alone makes 0600).
+    An OSError (a full disk, a lost permission) names ``path``, not the temp file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -231,8 +243,12 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
+    except OSError as exc:
+        if exc.errno is None:
+            raise OSError(f"cannot write {path}: {exc}") from exc
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

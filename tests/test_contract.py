@@ -369,3 +369,30 @@ def test_device_strings_are_checked():
             many(device="cuda")
     with pytest.raises(TypeError, match=r"device: expected a device such as 'cpu'"):
         many(device=0.5)
+
+
+# ---------------------------------------------------------------- atomic writes
+def test_atomic_write_names_the_file_and_follows_the_umask_of_the_moment(tmp_path):
+    import errno
+    import os
+    import stat
+
+    from diffsample._utils import atomic_write
+
+    def full(f):
+        f.write(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    target = tmp_path / "model.pt"
+    with pytest.raises(OSError, match=r"No space left on device: '.*model\.pt'") as info:
+        atomic_write(target, full)
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(target)
+    assert list(tmp_path.iterdir()) == []  # no half-written file, no temp file
+    old = os.umask(0o077)  # set after import: a umask read once at import would miss it
+    try:
+        atomic_write(target, lambda f: f.write(b"ok"))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    atomic_write(target, lambda f: f.write(b"ok"))
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~old
