@@ -224,7 +224,7 @@ def test_sample_many_uses_prepare_cond_once_per_window_and_changes_nothing(denoi
     prepare = m.denoiser.prepare_cond
     m.denoiser.prepare_cond = lambda **c: calls.append(c["z"].shape[0]) or prepare(**c)
     kw = dict(cond={"z": z}, schedule=m.schedule, timesteps=m.schedule.timesteps(6),
-              prediction="v", progress=False, max_batch=7)  # fmt: skip
+              prediction="v", progress=False, max_batch=7, seed=0)  # fmt: skip
     hooked = sample_many("ddim", m.denoiser, (12, 3), 4, **kw)
 
     def plain(x, t, *, z):  # no hooks: a copy of t per row, no prepare_cond attribute
