@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import functools
 import os
+import statistics
+import time
 
 import pytest
 import torch
 from common import EVENT, budget_for_rows, folded, make_cond, make_denoiser, peak, seed_loop
 
-from diffsample import plan_chunk
+from diffsample import SAMPLERS, NoiseSchedule, plan_chunk, sample_many
 from diffsample.noise import keyed_normal, row_keys
 
 K = int(os.environ.get("DIFFSAMPLE_BENCH_STEPS", "50"))
@@ -128,3 +130,76 @@ def test_cpu_autocast_and_compile(benchmark, mode):
     ref = folded(NET, z, S_BATCH, K)
     tol = 0.05 if mode == "autocast_bf16" else 1e-4  # bf16: 8 significant bits in the network
     torch.testing.assert_close(out, ref, rtol=tol, atol=tol * float(ref.abs().max()))
+
+
+# ---------------------------------------------------------------- sample_many vs one batched call
+class TimeGradLikeEps(torch.nn.Module):
+    """A TimeGrad-style eps-network (~15k parameters): gated dilated-conv residual layers over
+    the N target dimensions, a step embedding and a conditioning vector h per row.
+    x_t [M, N], t [M], h [M, 40] -> eps [M, N]."""
+
+    def __init__(self, N: int = 8, C: int = 12, layers: int = 8, emb: int = 24) -> None:
+        super().__init__()
+        self.inp, self.emb = torch.nn.Conv1d(1, C, 1), torch.nn.Embedding(100, emb)
+        self.up = torch.nn.Linear(40, N)
+        self.dil = torch.nn.ModuleList(
+            torch.nn.Conv1d(C, 2 * C, 3, padding=1) for _ in range(layers)
+        )
+        self.step = torch.nn.ModuleList(torch.nn.Linear(emb, C) for _ in range(layers))
+        self.cond = torch.nn.ModuleList(torch.nn.Conv1d(1, 2 * C, 1) for _ in range(layers))
+        self.res = torch.nn.ModuleList(torch.nn.Conv1d(C, 2 * C, 1) for _ in range(layers))
+        self.skip, self.out = torch.nn.Conv1d(C, C, 1), torch.nn.Conv1d(C, 1, 1)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, *, h: torch.Tensor) -> torch.Tensor:
+        e, c = self.emb(t), self.up(h)[:, None, :]  # [M, emb], [M, 1, N]
+        y, skip = torch.relu(self.inp(x[:, None, :])), 0.0  # [M, C, N]
+        for dil, step, cond, res in zip(self.dil, self.step, self.cond, self.res, strict=True):
+            g, f = (dil(y + step(e)[:, :, None]) + cond(c)).chunk(2, 1)
+            r, s = res(torch.sigmoid(g) * torch.tanh(f)).chunk(2, 1)
+            y, skip = (y + r) / 2**0.5, skip + s
+        return self.out(torch.relu(self.skip(skip / len(self.dil) ** 0.5)))[:, 0, :]  # [M, N]
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+@pytest.mark.parametrize("B", [1, 8])
+def test_sample_many_vs_one_batched_call(benchmark, sampler, B):
+    """The same work two ways, S = 100 samples x 100 steps of a ~15k-parameter denoiser
+    (TimeGrad's T = 100 schedule): one direct sampler call on all S * B rows (cond repeated,
+    torch.randn noise) against sample_many (keyed noise, the cached plan). Rounds interleaved;
+    the median ratio batched / sample_many goes to extra_info (>= 1: sample_many no slower)."""
+    benchmark.group = f"sample_many vs one batched call, {sampler}-100, S=100"
+    torch.manual_seed(0)
+    net = TimeGradLikeEps().eval().requires_grad_(False)
+    sch = NoiseSchedule.linear(100, beta_end=0.1)
+    grid, h, S = sch.timesteps(100), torch.randn(B, 40), 100
+
+    def batched() -> torch.Tensor:
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(S * B, 8, generator=g)
+        return SAMPLERS[sampler](net, x, sch, grid, cond={"h": h.repeat(S, 1)}, generator=g)
+
+    def many() -> torch.Tensor:
+        return sample_many(sampler, net, (8,), S, cond={"h": h}, schedule=sch, timesteps=grid,
+                           seed=0, progress=False)  # fmt: skip
+
+    ratios = []
+    with torch.no_grad():
+        many(), batched()  # warm-up (and the plan cache)
+        for _ in range(5):
+            t0 = time.perf_counter()
+            batched()
+            t1 = time.perf_counter()
+            many()
+            ratios.append((t1 - t0) / (time.perf_counter() - t1))
+        out = benchmark.pedantic(many, rounds=3, iterations=1, warmup_rounds=0)
+        # the same work: sample_many is the sampler on its keyed x_T and keyed step noise
+        keys = row_keys(0, torch.arange(S * B) % B, torch.arange(S * B) // B)
+        direct = SAMPLERS[sampler](
+            net, keyed_normal(keys, -1, (8,)), sch, grid, cond={"h": h.repeat(S, 1)},
+            noise_sampler=functools.partial(keyed_normal, keys, event_shape=(8,)),
+        )  # fmt: skip
+    torch.testing.assert_close(out.reshape(S * B, 8), direct, rtol=1e-5, atol=1e-5)
+    params = sum(p.numel() for p in net.parameters())
+    benchmark.extra_info.update(
+        params=params, rows=S * B, steps=100, median_ratio=round(statistics.median(ratios), 3)
+    )
