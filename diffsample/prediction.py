@@ -223,11 +223,17 @@ def training_target(
 
 
 def check_output(out: Any, x: torch.Tensor) -> torch.Tensor:
-    """The denoiser's answer for input ``x [M, *E]``, which must be a tensor of the same shape
-    (TypeError for a non-tensor, ValueError for another shape)."""
+    """The denoiser's answer for input ``x [M, *E]``: a tensor of the same shape, or an object
+    whose ``sample`` attribute is one (diffusers' ``UNet1DOutput``, ``UNet2DOutput``, ...),
+    taken from there. TypeError for anything else, ValueError for another shape."""
     want = f"an output of shape {tuple(x.shape)} (the input x_t [M, *event_shape])"
     if not isinstance(out, torch.Tensor):
-        raise TypeError(expected("denoiser", want + " as a tensor", out))
+        sample = getattr(out, "sample", None)
+        if not isinstance(sample, torch.Tensor):
+            raise TypeError(
+                expected("denoiser", want + " as a tensor or an object with a tensor .sample", out)
+            )
+        out = sample
     if out.shape != x.shape:
         raise ValueError(
             expected("denoiser", want, out)
