@@ -221,3 +221,179 @@ def test_frozen_and_to():
         torch.equal(moved.alphas_cumprod, sch.alphas_cumprod)
         and moved.alphas_cumprod.dtype == torch.float64
     )
+
+
+# ---------------------------------------------------------------- NoiseSchedule.from_diffusers
+EPS64 = float(np.finfo(np.float64).eps)
+
+
+def _diffusers_betas(kind: str, T: int, start: float, end: float) -> np.ndarray:
+    """diffusers' beta formulas (``DDPMScheduler.__init__``, ``betas_for_alpha_bar``), written
+    here in float64 as diffusers writes them in float32 (numpy for the ramps, Python floats for
+    the alpha_bar ratios)."""
+    if kind == "linear":
+        return np.linspace(start, end, T)
+    if kind == "scaled_linear":
+        return np.linspace(start**0.5, end**0.5, T) ** 2
+    if kind == "sigmoid":
+        return 1 / (1 + np.exp(-np.linspace(-6, 6, T))) * (end - start) + start
+
+    def cosine(t):
+        return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
+
+    def laplace(t):
+        lmb = -0.5 * math.copysign(1, 0.5 - t) * math.log(1 - 2 * math.fabs(0.5 - t) + 1e-6)
+        snr = math.exp(lmb)
+        return math.sqrt(snr / (1 + snr))
+
+    f = {"squaredcos_cap_v2": cosine, "laplace": laplace}[kind]
+    return np.array([min(1 - f((i + 1) / T) / f(i / T), 0.999) for i in range(T)])
+
+
+@pytest.mark.parametrize(
+    "kind", ["linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid", "laplace"]
+)
+@pytest.mark.parametrize(
+    "T,start,end", [(1000, 1e-4, 0.02), (1000, 0.00085, 0.012), (37, 1e-3, 0.3)]
+)
+def test_from_diffusers_matches_diffusers_formulas_in_float64(kind, T, start, end):
+    """A config (as a dict) gives diffusers' betas to float64 round-off: every beta is <= 1,
+    and each is a few float64 operations from the reference (at most 2 ulps of 1 seen)."""
+    config = {"num_train_timesteps": T, "beta_schedule": kind, "beta_start": start, "beta_end": end}
+    sch = NoiseSchedule.from_diffusers(config)
+    assert sch.name == f"diffusers:{kind}" and sch.num_train_steps == T
+    assert sch.betas.dtype == torch.float64
+    ref = _diffusers_betas(kind, T, start, end)
+    np.testing.assert_allclose(sch.betas.numpy(), ref, rtol=0, atol=8 * EPS64)
+    np.testing.assert_allclose(sch.alphas_cumprod.numpy(), np.cumprod(1 - ref), rtol=1e-12)
+
+
+def test_from_diffusers_reads_trained_betas_a_mapping_or_a_config_attribute():
+    from types import MappingProxyType, SimpleNamespace
+
+    betas = [0.01, 0.2, 0.5]
+    for trained in (betas, np.array(betas, dtype=np.float32), torch.tensor(betas)):
+        config = {"num_train_timesteps": 3, "trained_betas": trained, "beta_schedule": "linear"}
+        sch = NoiseSchedule.from_diffusers(config)
+        assert sch.name == "diffusers:trained_betas"  # trained_betas wins over beta_schedule
+        want = torch.as_tensor(trained, dtype=torch.float64)  # the values given, not re-rounded
+        assert torch.equal(sch.betas, want)
+    config = {"num_train_timesteps": 3, "trained_betas": betas, "rescale_betas_zero_snr": False}
+    for given in (MappingProxyType(config), SimpleNamespace(config=config)):  # FrozenDict-like
+        assert torch.equal(
+            NoiseSchedule.from_diffusers(given).betas, torch.tensor(betas, dtype=torch.float64)
+        )
+
+
+def test_from_diffusers_takes_diffusers_defaults_for_missing_fields():
+    """diffusers' defaults (1000 steps, betas 1e-4 to 0.02) for fields a hand-written config
+    leaves out or sets to None; beta_start and beta_end are not read by the cosine."""
+    sch = NoiseSchedule.from_diffusers({"beta_schedule": "linear", "beta_end": None})
+    assert torch.equal(sch.betas, NoiseSchedule.linear(1000, beta_start=1e-4, beta_end=0.02).betas)
+    cos = NoiseSchedule.from_diffusers({"beta_schedule": "squaredcos_cap_v2", "beta_start": 0.5})
+    assert torch.equal(cos.betas, NoiseSchedule.cosine(1000).betas)
+    assert float(cos.betas.max()) == 0.999  # diffusers' max_beta
+
+
+@pytest.mark.parametrize(
+    "given,exc,message",
+    [
+        (
+            {"beta_schedule": "linear", "rescale_betas_zero_snr": True},
+            ValueError,
+            r"rescale_betas_zero_snr: expected False, got True: zero terminal SNR makes "
+            r"alpha_bar = 0 at the last step, and a NoiseSchedule needs every alpha_bar in \(0, 1\)",
+        ),
+        (
+            {"beta_schedule": "linear", "use_flow_sigmas": True},
+            ValueError,
+            r"use_flow_sigmas: expected False, got True: flow-matching",
+        ),
+        (
+            {"beta_schedule": "linear", "rescale_betas_zero_snr": "yes"},
+            TypeError,
+            r"rescale_betas_zero_snr: expected True or False, got str 'yes'",
+        ),
+        (
+            {"beta_schedule": "exp"},
+            ValueError,
+            r"beta_schedule: expected one of 'linear', 'scaled_linear', 'squaredcos_cap_v2', "
+            r"'sigmoid', 'laplace', got str 'exp'",
+        ),
+        (
+            {"num_train_timesteps": 1000, "shift": 3.0},  # a flow-matching scheduler's config
+            ValueError,
+            r"beta_schedule: expected it \(or trained_betas\) in the config, got neither",
+        ),
+        (
+            {"beta_schedule": "linear", "num_train_timesteps": 0},
+            ValueError,
+            r"num_train_timesteps: expected a positive integer, got int 0",
+        ),
+        (
+            {"beta_schedule": "linear", "num_train_timesteps": 1000.0},
+            TypeError,
+            r"num_train_timesteps: expected a positive integer, got float 1000.0",
+        ),
+        (
+            {"beta_schedule": "linear", "beta_start": 0.0},
+            ValueError,
+            r"beta_start: expected a finite number in \(0, 1\), got float 0.0",
+        ),
+        (
+            {"beta_schedule": "scaled_linear", "beta_end": "0.012"},
+            TypeError,
+            r"beta_end: expected a finite number in \(0, 1\), got str '0.012'",
+        ),
+        (
+            {"num_train_timesteps": 4, "trained_betas": [0.1, 0.2, 0.3]},
+            ValueError,
+            r"trained_betas: expected a 1-D sequence of 4 floats in \(0, 1\) "
+            r"\(num_train_timesteps = 4\), got a torch.float64 tensor of shape \(3,\)",
+        ),
+        (
+            {"num_train_timesteps": 3, "trained_betas": [0.1, 1.0, 0.3]},
+            ValueError,
+            r"trained_betas: expected .*, got trained_betas\[1\] = 1.0",
+        ),
+        (
+            {"num_train_timesteps": 2, "trained_betas": [0.1, float("nan")]},
+            ValueError,
+            r"trained_betas: expected .*, got trained_betas\[1\] = nan",
+        ),
+        (
+            {"num_train_timesteps": 2, "trained_betas": "0.1 0.2"},
+            TypeError,
+            r"trained_betas: expected a 1-D sequence of 2 floats .*, got str",
+        ),
+        (
+            "scaled_linear",
+            TypeError,
+            r"scheduler_or_config: expected a diffusers scheduler \(with a \.config mapping\) "
+            r"or its config \(a dict or FrozenDict\), got str 'scaled_linear'",
+        ),
+        (
+            [("beta_schedule", "linear")],
+            TypeError,
+            r"scheduler_or_config: expected .*, got list",
+        ),
+    ],
+)
+def test_from_diffusers_refuses_what_a_schedule_cannot_express(given, exc, message):
+    with pytest.raises(exc, match=f"^{message}") as info:
+        NoiseSchedule.from_diffusers(given)
+    assert "\n" not in str(info.value)
+
+
+def test_from_diffusers_does_not_import_diffusers():
+    """Duck typing on the config: reading one never imports diffusers (an optional extra)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from diffsample import NoiseSchedule; "
+        "NoiseSchedule.from_diffusers({'beta_schedule': 'scaled_linear'}); "
+        "print('diffusers' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
