@@ -20,6 +20,7 @@ from .data import (
 )
 from .denoisers import TokenDenoiser, UNet1DDenoiser
 from .evaluation import Evaluation, evaluate_split
+from .forecast import LoadedSamples, load_samples, save_samples, window_dates
 from .itransformer import ITransformer
 from .model import Forecast, ForecastConfig, ITransformerDiffusion
 from .training import NonFiniteLossError, TrainConfig, TrainResult, train
@@ -32,6 +33,7 @@ __all__ = [
     "ForecastSplit",
     "ITransformer",
     "ITransformerDiffusion",
+    "LoadedSamples",
     "NonFiniteLossError",
     "StandardScaler",
     "TokenDenoiser",
@@ -43,6 +45,9 @@ __all__ = [
     "download_ett",
     "evaluate_split",
     "load_dataset",
+    "load_samples",
+    "save_samples",
     "synthetic_dataset",
     "train",
+    "window_dates",
 ]

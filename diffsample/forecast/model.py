@@ -36,7 +36,7 @@ import warnings
 from collections import deque
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -57,7 +57,9 @@ from .._utils import (
 )
 from ..prediction import Prediction, training_target
 from ..samplers import Sampler
+from .data import StandardScaler
 from .denoisers import TokenDenoiser, UNet1DDenoiser, unet_attention_levels
+from .forecast import Forecast, _check_freq, _check_start
 from .itransformer import ITransformer, _check_heads
 
 __all__ = ["DenoiserName", "Forecast", "ForecastConfig", "ITransformerDiffusion", "ScheduleName"]
@@ -198,6 +200,31 @@ class ForecastConfig:
                 )
 
 
+def _spec_scaler(spec: Mapping[str, Any] | None, n: int) -> StandardScaler | None:
+    """The scaler of the data a model trained on, from its data spec (None without one)."""
+    if not spec or spec.get("scaler_mean") is None or spec.get("scaler_std") is None:
+        return None
+    try:
+        scaler = StandardScaler(mean=spec["scaler_mean"], std=spec["scaler_std"])
+    except (TypeError, ValueError) as err:
+        raise ValueError(
+            f"model.data_spec: scaler_mean / scaler_std are not a scaler: {err}"
+        ) from err
+    if scaler.n_variates != n:
+        raise ValueError(
+            f"model.data_spec: expected scaler statistics of {n} variates, got {scaler.n_variates}"
+        )
+    return scaler
+
+
+def _spec_columns(spec: Mapping[str, Any] | None, n: int) -> tuple[str, ...] | None:
+    """The variate names of the data spec, if it holds N of them."""
+    cols = None if not spec else spec.get("columns")
+    if isinstance(cols, (list, tuple)) and len(cols) == n and all(isinstance(c, str) for c in cols):
+        return tuple(cols)
+    return None
+
+
 def _check_limit(name: str, value: object, limit: int) -> object:
     """``value`` (an int already checked) if it is at most ``limit``; ValueError otherwise."""
     if isinstance(value, int) and value > limit:
@@ -205,18 +232,6 @@ def _check_limit(name: str, value: object, limit: int) -> object:
             expected(name, f"an integer <= {limit} (the limit of ForecastConfig)", value)
         )
     return value
-
-
-class Forecast(NamedTuple):
-    """What :meth:`ITransformerDiffusion.forecast` returns, in the data's (scaled) units.
-
-    Attributes:
-        samples: ``[S, B, H, N]``, contiguous (row-major).
-        point: ``[B, H, N]``, the backbone's point forecast y_det.
-    """
-
-    samples: torch.Tensor
-    point: torch.Tensor
 
 
 class ITransformerDiffusion(nn.Module):
@@ -373,6 +388,8 @@ class ITransformerDiffusion(nn.Module):
         seed: int = 0,
         window_ids: torch.Tensor | Sequence[int] | None = None,
         progress: bool | None = None,
+        start: object = None,
+        freq: str | None = None,
         **sampler_kwargs: Any,
     ) -> Forecast:
         """Probabilistic forecast: ``n_samples`` samples per window, in the data's (scaled) units.
@@ -393,20 +410,28 @@ class ITransformerDiffusion(nn.Module):
             window_ids: ``[B]`` integer ids keying each window's noise. Default 0..B-1; pass
                 global indices.
             progress: see :func:`diffsample.sample_many`.
+            start: ``[B]`` timestamps of each window's first forecast step (numpy
+                ``datetime64`` or ISO strings), for the Forecast's dates; None leaves them
+                unknown. :func:`~diffsample.forecast.forecast.window_dates` gives them for
+                windows of a split.
+            freq: the step between forecast steps, a pandas alias (``"h"``, ``"15min"``).
             **sampler_kwargs: passed to :func:`diffsample.sample_many`: its own ``graph=True``
                 (CUDA graphs) and ``autocast=torch.bfloat16`` (the denoiser in bf16), or the
                 sampler's, e.g. ``eta`` for DDIM or ``clip_x0``. A ``device`` must be the
                 model's own (move the model with ``.to`` instead).
 
         Returns:
-            ``Forecast(samples [S, B, H, N], point [B, H, N])``, both contiguous. Map them to
-            the original units with the dataset's scaler (``inverse_transform``).
+            :class:`~diffsample.forecast.forecast.Forecast` ``(samples [S, B, H, N], point
+            [B, H, N])``, both contiguous, in scaled units; it carries the scaler and variate
+            names of the data the model trained on (``fc.in_data_units()`` maps to the data's
+            units), ``window_ids`` when given, and ``start`` / ``freq``.
         """
         was_training = self.training
         self.eval()
         try:
             y_det, z = self(history, time_features)  # [B, H, N], [B, N, D]; checks the shapes
             _check_window_ids(window_ids, history.shape[0])
+            dates = _check_start(start, history.shape[0]), _check_freq(freq)  # before sampling
             if "device" in sampler_kwargs:
                 self._check_own_device(sampler_kwargs["device"])
             # once per call, before sampling (not in forward: a sync per training batch);
@@ -439,7 +464,15 @@ class ITransformerDiffusion(nn.Module):
             samples = (point + r * scale + self.res_mean).contiguous()  # [S, B, H, N]
         finally:
             self.train(was_training)
-        return Forecast(samples, point)
+        return Forecast(
+            samples,
+            point,
+            scaler=_spec_scaler(self.data_spec, self.config.n_variates),
+            variates=_spec_columns(self.data_spec, self.config.n_variates),
+            window_ids=window_ids,
+            start=dates[0],
+            freq=dates[1],
+        )
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike[str]) -> Path:

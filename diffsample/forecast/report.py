@@ -8,7 +8,10 @@ Dimensions: S samples, W windows, L lookback, H horizon, N variates.
     <name>_per_step.csv     write_per_step_csv(Evaluation.per_step): one row per horizon step
     <name>_fan_chart.png    fan_chart(samples [S, W, H, N], truth [W, H, N], ...), matplotlib
     <name>_samples.pt       SampleStore.save: samples [S, W, H, N] float32 + window ids,
-                            targets and point forecasts [W, H, N]
+                            targets and point forecasts [W, H, N] (torch.save); a path ending
+                            in .npz gets the forecast file of diffsample.forecast.forecast
+                            instead (numpy, no pickle: + start dates, freq, units, scaler
+                            statistics and variate names; load_samples reads it)
 
 Every file is written atomically (a temp file renamed into place): a failure raises
 :class:`OutputError` (an OSError) naming the file and the cause, and leaves the old file or
@@ -34,9 +37,10 @@ import torch
 
 from .._utils import atomic_write, check_int, check_tensor, expected
 from ..metrics import sample_quantiles
-from .data import WindowBatch
+from .data import ForecastSplit, StandardScaler, WindowBatch
 from .evaluation import Evaluation
-from .model import Forecast, ForecastConfig
+from .forecast import Forecast, _plain, infer_freq, npz_arrays
+from .model import ForecastConfig
 from .training import TrainConfig
 
 __all__ = [
@@ -327,15 +331,30 @@ class SampleStore:
         n_samples: S.
         horizon: H.
         n_variates: N.
+        split: the split scored; gives each window's start date and the step for the
+            ``.npz`` file (else the forecasts' own ``start`` / ``freq`` are kept, if any).
     """
 
-    def __init__(self, n_windows: int, n_samples: int, horizon: int, n_variates: int) -> None:
+    def __init__(
+        self,
+        n_windows: int,
+        n_samples: int,
+        horizon: int,
+        n_variates: int,
+        *,
+        split: ForecastSplit | None = None,
+    ) -> None:
         W, S = check_int("n_windows", n_windows), check_int("n_samples", n_samples)
         H, N = check_int("horizon", horizon), check_int("n_variates", n_variates)
+        if split is not None and not isinstance(split, ForecastSplit):
+            raise TypeError(expected("split", "a ForecastSplit or None", split))
         self.samples = torch.empty(S, W, H, N)  # [S, W, H, N] float32
         self.targets = torch.empty(W, H, N)  # [W, H, N]
         self.point = torch.empty(W, H, N)  # [W, H, N]
         self.window_ids = torch.full((W,), -1, dtype=torch.int64)  # [W]
+        self.start = np.full(W, np.datetime64("NaT"), dtype="datetime64[s]")  # [W]
+        self.freq = None if split is None else infer_freq(split.dates)
+        self._split = split
         self._filled = 0
 
     def __call__(self, batch: WindowBatch, forecast: Forecast) -> None:
@@ -348,13 +367,37 @@ class SampleStore:
         self.targets[lo:hi] = batch.y.cpu()
         self.point[lo:hi] = forecast.point.float().cpu()
         self.window_ids[lo:hi] = batch.index.cpu()
+        if self._split is not None:
+            idx = batch.index.cpu().numpy() + self._split.lookback  # [B]: first target rows
+            self.start[lo:hi] = self._split.dates[idx]
+        elif forecast.start is not None:
+            self.start[lo:hi] = forecast.start
+            self.freq = forecast.freq
         self._filled = hi
 
     def save(self, path: PathLike, **meta: Any) -> Path:
-        """Write ``{"samples", "window_ids", "targets", "point", **meta}`` with ``torch.save``,
-        atomically; read it back with ``torch.load(path, weights_only=True)``. ``meta`` holds
-        plain values (strings, numbers, lists, dicts), e.g. the data spec and the units."""
+        """Write the samples kept so far, atomically.
+
+        A path ending in ``.npz``: the forecast file of
+        :func:`~diffsample.forecast.forecast.save_samples` (read it with
+        :func:`~diffsample.forecast.forecast.load_samples`), in scaled units, with the window
+        ids, targets, start dates and step when known, and the scaler statistics and variate
+        names of ``meta["data"]`` (a data spec) when given; ``meta`` is stored as JSON.
+
+        Any other path: ``{"samples", "window_ids", "targets", "point", **meta}`` with
+        ``torch.save``; read it back with ``torch.load(path, weights_only=True)``.
+
+        Args:
+            path: the file.
+            **meta: plain values (strings, numbers, lists, dicts), e.g. ``data`` (the data
+                spec), ``split`` and ``units``.
+        """
         n = self._filled
+        if Path(path).suffix == ".npz":
+            arrays = npz_arrays(
+                self.forecast(meta.get("data")), targets=self.targets[:n], meta=meta
+            )
+            return _write(path, lambda f: np.savez(f, **arrays))  # type: ignore[arg-type]
         payload = {
             "samples": self.samples[:, :n],
             "window_ids": self.window_ids[:n],
@@ -363,6 +406,27 @@ class SampleStore:
             **meta,
         }
         return _write(path, lambda f: torch.save(payload, f))
+
+    def forecast(self, data_spec: Mapping[str, Any] | None = None) -> Forecast:
+        """The samples kept so far as a :class:`~diffsample.forecast.forecast.Forecast` (scaled
+        units; its scaler and variate names from ``data_spec``, a data spec, when given)."""
+        n = self._filled
+        start = self.start[:n]
+        dated = n > 0 and not bool(np.isnat(start).any())
+        spec = data_spec or {}
+        scaler = None
+        if spec.get("scaler_mean") is not None and spec.get("scaler_std") is not None:
+            scaler = StandardScaler(mean=spec["scaler_mean"], std=spec["scaler_std"])
+        cols = spec.get("columns")
+        return Forecast(
+            self.samples[:, :n],
+            self.point[:n],
+            scaler=scaler,
+            start=start if dated else None,
+            freq=self.freq if dated else None,
+            variates=list(cols) if cols is not None else None,
+            window_ids=self.window_ids[:n],
+        )
 
 
 class WindowKeeper:
@@ -493,9 +557,3 @@ def fan_chart(
     if title:
         fig.suptitle(_plain(title), fontsize=10, usetex=False)
     return _write(path, lambda f: fig.savefig(f, format="png", dpi=100))
-
-
-def _plain(text: str) -> str:
-    """``text`` for a matplotlib Text with usetex off: every ``$`` escaped, so none opens
-    mathtext (an escaped dollar is drawn as a dollar; the same in every matplotlib version)."""
-    return text.replace("$", r"\$")
