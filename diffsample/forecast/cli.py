@@ -40,6 +40,7 @@ from typing import Any, NoReturn
 
 import torch
 
+from .. import __version__
 from .._utils import check_int, choices_of, expected
 from ..distributed import local_device, torchrun_rank_world
 from ..samplers import SAMPLERS
@@ -81,12 +82,35 @@ from .report import (
     write_per_step_csv,
 )
 from .training import TrainConfig, TrainResult, check_train_settings, train
+from .tslib import TSLIB_DEFAULTS, PointKeeper, TSLibRun, add_flags, given_flags, is_tslib
 
 __all__ = ["main"]
+
+# what --help shows above the commands: plain text (the module docstring is the API docs')
+_DESCRIPTION = """\
+Train, sample and score the reference diffusion forecaster.
+
+  diffsample demo                                   # synthetic data, about half a minute on a CPU
+  diffsample train --data ETTh1 --out runs/etth1    # ETT CSV from $DIFFSAMPLE_ETT_DIR, a path, or --download
+  diffsample train --root_path ./dataset/ETT-small/ --data_path ETTh1.csv --data ETTh1 \\
+      --seq_len 96 --pred_len 96 --enc_in 7 --out runs/etth1   # Time-Series-Library flag names
+  diffsample train --resume --out runs/etth1 ...    # continue a killed run (the same flags)
+  diffsample evaluate runs/etth1/model.pt --samples 100 --steps 10   # on the data it was trained on
+  diffsample --task_name long_term_forecast --is_training 1 --model iTransformer ...
+                                                    # a Time-Series-Library script's command line
+
+Flags take Time-Series-Library's names (--seq_len, --d_model, --learning_rate, ...), with - or _
+alike; every default shown is the library's. A TSLib script runs with "python -u run.py"
+replaced by "diffsample": see docs/forecaster.md, "Running a Time-Series-Library script".
+The results go beside the checkpoint: a JSON file, a per-horizon-step CSV, the samples (with
+--save-samples) and a fan chart PNG (with matplotlib). A bad argument ends the command before
+any training with one line on stderr and exit status 2.
+"""
 
 # what a user can get wrong: bad values and types, missing or unreadable files, a full disk, no
 # network, a diverged run (NonFiniteLossError), no such device
 _USER_ERRORS = (ValueError, TypeError, OSError, RuntimeError)
+_COMMANDS = ("demo", "train", "evaluate")
 _SPLITS = ("test", "val", "train")  # the ForecastDataset attributes a checkpoint can be scored on
 # Time-Series-Library's --data names -> the split protocol of load_dataset
 _TSL_DATA: dict[str, Protocol] = {
@@ -221,12 +245,45 @@ def _demo(a: argparse.Namespace) -> None:
 
 
 def _train(a: argparse.Namespace) -> None:
+    tsl = _tslib_run(a)
     source, protocol = _source(a)
-    _train_and_report(a, "train", source=source, protocol=protocol)
+    _train_and_report(a, "train", source=source, protocol=protocol, tsl=tsl)
+
+
+def _tslib_run(a: argparse.Namespace) -> TSLibRun | None:
+    """A TSLib script's command line (``--task_name`` given), checked, its notice printed and
+    its defaults (--out, the device) filled in; None for diffsample's own command line."""
+    flags = given_flags(a)
+    if not hasattr(a, "tsl_task_name"):
+        if flags:
+            raise ValueError(
+                f"{flags[0]}: a Time-Series-Library flag, expected with --task_name "
+                "long_term_forecast (as a TSLib script passes it)"
+            )
+        return None
+    tsl = TSLibRun.from_args(a)
+    if torchrun_rank_world()[1] > 1:
+        raise ValueError(
+            "--task_name: TSLib's result files need every window in one process; run the "
+            "script without torchrun"
+        )
+    if a.out is None:
+        a.out = str(tsl.out)
+    if tsl.device is not None and a.device == "auto":
+        a.device = tsl.device
+    notice = tsl.notice()
+    if notice is not None:
+        _say(notice)
+    return tsl
 
 
 def _train_and_report(
-    a: argparse.Namespace, command: str, *, source: str | None, protocol: Protocol
+    a: argparse.Namespace,
+    command: str,
+    *,
+    source: str | None,
+    protocol: Protocol,
+    tsl: TSLibRun | None = None,
 ) -> None:
     # every check before any work: a bad --samples or an unwritable --out fails now, not after
     # the hour of training it would follow; nothing is created for a run that cannot start
@@ -248,14 +305,16 @@ def _train_and_report(
     _check_memory(a, config, len(data.test), _EVAL_BATCH, device)
     files = OutputFiles.beside(out / "results.json")
     checkpoint = out / "model.pt"
-    writes = [checkpoint, *_outputs(a, files)]
+    writes = [checkpoint, *_outputs(a, files), *([] if tsl is None else tsl.files())]
     refuse_inputs(writes, {"the data": data.source})
     prepare_output_dir(out, name="--out")
+    if tsl is not None:
+        prepare_output_dir(tsl.results, name="TSLib's results folder")
     with _lock(out):
         check_fresh_start(checkpoint, resume=a.resume, overwrite=a.overwrite)
         _check_writable(writes)
         plot = _can_plot()
-        _train_locked(a, command, data, config, tc, files, checkpoint, device, plot=plot)
+        _train_locked(a, command, data, config, tc, files, checkpoint, device, plot=plot, tsl=tsl)
 
 
 def _train_locked(
@@ -269,6 +328,7 @@ def _train_locked(
     device: torch.device,
     *,
     plot: bool,
+    tsl: TSLibRun | None = None,
 ) -> None:
     """Train and score, every check passed and --out locked."""
     torch.manual_seed(a.seed)  # the weight initialisation (the library never seeds globally)
@@ -310,6 +370,7 @@ def _train_locked(
         batch_size=_EVAL_BATCH,
         train_config=tc,
         result=result,
+        tsl=tsl,
     )
 
 
@@ -379,6 +440,7 @@ def _score_and_write(
     batch_size: int,
     train_config: TrainConfig | None = None,
     result: TrainResult | None = None,
+    tsl: TSLibRun | None = None,
 ) -> None:
     """Sample and score a split, print the scores, then write the files (scores first)."""
     split = getattr(data, split_name)
@@ -388,11 +450,14 @@ def _score_and_write(
     keeper = WindowKeeper([mine[i] for i in spread_windows(len(mine))] if mine else [])
     c = model.config
     store = SampleStore(n, a.samples, c.horizon, c.n_variates) if a.save_samples else None
+    points = PointKeeper() if tsl is not None else None
 
     def on_batch(b: WindowBatch, fc: Forecast) -> None:
         keeper(b, fc)
         if store is not None:
             store(b, fc)
+        if points is not None:
+            points(b, fc)
 
     spread = "" if world == 1 else f", across {world} processes"
     _say(
@@ -453,6 +518,9 @@ def _score_and_write(
             units="scaled (the data spec's scaler_mean and scaler_std map them back)",
         )
         _say(f"samples: {saved} ([S, W, H, N] = {list(store.samples.shape)} float32)")
+    if tsl is not None and points is not None:  # TSLib's files, beside ours
+        for line in tsl.write(points, data):
+            _say(line)
     if plot:
         samples, truth, history, ids = keeper.stacked()
         inv = data.scaler.inverse_transform  # the chart in the data's own units
@@ -781,11 +849,17 @@ _EVAL = {k: v.default for k, v in inspect.signature(evaluate_split).parameters.i
 _EVAL_BATCH: int = _EVAL["batch_size"]
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(*, tslib: bool = False) -> argparse.ArgumentParser:
+    """The command's parser; ``tslib``: a TSLib script's command line, whose flags default to
+    TSLib's values where the two differ (--d_model 512, --d_ff 2048, the CSV's place)."""
     p = _Parser(
-        prog="diffsample", description=__doc__, formatter_class=_Formatter, allow_abbrev=False
+        prog="diffsample",
+        description=_DESCRIPTION,
+        formatter_class=_Formatter,
+        allow_abbrev=False,
     )
-    sub = p.add_subparsers(dest="command", required=True, metavar="{demo,train,evaluate}")
+    p.add_argument("--version", action="version", version=f"diffsample {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{" + ",".join(_COMMANDS) + "}")
 
     def command(name: str, help_text: str) -> argparse.ArgumentParser:
         return sub.add_parser(
@@ -920,8 +994,14 @@ def _parser() -> argparse.ArgumentParser:
         help="N, the data's variates (Time-Series-Library); if given, checked against the data",
     )
     model_and_training(t)
-    sampling(t, out_help="folder for model.pt and the results", out_required=True)
-    t.set_defaults(run=_train)
+    sampling(
+        t,
+        out_help="folder for model.pt and the results (with --task_name: "
+        "<checkpoints>/<setting>/, as Time-Series-Library names it)",
+        out_required=not tslib,
+    )
+    add_flags(t, _spellings)
+    t.set_defaults(run=_train, **(TSLIB_DEFAULTS if tslib else {}))
 
     e = command("evaluate", "score a saved model on a split of the data it was trained on")
     e.add_argument("checkpoint", help="a model.pt written by diffsample train")
@@ -947,8 +1027,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    tslib = is_tslib(argv)
+    if tslib and (not argv or argv[0] not in _COMMANDS):  # "python -u run.py" -> "diffsample"
+        argv = ["train", *argv]
     try:
-        args = _parser().parse_args(argv)
+        args = _parser(tslib=tslib).parse_args(argv)
     except SystemExit as exc:  # --help (0) or a bad flag (2: one line, _Parser.error)
         return exc.code if isinstance(exc.code, int) else 2
     threads = torch.get_num_threads()
