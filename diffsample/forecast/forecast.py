@@ -179,20 +179,23 @@ class Forecast(_Pair):
     forecast's units, dates and names as read-only attributes and the usual summaries as
     methods. Every summary is in the forecast's own :attr:`units`.
 
-    Args:
+    Build one as ``Forecast(samples, point, *, scaler=None, start=None, freq=None,
+    variates=None, window_ids=None, units="scaled")``; the keywords are the attributes below.
+
+    Attributes:
         samples: ``[S, B, H, N]`` floating-point.
         point: ``[B, H, N]``, the backbone's point forecast.
         scaler: the data's scaler (``ForecastDataset.scaler``); needed by
             :meth:`in_data_units`.
-        start: ``[B]`` timestamps of each window's first forecast step (numpy ``datetime64``
-            or ISO strings; see :func:`window_dates`).
-        freq: the step between forecast steps, a pandas alias (``"h"``, ``"15min"``, ``"D"``).
+        start: ``[B]`` datetime64[s] timestamps of each window's first forecast step (given as
+            numpy ``datetime64`` or ISO strings; see :func:`window_dates`).
+        freq: the step between forecast steps, a pandas period alias (``"h"``, ``"15min"``,
+            ``"D"``, ``"M"``).
         variates: the N variate names.
         window_ids: ``[B]`` integer ids of the windows (their split indices).
         units: ``"scaled"`` (the model's) or ``"data"`` (the data's own).
 
-    Raises:
-        TypeError / ValueError: one line naming the argument that does not fit.
+    A bad argument raises a one-line TypeError / ValueError naming it.
     """
 
     _scaler: StandardScaler | None
