@@ -178,7 +178,7 @@ class NoiseSchedule:
         Reads ``trained_betas`` if set, else ``beta_schedule`` with ``beta_start``,
         ``beta_end`` and ``num_train_timesteps``: "linear", "scaled_linear",
         "squaredcos_cap_v2" (:meth:`cosine` with ``max_beta=0.999``), "sigmoid" and "laplace"
-        (``DDPMScheduler`` only), by diffusers' formulas. diffusers builds them in float32;
+        (``DDPMScheduler``'s), by diffusers' formulas. diffusers builds them in float32;
         these are the same betas without that round-off. diffusers is not imported: any
         object with a ``.config`` mapping, or a mapping (a dict, a ``FrozenDict``, a parsed
         ``scheduler_config.json``), is read. A field missing from a mapping takes diffusers'
