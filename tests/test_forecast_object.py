@@ -130,6 +130,15 @@ def test_model_forecast_carries_scaler_names_ids_and_dates(data):
     assert torch.equal(plain.samples, fc.samples) and plain.start is None
     with pytest.raises(ValueError, match=r"^start: expected one timestamp per window"):
         model.forecast(b.x, 5, start=start[:2], **kw)
+    model.data_spec = {**data.spec(), "scaler_mean": [0.0, 0.0], "scaler_std": [1.0, 2.0]}
+    with pytest.raises(ValueError, match=r"^model.data_spec: expected scaler statistics of 3"):
+        model.forecast(b.x, 5, **kw)
+    model.data_spec = {**data.spec(), "scaler_std": [1.0, 0.0, 1.0]}
+    with pytest.raises(ValueError, match=r"^model.data_spec: scaler_mean / scaler_std are not"):
+        model.forecast(b.x, 5, **kw)
+    model.data_spec = None  # never trained: no scaler, no names
+    bare = model.forecast(b.x, 5, **kw)
+    assert bare.scaler is None and bare.variates is None and torch.equal(bare.samples, fc.samples)
 
 
 def test_window_dates_and_the_inferred_step(data):
@@ -218,7 +227,7 @@ def test_plot_draws_bands_median_truth_and_history_against_dates(data):
     ax = fc.plot(fig.subplots(), window=1, variate=0, truth=b.y, history=b.x)
     fig.canvas.draw()  # would raise on "$x_{" parsed as mathtext
     assert ax.get_title() == r"window 5, cost \$x_{ (scaled units)"
-    assert len(ax.collections) == 2  # the 50% and 90% bands
+    assert [c.get_label() for c in ax.collections] == ["90%", "50%"]  # widest band first
     labels = [line.get_label() for line in ax.lines]
     assert labels == ["history", "median", "truth"]
     median, truth = ax.lines[1], ax.lines[2]

@@ -422,8 +422,8 @@ class Forecast(_Pair):
             ax.plot(x_hist, h, color="0.45", lw=1, label="history")
         for i, lv in enumerate(lvs):  # widest first, so narrower bands draw on top
             lo, hi = q[1 + 2 * i], q[2 + 2 * i]
-            ax.fill_between(x, lo, hi, color=color, alpha=0.15 + 0.25 * i / max(len(lvs), 1))
-            ax.collections[-1].set_label(f"{lv:.0%}")
+            alpha = 0.15 + 0.25 * i / len(lvs)
+            ax.fill_between(x, lo, hi, color=color, alpha=alpha, lw=0, label=f"{lv:.0%}")
         ax.plot(x, q[0], color=color, lw=1.2, label="median")
         if y is not None:
             ax.plot(x, y, color="k", lw=1.2, label="truth")

@@ -431,7 +431,10 @@ class ITransformerDiffusion(nn.Module):
         try:
             y_det, z = self(history, time_features)  # [B, H, N], [B, N, D]; checks the shapes
             _check_window_ids(window_ids, history.shape[0])
-            dates = _check_start(start, history.shape[0]), _check_freq(freq)  # before sampling
+            # what the Forecast carries, checked before sampling
+            scaler = _spec_scaler(self.data_spec, self.config.n_variates)
+            variates = _spec_columns(self.data_spec, self.config.n_variates)
+            start, freq = _check_start(start, history.shape[0]), _check_freq(freq)
             if "device" in sampler_kwargs:
                 self._check_own_device(sampler_kwargs["device"])
             # once per call, before sampling (not in forward: a sync per training batch);
@@ -467,11 +470,11 @@ class ITransformerDiffusion(nn.Module):
         return Forecast(
             samples,
             point,
-            scaler=_spec_scaler(self.data_spec, self.config.n_variates),
-            variates=_spec_columns(self.data_spec, self.config.n_variates),
+            scaler=scaler,
+            variates=variates,
             window_ids=window_ids,
-            start=dates[0],
-            freq=dates[1],
+            start=start,
+            freq=freq,
         )
 
     # ------------------------------------------------------------------ persistence
