@@ -13,15 +13,19 @@ import numbers
 import os
 import sys
 import tempfile
+import time
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Generic, TypeVar
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 __all__ = [
+    "PROGRESS_INTERVAL",
+    "ProgressLines",
     "atomic_write",
     "check_bool",
     "check_choice",
@@ -34,6 +38,7 @@ __all__ = [
     "choices_of",
     "describe",
     "expected",
+    "progress_bar",
     "progress_disabled",
 ]
 
@@ -208,11 +213,159 @@ def check_finite(name: str, x: torch.Tensor, *, hint: str = "") -> None:
         )
 
 
+def _stderr_is_terminal() -> bool:
+    err = sys.stderr
+    return err is not None and hasattr(err, "isatty") and bool(err.isatty())
+
+
 def progress_disabled(progress: bool | None) -> bool:
-    """tqdm ``disable`` flag: False never shows a bar; None or True show one only on a terminal."""
+    """tqdm ``disable`` flag: False never shows a bar; None or True show one only on a terminal
+    (for a bar that also reports off a terminal, use :func:`progress_bar`)."""
     if progress is False:
         return True
-    return not (sys.stderr is not None and hasattr(sys.stderr, "isatty") and sys.stderr.isatty())
+    return not _stderr_is_terminal()
+
+
+# seconds between two progress lines off a terminal (a log file, a pipe, a batch job's output)
+PROGRESS_INTERVAL = 30.0
+
+T = TypeVar("T")
+
+
+def _duration(seconds: float) -> str:
+    """``"42 s"``, ``"3 min 05 s"``, ``"2 h 07 min"``."""
+    s = max(0, round(seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
+
+
+def _plural(unit: str) -> str:
+    return unit + ("es" if unit.endswith(("s", "sh", "ch", "x")) else "s")
+
+
+class ProgressLines(Generic[T]):
+    """A progress bar for output that is not a terminal: a plain line on stderr every
+    ``interval`` seconds (``PROGRESS_INTERVAL`` by default), with done/total, the rate and the
+    time left, and a closing line if any line was written (a loop shorter than the interval
+    stays quiet). The part of tqdm's interface that this package uses: iteration, ``update``,
+    ``close``, ``set_postfix``, ``set_postfix_str``, ``n``, ``total`` and ``with``.
+
+    ``clock`` (seconds, monotonic) and ``file`` are for tests.
+    """
+
+    def __init__(
+        self,
+        iterable: Iterable[T] | None = None,
+        *,
+        total: int | None = None,
+        desc: str = "",
+        unit: str = "it",
+        interval: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        file: IO[str] | None = None,
+    ) -> None:
+        if total is None and iterable is not None and hasattr(iterable, "__len__"):
+            total = len(iterable)  # type: ignore[arg-type]
+        self.iterable, self.total, self.desc, self.unit = iterable, total, desc, unit
+        self.interval = PROGRESS_INTERVAL if interval is None else interval
+        self.n, self.lines, self.postfix = 0, 0, ""
+        self._clock, self._file = clock, file
+        self._t0 = self._last = clock()
+        self._closed = False
+
+    def __iter__(self) -> Iterator[T]:
+        if self.iterable is None:
+            raise TypeError("progress: nothing to iterate over (give an iterable)")
+        try:
+            for item in self.iterable:
+                yield item
+                self.update(1)
+        finally:
+            self.close()
+
+    def __enter__(self) -> ProgressLines[T]:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def set_postfix(self, **kw: Any) -> None:
+        self.postfix = ", ".join(f"{k}={v}" for k, v in kw.items())
+
+    def set_postfix_str(self, s: str = "") -> None:
+        self.postfix = s
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        now = self._clock()
+        if now - self._last >= self.interval:
+            self._last = now
+            self._write(self._status(now))
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self.lines:  # the log shows where a reported loop ended
+            elapsed = self._clock() - self._t0
+            done = f"{self.n}/{self.total}" if self.total is not None else f"{self.n}"
+            self._write(
+                f"{self.desc}: {done} {_plural(self.unit)} in {_duration(elapsed)}"
+                f"{self._rate(elapsed)}"
+            )
+
+    def _rate(self, elapsed: float) -> str:
+        if self.n <= 0 or elapsed <= 0:
+            return ""
+        per_second = self.n / elapsed
+        if per_second >= 1:
+            return f", {per_second:.3g} {_plural(self.unit)}/s"
+        return f", {elapsed / self.n:.3g} s/{self.unit}"
+
+    def _status(self, now: float) -> str:
+        elapsed = now - self._t0
+        if self.total:
+            done = f"{self.n}/{self.total} {_plural(self.unit)} ({100 * self.n / self.total:.0f}%)"
+        else:
+            done = f"{self.n} {_plural(self.unit)}"
+        text = f"{self.desc}: {done} in {_duration(elapsed)}{self._rate(elapsed)}"
+        if self.total and 0 < self.n < self.total:
+            text += f", about {_duration(elapsed / self.n * (self.total - self.n))} left"
+        return text + (f" ({self.postfix})" if self.postfix else "")
+
+    def _write(self, line: str) -> None:
+        out = self._file if self._file is not None else sys.stderr
+        if out is None:  # pythonw: no stderr at all
+            return
+        print(line, file=out, flush=True)
+        self.lines += 1
+
+
+def progress_bar(
+    iterable: Iterable[T] | None = None,
+    *,
+    total: int | None = None,
+    desc: str = "",
+    unit: str = "it",
+    progress: bool | None = None,
+    leave: bool = False,
+) -> Any:
+    """The progress display of a loop: a tqdm bar on a terminal; off a terminal (a log file, a
+    pipe), :class:`ProgressLines` (a line every ``PROGRESS_INTERVAL`` seconds) if ``progress``
+    is True, nothing if it is None (the quiet default of scripts and tests); nothing at all for
+    False. Either way the object iterates over ``iterable`` and has ``update``, ``close``,
+    ``set_postfix`` and ``set_postfix_str``.
+    """
+    if progress is not None:
+        progress = check_bool("progress", progress)
+    if progress is not False and _stderr_is_terminal():
+        return tqdm(iterable, total=total, desc=desc, unit=unit, leave=leave)
+    if progress is True:
+        return ProgressLines(iterable, total=total, desc=desc, unit=unit)
+    return tqdm(iterable, total=total, desc=desc, unit=unit, leave=leave, disable=True)
 
 
 def _umask() -> int:

@@ -15,7 +15,7 @@ import pytest
 import torch
 from tiny import QUICK, TINY
 
-from diffsample import memory
+from diffsample import _utils, memory
 from diffsample.forecast import (
     ITransformerDiffusion,
     NonFiniteLossError,
@@ -92,6 +92,16 @@ def fresh_model(seed=0, **changes) -> ITransformerDiffusion:
         ),
         ({"calibration_steps": 0}, ValueError, r"^calibration_steps: expected a positive integer"),
         ({"calibration_windows": 1.0}, TypeError, r"^calibration_windows: expected a positive"),
+        (
+            {"max_val_batches": 0},
+            ValueError,
+            r"^max_val_batches: expected a positive integer, got int 0$",
+        ),
+        (
+            {"max_val_batches": 2.0},
+            TypeError,
+            r"^max_val_batches: expected a positive integer, got float 2\.0$",
+        ),
     ],
 )
 def test_train_config_checks_every_field(change, error, pattern):
@@ -552,3 +562,149 @@ def test_a_field_the_saved_run_predates_counts_as_what_that_run_used(tmp_path):
             saved,
             dataclasses.replace(constant, diffusion_draws=4),
         )
+
+
+# ---------------------------------------------------------------- validation cap and progress
+def _spy_batches(monkeypatch, n_val):
+    """The window orders of the validation passes (the calls of ``_batches`` on the split of
+    ``n_val`` windows)."""
+    orders = []
+    real = training_module._batches
+
+    def spy(split, order, batch_size):
+        if len(split) == n_val:
+            orders.append(order.clone())
+        return real(split, order, batch_size)
+
+    monkeypatch.setattr(training_module, "_batches", spy)
+    return orders
+
+
+def test_validation_scores_every_window_by_default(data, monkeypatch):
+    orders = _spy_batches(monkeypatch, len(data.val))
+    train(fresh_model(), data, QUICK, device="cpu", progress=False)
+    assert len(orders) == 5  # one pass an epoch: 2 + 3 epochs
+    assert all(torch.equal(o, torch.arange(len(data.val))) for o in orders)
+
+
+def test_max_val_batches_caps_each_validation_pass(data, monkeypatch, tmp_path):
+    """issue 19: a 4-batch smoke run spent minutes validating on every window. With the cap
+    each pass scores 2 batches of windows spread evenly over the split, the same every epoch,
+    and the run record says how many."""
+    n_val, bs = len(data.val), QUICK.batch_size
+    assert n_val > 2 * bs  # the cap bites
+    orders = _spy_batches(monkeypatch, n_val)
+    config = dataclasses.replace(QUICK, max_val_batches=2)
+    path = tmp_path / "model.pt"
+    result = train(fresh_model(), data, config, device="cpu", checkpoint=path, progress=False)
+    assert len(orders) == 5
+    first = orders[0]
+    assert all(torch.equal(o, first) for o in orders)
+    assert first.numel() == 2 * bs and len(set(first.tolist())) == 2 * bs  # distinct windows
+    assert first[0] == 0 and first[-1] == n_val - 1 and bool((first.diff() > 0).all())
+    gaps = first.diff().double()
+    assert float(gaps.max() - gaps.min()) <= 1.0  # evenly spaced, to rounding
+    assert all(math.isfinite(r["val_point_mse"]) for r in result.history if r["stage"] == 1)
+    record = torch.load(path, weights_only=True)["run"]
+    assert record["train_config"]["max_val_batches"] == 2
+    assert record["val_windows"] == 2 * bs
+
+
+def test_a_cap_past_the_split_scores_every_window(data, monkeypatch):
+    orders = _spy_batches(monkeypatch, len(data.val))
+    config = dataclasses.replace(QUICK, max_val_batches=10_000, point_epochs=1, diffusion_epochs=0)
+    train(fresh_model(), data, config, device="cpu", progress=False)
+    assert len(orders) == 1 and torch.equal(orders[0], torch.arange(len(data.val)))
+
+
+class _Clock:
+    """A fake monotonic clock, advanced by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_progress_lines_appear_at_the_interval_with_rate_and_time_left():
+    import io
+
+    clock, out = _Clock(), io.StringIO()
+    bar = _utils.ProgressLines(
+        total=10, desc="stage 1 epoch 1/2", unit="batch", interval=30.0, clock=clock, file=out
+    )
+    for _ in range(10):
+        clock.now += 10.0  # a batch every 10 s
+        bar.update(1)
+    bar.close()
+    bar.close()  # once only
+    assert out.getvalue().splitlines() == [
+        "stage 1 epoch 1/2: 3/10 batches (30%) in 30 s, 10 s/batch, about 1 min 10 s left",
+        "stage 1 epoch 1/2: 6/10 batches (60%) in 1 min 00 s, 10 s/batch, about 40 s left",
+        "stage 1 epoch 1/2: 9/10 batches (90%) in 1 min 30 s, 10 s/batch, about 10 s left",
+        "stage 1 epoch 1/2: 10/10 batches in 1 min 40 s, 10 s/batch",
+    ]
+
+
+def test_progress_lines_iterate_show_a_fast_rate_and_stay_quiet_when_short():
+    import io
+
+    clock, out = _Clock(), io.StringIO()
+
+    def items():
+        for i in range(500):
+            clock.now += 0.25  # 4 windows a second
+            yield i
+
+    bar = _utils.ProgressLines(items(), total=500, desc="val", unit="window", clock=clock, file=out)
+    bar.set_postfix_str("400 samples/s")
+    assert sum(1 for _ in bar) == 500
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 5  # at 30, 60, 90, 120 s of 125, and the closing line
+    assert lines[0] == (
+        "val: 120/500 windows (24%) in 30 s, 4 windows/s, about 1 min 35 s left (400 samples/s)"
+    )
+    assert lines[-1] == "val: 500/500 windows in 2 min 05 s, 4 windows/s"
+
+    quiet = io.StringIO()
+    short = _utils.ProgressLines(range(3), desc="x", clock=_Clock(), file=quiet)
+    assert list(short) == [0, 1, 2] and quiet.getvalue() == ""  # under the interval: no line
+
+
+def test_progress_bar_shows_lines_off_a_terminal_only_when_asked(monkeypatch):
+    import io
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr("sys.stderr", io.StringIO())  # a log file or a pipe
+    assert isinstance(_utils.progress_bar(range(3), progress=True), _utils.ProgressLines)
+    for quiet in (None, False):
+        bar = _utils.progress_bar(range(3), progress=quiet)
+        assert not isinstance(bar, _utils.ProgressLines) and bar.disable
+        assert list(bar) == [0, 1, 2]
+    monkeypatch.setattr("sys.stderr", Tty())  # a terminal: tqdm's bar, unless False
+    for shown in (None, True):
+        bar = _utils.progress_bar(range(3), progress=shown)
+        assert not isinstance(bar, _utils.ProgressLines) and not bar.disable
+        bar.close()
+    assert _utils.progress_bar(range(3), progress=False).disable
+    with pytest.raises(TypeError, match=r"^progress: expected True or False, got int 1$"):
+        _utils.progress_bar(range(3), progress=1)
+
+
+def test_training_progress_off_a_terminal(data, monkeypatch, capsys):
+    """issue 19: off a terminal progress=True showed nothing for minutes an epoch. With the
+    interval at 0 every batch of every pass writes its line; progress=None writes none."""
+    monkeypatch.setattr(_utils, "PROGRESS_INTERVAL", 0.0)
+    config = dataclasses.replace(QUICK, point_epochs=1, diffusion_epochs=1, max_val_batches=2)
+    train(fresh_model(), data, config, device="cpu", progress=True)
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("stage 1 epoch 1/1: 1/3 batches (33%) in ")
+    assert any(line.startswith("stage 1 epoch 1/1: 3/3 batches in ") for line in err)
+    assert any(line.startswith("stage 1 epoch 1/1 validation: 2/2 batches in ") for line in err)
+    assert any(line.startswith("stage 2 epoch 1/1 validation: 1/2 batches (50%)") for line in err)
+    train(fresh_model(), data, config, device="cpu", progress=None)
+    assert capsys.readouterr().err == ""

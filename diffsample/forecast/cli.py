@@ -191,6 +191,12 @@ _TRAIN_FLAGS: dict[str, tuple[str, tuple[str, ...], str]] = {
         (),
         "training batches per epoch at most; none: every window once",
     ),
+    "max_val_batches": (
+        "--val_batches",
+        (),
+        "validation batches per pass at most (evenly spaced windows; for smoke runs); none: "
+        "every validation window",
+    ),
     "grad_clip": ("--grad_clip", (), "largest global gradient norm; none: no clipping"),
     "amp": ("--amp", (), "mixed precision: auto is bf16 (or fp16) on a GPU and fp32 on a CPU"),
     "seed": ("--seed", (), "seeds the weights, batch order, training noise and sampling noise"),

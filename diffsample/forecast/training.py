@@ -50,7 +50,6 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset, DistributedSampler
-from tqdm.auto import tqdm
 
 from .._utils import (
     check_bool,
@@ -59,7 +58,7 @@ from .._utils import (
     check_number,
     check_path,
     expected,
-    progress_disabled,
+    progress_bar,
 )
 from ..distributed import Ranks, local_device
 from .data import ForecastDataset, ForecastSplit, WindowBatch, check_data_spec
@@ -119,6 +118,9 @@ class TrainConfig:
     weight_decay: float = 0.0
     patience: int = 3
     max_batches_per_epoch: int | None = None  # cap for quick runs; None = every window once
+    # cap for smoke runs: each validation pass scores max_val_batches x batch_size evenly spaced
+    # validation windows (early stopping then sees only those); None = every validation window
+    max_val_batches: int | None = None
     grad_clip: float | None = 1.0  # max global gradient norm; None = no clipping
     amp: AmpMode = "auto"
     seed: int = 0
@@ -169,6 +171,8 @@ class TrainConfig:
             checked["max_batches_per_epoch"] = check_int(
                 "max_batches_per_epoch", self.max_batches_per_epoch
             )
+        if self.max_val_batches is not None:
+            checked["max_val_batches"] = check_int("max_val_batches", self.max_val_batches)
         if self.grad_clip is not None:
             checked["grad_clip"] = check_number(
                 "grad_clip", self.grad_clip, minimum=0.0, open_min=True
@@ -282,6 +286,7 @@ class _Run:
             "amp_dtype": _dtype_name(self.amp_dtype),
             "device_type": self.device.type,
             "world_size": self.ranks.world,
+            "val_windows": _val_windows(len(self.val_split), self.config).numel(),
             "seconds": self.seconds(),
             **extra,
         }
@@ -321,7 +326,10 @@ def train(
             flight is run again, so the result equals that of an uninterrupted run on the same
             machine. The model's weights are replaced by the checkpoint's. A finished
             checkpoint written by ``train`` is loaded and its result returned, untrained further.
-        progress: None or True: progress bars on a terminal; False: none.
+        progress: on a terminal, None or True show a bar for each epoch's training and
+            validation passes; off a terminal (a log file, a pipe) True writes a line to stderr
+            every ``diffsample._utils.PROGRESS_INTERVAL`` seconds (30) of a pass, with the
+            batches done, the rate and the time left, and None writes none; False: nothing.
         on_epoch: called with each epoch's record, e.g. ``print`` (only epochs run by this call;
             distributed, on rank 0 only).
         group: a ``torch.distributed`` process group to train over; None: the default group
@@ -559,7 +567,7 @@ def _fit(run: _Run, stage: _Stage, saved: Mapping[str, Any] | None) -> float:
             loss = _epoch(loss_fn, order, module, opt, scaler, run, desc)
             _raise_if_bad(loss, stage.number, epoch + 1, "train")
             module.eval()
-            val = _evaluate(stage.val_fn(), run.val_split, run.config.batch_size, run)
+            val = _evaluate(stage.val_fn(), run.val_split, run, f"{desc} validation")
             _raise_if_bad(val, stage.number, epoch + 1, "val")
         except NonFiniteLossError:
             # the epoch stepped past good weights (on a GPU past the bad batch too: one check an
@@ -710,8 +718,8 @@ def _epoch(
     total = min(n_batches, config.max_batches_per_epoch or n_batches)
     watch = _Watch(run.device)
     count = 0
-    disable = progress_disabled(run.progress)
-    for i, batch in enumerate(tqdm(batches, total=total, desc=desc, leave=False, disable=disable)):
+    bar = progress_bar(batches, total=total, desc=desc, unit="batch", progress=run.progress)
+    for i, batch in enumerate(bar):
         with _autocast(run):
             loss = loss_fn(batch)
         watch.add(loss, i)
@@ -785,17 +793,37 @@ def _step(
     scaler.update()
 
 
+def _val_windows(n: int, config: TrainConfig) -> torch.Tensor:
+    """The validation windows a pass scores ``[W]``: all ``n``, or with ``max_val_batches``
+    that many batches' worth spread evenly over the split (the same ones every epoch)."""
+    if config.max_val_batches is None or config.max_val_batches * config.batch_size >= n:
+        return torch.arange(n)
+    w = config.max_val_batches * config.batch_size
+    return torch.linspace(0, n - 1, w, dtype=torch.float64).round().long()  # [W], distinct
+
+
 @torch.no_grad()
 def _evaluate(
     loss_fn: Callable[[WindowBatch], torch.Tensor],
     split: ForecastSplit,
-    batch_size: int,
     run: _Run,
+    desc: str,
 ) -> _Pass:
-    """Window-weighted mean of a loss over every window of a split (distributed: each rank
-    scores its share and the sums are added up)."""
+    """Window-weighted mean of a loss over the validation windows of a split (every window, or
+    ``max_val_batches`` batches' worth; distributed: each rank scores its share and the sums
+    are added up)."""
+    windows = _val_windows(len(split), run.config)  # [W]
+    mine = windows[run.ranks.shard(windows.numel())]  # this rank's share
+    batch_size = run.config.batch_size
     watch, n = _Watch(run.device), 0
-    for i, batch in enumerate(_batches(split, run.ranks.shard(len(split)), batch_size)):
+    batches = progress_bar(
+        _batches(split, mine, batch_size),
+        total=math.ceil(mine.numel() / batch_size),
+        desc=desc,
+        unit="batch",
+        progress=run.progress,
+    )
+    for i, batch in enumerate(batches):
         with _autocast(run):
             watch.add(loss_fn(batch), i, weight=batch.x.shape[0])
         n += batch.x.shape[0]
