@@ -11,6 +11,8 @@ import io
 import json
 import math
 import os
+import re
+import subprocess
 import sys
 import typing
 from pathlib import Path
@@ -818,3 +820,48 @@ def test_argument_errors_are_one_line_and_exit_2(argv, message):
 def test_help_still_prints_the_usage_and_exits_0():
     rc, stdout, stderr = _run(["train", "--help"])
     assert (rc, stderr) == (0, "") and "--overwrite" in stdout and "--resume" in stdout
+
+
+# what a docstring holds and a --help must not: sections, Sphinx roles, RST literals and directives
+_DOCSTRING_MARKUP = re.compile(
+    r"\b(Args|Arguments|Returns|Raises|Yields|Attributes|Examples?):|:(func|mod|class|meth|attr|"
+    r"data|obj|ref):|``|\.\. [a-z-]+::|:param |^\s*(-{3,}|={3,})\s*$",
+    re.MULTILINE,
+)
+
+
+@pytest.mark.parametrize("command", [[], ["demo"], ["train"], ["evaluate"]])
+def test_help_shows_no_docstring_internals(command):
+    rc, stdout, stderr = _run([*command, "--help"])
+    assert (rc, stderr) == (0, "") and stdout.startswith("usage: diffsample"), stderr
+    assert not _DOCSTRING_MARKUP.search(stdout), _DOCSTRING_MARKUP.search(stdout)
+    assert "`" not in stdout  # no RST or Markdown literal of any kind
+    # a command or a positional argument is given, never defaulted
+    if command in ([], ["evaluate"]):  # the commands; the checkpoint
+        positionals = stdout.split("positional arguments:")[1].split("\n\n")[0]
+        assert positionals.strip() and "default" not in positionals, positionals
+
+
+def test_the_markup_scan_finds_markup():
+    """The scan itself: each kind of docstring internal is caught."""
+    for text in ("Args:", "Returns:", ":func:`x`", ":mod:`m`", "``x``", ".. note::", "Raises:"):
+        assert _DOCSTRING_MARKUP.search(f"usage: diffsample\n  {text} y\n"), text
+    assert not _DOCSTRING_MARKUP.search("usage: diffsample --seq_len L (default: 96)")
+
+
+def test_version_prints_the_package_version():
+    import diffsample
+
+    rc, stdout, stderr = _run(["--version"])
+    assert (rc, stdout, stderr) == (0, f"diffsample {diffsample.__version__}\n", "")
+    assert re.fullmatch(r"diffsample \d+\.\d+\.\d+\n", stdout)
+
+
+def test_the_installed_command_prints_its_version():
+    script = Path(sys.executable).with_name("diffsample")
+    if not script.is_file():
+        pytest.skip(f"no diffsample command beside {sys.executable}")
+    done = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=120)
+    import diffsample
+
+    assert (done.returncode, done.stdout) == (0, f"diffsample {diffsample.__version__}\n")

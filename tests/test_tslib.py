@@ -291,7 +291,23 @@ def test_files_are_written_in_window_order_and_the_ledger_is_appended(tmp_path, 
     assert torch.equal(pred[0], keeper._point[0][1])  # window 0 came second in the first batch
 
 
-def test_a_tslib_flag_without_task_name_is_refused(monkeypatch):
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["train", "--out", "x", "--model_id", "m"], "--model_id: a Time-Series-Library flag, expected with --task_name"),
+        (["--model_id", "m"], "--model_id: expected a command first (demo, train, evaluate), or --task_name"),
+        (["--data_path=ETTh1.csv"], "--data_path: expected a command first"),
+    ],
+)  # fmt: skip
+def test_a_tslib_flag_without_task_name_is_refused(monkeypatch, argv, message):
     _no_work(monkeypatch)
-    rc, _, stderr = _run(["train", "--out", "x", "--model_id", "m"])
-    assert rc == 2 and "--model_id: a Time-Series-Library flag, expected with --task_name" in stderr
+    rc, stdout, stderr = _run(argv)
+    assert (rc, stdout) == (2, "") and message in stderr and stderr.count("\n") == 1, stderr
+
+
+def test_a_missing_csv_names_the_flags(tmp_path, monkeypatch):
+    _no_work(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    rc, _, stderr = _run([a.format(root=tmp_path / "nowhere") for a in STOCK_ARGS])
+    assert rc == 2 and stderr.count("\n") == 1, stderr
+    assert f"--data_path: expected a CSV file in --root_path '{tmp_path / 'nowhere'}'" in stderr

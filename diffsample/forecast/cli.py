@@ -100,8 +100,9 @@ Train, sample and score the reference diffusion forecaster.
                                                     # a Time-Series-Library script's command line
 
 Flags take Time-Series-Library's names (--seq_len, --d_model, --learning_rate, ...), with - or _
-alike; every default shown is the library's. A TSLib script runs with "python -u run.py"
-replaced by "diffsample": see docs/forecaster.md, "Running a Time-Series-Library script".
+alike; every default shown is the library's (with --task_name, TSLib's where the two differ:
+--d_model 512, --d_ff 2048). A TSLib script runs with "python -u run.py" replaced by
+"diffsample": see docs/forecaster.md, "Running a Time-Series-Library script".
 The results go beside the checkpoint: a JSON file, a per-horizon-step CSV, the samples (with
 --save-samples) and a fan chart PNG (with matplotlib). A bad argument ends the command before
 any training with one line on stderr and exit status 2.
@@ -649,6 +650,11 @@ def _source(a: argparse.Namespace) -> tuple[str | None, Protocol]:
             )
         return a.data, "auto"
     path = str(Path(a.root_path or ".") / a.data_path)
+    if not Path(path).is_file():  # named by the flags given, before the loader names its argument
+        raise ValueError(
+            f"--data_path: expected a CSV file in --root_path {a.root_path or '.'!r}, got "
+            f"{a.data_path!r} ({path} is not a file)"
+        )
     if a.data is None:
         return path, "auto"
     if a.data not in _TSL_DATA:
@@ -790,6 +796,8 @@ class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaults
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
+        if not action.option_strings:  # a positional or a command: given, never defaulted
+            return text
         if action.nargs == 0 or "default:" in text:  # on/off switches; a default in words
             return text
         if action.default is None:
@@ -1037,6 +1045,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     tslib = is_tslib(argv)
     if tslib and (not argv or argv[0] not in _COMMANDS):  # "python -u run.py" -> "diffsample"
         argv = ["train", *argv]
+    elif argv and argv[0].startswith("--") and argv[0] not in ("--help", "--version"):
+        flag = argv[0].split("=")[0]
+        print(
+            f"{_who()}: error: {flag}: expected a command first ({', '.join(_COMMANDS)}), or "
+            "--task_name for a Time-Series-Library script's command line (diffsample --help "
+            "lists them)",
+            file=sys.stderr,
+        )
+        return 2
     try:
         args = _parser(tslib=tslib).parse_args(argv)
     except SystemExit as exc:  # --help (0) or a bad flag (2: one line, _Parser.error)
