@@ -155,6 +155,22 @@ def test_window_dates_and_the_inferred_step(data):
     assert fc.dates()[0, 1] == np.datetime64("2021-02-01T00:00:00")
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_forecast_on_the_gpu_summarises_there_and_saves_from_there(data, tmp_path):
+    fc = dated(data)
+    g = fc.replace(
+        samples=fc.samples.cuda(), point=fc.point.cuda(), window_ids=fc.window_ids.cuda()
+    )
+    q = g.quantile([0.1, 0.5, 0.9])
+    assert q.is_cuda and g.mean.is_cuda
+    torch.testing.assert_close(q.cpu(), fc.quantile([0.1, 0.5, 0.9]))
+    d = g.in_data_units()
+    assert d.samples.is_cuda
+    torch.testing.assert_close(d.samples.cpu(), fc.in_data_units().samples)
+    back = load_samples(g.save(tmp_path / "g.npz")).forecast
+    assert torch.equal(back.samples, fc.samples) and torch.equal(back.window_ids, fc.window_ids)
+
+
 # ---------------------------------------------------------------- bad input
 S4 = torch.zeros(2, 3, 4, 2)
 P3 = torch.zeros(3, 4, 2)
@@ -167,6 +183,7 @@ BAD = [
     (lambda: Forecast(S4, P3, start=["2020-01-01"]), ValueError, "start: expected one"),
     (lambda: Forecast(S4, P3, start=["x", "y", "z"]), ValueError, "start: expected timestamps"),
     (lambda: Forecast(S4, P3, freq=3600), TypeError, "freq: expected None or a pandas"),
+    (lambda: Forecast(S4, P3, freq=""), TypeError, "freq: expected None or a pandas"),
     (lambda: Forecast(S4, P3, variates=["a"]), ValueError, "variates: expected 2 names"),
     (lambda: Forecast(S4, P3, variates="ab"), TypeError, "variates: expected a sequence"),
     (lambda: Forecast(S4, P3, window_ids=[0.5, 1, 2]), TypeError, "window_ids: expected"),
@@ -193,8 +210,9 @@ def test_bad_input_is_refused_in_one_line_naming_the_argument(call, kind, messag
 
 def test_an_unknown_freq_is_refused_by_pandas_rules():
     pytest.importorskip("pandas")
-    with pytest.raises(ValueError, match=r"^freq: expected None or a pandas frequency alias"):
-        Forecast(S4, P3, freq="hourly")
+    for bad in ("hourly", "0h", "MS"):  # "MS" is a date offset but no period frequency
+        with pytest.raises(ValueError, match=r"^freq: expected None or a pandas frequency"):
+            Forecast(S4, P3, freq=bad)
 
 
 def test_bad_plot_arguments_name_themselves(data):
@@ -258,6 +276,17 @@ def test_plot_without_matplotlib_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
     with pytest.raises(ModuleNotFoundError, match=r"needs matplotlib \(pip install 'diffsample\["):
         make().plot()
+
+
+def test_gluonts_and_pandas_missing_name_the_extra(data, monkeypatch):
+    fc = dated(data)
+    monkeypatch.setitem(sys.modules, "gluonts", None)
+    monkeypatch.setitem(sys.modules, "gluonts.model.forecast", None)
+    with pytest.raises(ModuleNotFoundError, match=r"^Forecast.to_gluonts: needs gluonts \(pip"):
+        fc.to_gluonts()
+    monkeypatch.setitem(sys.modules, "pandas", None)
+    with pytest.raises(ModuleNotFoundError, match=r"^Forecast.gluonts_targets: needs pandas"):
+        fc.gluonts_targets(fc.point)
 
 
 # ---------------------------------------------------------------- files
@@ -327,7 +356,6 @@ pytestmark = pytest.mark.filterwarnings("ignore:The provided callable:FutureWarn
 
 
 def _gluonts_scores(fc: Forecast, y: torch.Tensor, history: torch.Tensor):
-    pytest.importorskip("gluonts")
     from gluonts.evaluation import Evaluator, MultivariateEvaluator
 
     agg, _ = Evaluator(quantiles=QUANTILES, num_workers=None)(
@@ -346,6 +374,7 @@ def _gluonts_scores(fc: Forecast, y: torch.Tensor, history: torch.Tensor):
 def test_gluonts_evaluator_agrees_with_our_metrics(data, units):
     """S = 21: every level q of 0.05..0.95 sits on a sample ((S - 1) q is whole), where
     GluonTS's nearest-rank quantiles equal our interpolated ones."""
+    pytest.importorskip("gluonts")  # the test extra installs it (the gluonts extra)
     index = [0, 5, 9, 40]
     b = data.test.windows(torch.tensor(index))
     fc, y, hist = dated(data, index), b.y, b.x
@@ -381,6 +410,7 @@ def test_gluonts_evaluator_agrees_with_our_metrics(data, units):
 def test_gluonts_quantiles_are_nearest_rank_so_other_sample_counts_differ(data):
     """S = 16: (S - 1) q is not whole, GluonTS takes the nearest sample and we interpolate;
     its loss equals ours on nearest-rank quantiles, not on interpolated ones."""
+    pytest.importorskip("gluonts")
     index = [0, 5, 9, 40]
     b = data.test.windows(torch.tensor(index))
     fc = dated(data, index, S=16)

@@ -54,7 +54,7 @@ SAMPLES_FORMAT = "diffsample.samples/1"
 
 PathLike = str | os.PathLike[str]
 # fixed-length steps numpy can add to a datetime64 (pandas aliases; "W" and "M" are anchored)
-_FIXED = re.compile(r"^(\d*)(D|h|min|s)$")
+_FIXED = re.compile(r"^([1-9]\d*)?(D|h|min|s)$")
 _SECONDS = {"D": 86_400, "h": 3_600, "min": 60, "s": 1}
 
 
