@@ -40,6 +40,7 @@ __all__ = [
     "expected",
     "progress_bar",
     "progress_disabled",
+    "progress_interval",
 ]
 
 
@@ -226,8 +227,27 @@ def progress_disabled(progress: bool | None) -> bool:
     return not _stderr_is_terminal()
 
 
-# seconds between two progress lines off a terminal (a log file, a pipe, a batch job's output)
+# seconds between two progress lines off a terminal (a log file, a pipe, a batch job's output);
+# the environment variable DIFFSAMPLE_PROGRESS_INTERVAL overrides it (e.g. 300 for a long job)
 PROGRESS_INTERVAL = 30.0
+
+
+def progress_interval() -> float:
+    """Seconds between progress lines: ``$DIFFSAMPLE_PROGRESS_INTERVAL`` if set, else
+    ``PROGRESS_INTERVAL``; ValueError naming the variable for a value that is not a number >= 0."""
+    text = os.environ.get("DIFFSAMPLE_PROGRESS_INTERVAL")
+    if text is None or not text.strip():
+        return PROGRESS_INTERVAL
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(
+            f"DIFFSAMPLE_PROGRESS_INTERVAL: expected a number of seconds >= 0, got {text!r}"
+        )
+    return value
+
 
 T = TypeVar("T")
 
@@ -248,7 +268,7 @@ def _plural(unit: str) -> str:
 
 class ProgressLines(Generic[T]):
     """A progress bar for output that is not a terminal: a plain line on stderr every
-    ``interval`` seconds (``PROGRESS_INTERVAL`` by default), with done/total, the rate and the
+    ``interval`` seconds (:func:`progress_interval` by default: 30), with done/total, the rate and the
     time left, and a closing line if any line was written (a loop shorter than the interval
     stays quiet). The part of tqdm's interface that this package uses: iteration, ``update``,
     ``close``, ``set_postfix``, ``set_postfix_str``, ``n``, ``total`` and ``with``.
@@ -270,7 +290,7 @@ class ProgressLines(Generic[T]):
         if total is None and iterable is not None and hasattr(iterable, "__len__"):
             total = len(iterable)  # type: ignore[arg-type]
         self.iterable, self.total, self.desc, self.unit = iterable, total, desc, unit
-        self.interval = PROGRESS_INTERVAL if interval is None else interval
+        self.interval = progress_interval() if interval is None else interval
         self.n, self.lines, self.postfix = 0, 0, ""
         self._clock, self._file = clock, file
         self._t0 = self._last = clock()
@@ -354,7 +374,7 @@ def progress_bar(
     leave: bool = False,
 ) -> Any:
     """The progress display of a loop: a tqdm bar on a terminal; off a terminal (a log file, a
-    pipe), :class:`ProgressLines` (a line every ``PROGRESS_INTERVAL`` seconds) if ``progress``
+    pipe), :class:`ProgressLines` (a line every :func:`progress_interval` seconds) if ``progress``
     is True, nothing if it is None (the quiet default of scripts and tests); nothing at all for
     False. Either way the object iterates over ``iterable`` and has ``update``, ``close``,
     ``set_postfix`` and ``set_postfix_str``.

@@ -9,8 +9,12 @@ whole test set: minutes on a GPU, a quarter of an hour or more on a 2-core CPU);
 
     python examples/etth1_forecaster.py --data path/to/ETTh1.csv --out runs/etth1_api
     python examples/etth1_forecaster.py --data path/to/ETTh1.csv --out /tmp/x \\
-        --epochs 1 --diffusion-epochs 1 --batches-per-epoch 2 --windows 8 --samples 8 --steps 5 \\
-        --d-model 16 --denoiser-width 16
+        --epochs 1 --diffusion-epochs 1 --batches-per-epoch 2 --val-batches 2 --windows 8 \\
+        --samples 8 --steps 5 --d-model 16 --denoiser-width 16
+
+It prints one line per stage and per epoch (losses, learning rate, seconds); training passes
+longer than half a minute also report their progress on stderr, on a terminal as a bar and
+in a log file as a line every 30 s (``--quiet``: neither).
 
 ``--data ETTh1`` (the default) finds the file in $DIFFSAMPLE_ETT_DIR or the download cache;
 ``--download`` fetches it there.
@@ -19,6 +23,8 @@ whole test set: minutes on a GPU, a quarter of an hour or more on a 2-core CPU);
 from __future__ import annotations
 
 import argparse
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -32,6 +38,30 @@ from diffsample.forecast import (
     train,
 )
 from diffsample.forecast.report import fan_chart, have_matplotlib, spread_windows
+
+
+def epoch_printer(config: TrainConfig) -> Callable[[dict[str, float]], None]:
+    """``on_epoch`` for train: one readable line per epoch (the record is a dict of floats)."""
+    epochs = {1: config.point_epochs, 2: config.diffusion_epochs}
+    last = [time.perf_counter()]
+
+    def show(r: dict[str, float]) -> None:
+        now, stage = time.perf_counter(), int(r["stage"])
+        if stage == 1:  # the point forecast's MSE, on the scaled (standardised) data
+            losses = f"MSE train {r['train_point_mse']:.4f}, validation {r['val_point_mse']:.4f}"
+        else:  # the denoiser's MSE against its target (eps, x0 or v) on normalised residuals
+            losses = (
+                f"denoising loss train {r['train_diffusion_loss']:.4f}, "
+                f"validation {r['val_diffusion_loss']:.4f}"
+            )
+        print(
+            f"stage {stage} epoch {int(r['epoch'])}/{epochs[stage]}: {losses}, "
+            f"lr {r['lr']:.2e}, {now - last[0]:.1f} s",
+            flush=True,
+        )
+        last[0] = now
+
+    return show
 
 
 def main() -> None:
@@ -48,10 +78,14 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=TrainConfig.point_epochs, help="stage 1 epochs")
     p.add_argument("--diffusion-epochs", type=int, default=TrainConfig.diffusion_epochs)
     p.add_argument("--batches-per-epoch", type=int, default=None, help="default: all")
+    p.add_argument(
+        "--val-batches", type=int, default=None, help="validation batches per epoch (default: all)"
+    )
     p.add_argument("--windows", type=int, default=None, help="test windows (default: all)")
     p.add_argument("--samples", type=int, default=100, help="S, samples per window")
     p.add_argument("--steps", type=int, default=10, help="K, DPM-Solver++(2M) steps")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or progress lines")
     a = p.parse_args()
     out = Path(a.out)
 
@@ -82,11 +116,27 @@ def main() -> None:
         point_epochs=a.epochs,
         diffusion_epochs=a.diffusion_epochs,
         max_batches_per_epoch=a.batches_per_epoch,
+        max_val_batches=a.val_batches,
     )
+    print(
+        f"training: stage 1 (point forecast, MSE) up to {config.point_epochs} epochs, stage 2 "
+        f"(denoiser) up to {config.diffusion_epochs}; losses in scaled units",
+        flush=True,
+    )
+    progress = None if a.quiet else True  # True: progress lines off a terminal too
     result = train(
-        model, data, config, device=a.device, checkpoint=out / "model.pt", on_epoch=print
+        model,
+        data,
+        config,
+        device=a.device,
+        checkpoint=out / "model.pt",
+        progress=progress,
+        on_epoch=epoch_printer(config),
     )
-    print(f"trained in {result.seconds:.1f} s, best validation MSE {result.best_val_point:.4f}")
+    print(
+        f"trained in {result.seconds:.1f} s: best validation MSE {result.best_val_point:.4f}, "
+        f"best validation denoising loss {result.best_val_diffusion:.4f}"
+    )
 
     # 4. forecast a few test windows: samples [S, B, H, N] and the point forecast [B, H, N]
     n = len(data.test) if a.windows is None else min(a.windows, len(data.test))
@@ -103,7 +153,12 @@ def main() -> None:
 
     # 5. score the test split, streaming (all samples are never held at once)
     ev = evaluate_split(
-        model, data.test, n_samples=a.samples, num_steps=a.steps, max_windows=a.windows
+        model,
+        data.test,
+        n_samples=a.samples,
+        num_steps=a.steps,
+        max_windows=a.windows,
+        progress=progress,
     )
     m = ev.metrics
     print(

@@ -647,8 +647,10 @@ def test_progress_lines_appear_at_the_interval_with_rate_and_time_left():
     ]
 
 
-def test_progress_lines_iterate_show_a_fast_rate_and_stay_quiet_when_short():
+def test_progress_lines_iterate_show_a_fast_rate_and_stay_quiet_when_short(monkeypatch):
     import io
+
+    monkeypatch.delenv("DIFFSAMPLE_PROGRESS_INTERVAL", raising=False)  # the default, 30 s
 
     clock, out = _Clock(), io.StringIO()
 
@@ -679,6 +681,7 @@ def test_progress_bar_shows_lines_off_a_terminal_only_when_asked(monkeypatch):
         def isatty(self):
             return True
 
+    monkeypatch.delenv("DIFFSAMPLE_PROGRESS_INTERVAL", raising=False)
     monkeypatch.setattr("sys.stderr", io.StringIO())  # a log file or a pipe
     assert isinstance(_utils.progress_bar(range(3), progress=True), _utils.ProgressLines)
     for quiet in (None, False):
@@ -695,9 +698,24 @@ def test_progress_bar_shows_lines_off_a_terminal_only_when_asked(monkeypatch):
         _utils.progress_bar(range(3), progress=1)
 
 
+def test_the_progress_interval_comes_from_the_environment(monkeypatch):
+    monkeypatch.delenv("DIFFSAMPLE_PROGRESS_INTERVAL", raising=False)
+    assert _utils.progress_interval() == _utils.PROGRESS_INTERVAL == 30.0
+    monkeypatch.setenv("DIFFSAMPLE_PROGRESS_INTERVAL", "300")
+    assert _utils.ProgressLines(range(2)).interval == 300.0
+    for bad in ("soon", "-1", "inf", "nan"):
+        monkeypatch.setenv("DIFFSAMPLE_PROGRESS_INTERVAL", bad)
+        with pytest.raises(
+            ValueError,
+            match=rf"^DIFFSAMPLE_PROGRESS_INTERVAL: expected a number of seconds >= 0, got '{bad}'$",
+        ):
+            _utils.ProgressLines(range(2))
+
+
 def test_training_progress_off_a_terminal(data, monkeypatch, capsys):
     """issue 19: off a terminal progress=True showed nothing for minutes an epoch. With the
     interval at 0 every batch of every pass writes its line; progress=None writes none."""
+    monkeypatch.delenv("DIFFSAMPLE_PROGRESS_INTERVAL", raising=False)
     monkeypatch.setattr(_utils, "PROGRESS_INTERVAL", 0.0)
     config = dataclasses.replace(QUICK, point_epochs=1, diffusion_epochs=1, max_val_batches=2)
     train(fresh_model(), data, config, device="cpu", progress=True)
