@@ -69,6 +69,8 @@ def test_forecast_unpacks_indexes_and_pickles_like_the_tuple_with_its_attributes
     assert np.array_equal(back.scaler.mean, data.scaler.mean)
     moved = fc._replace(point=fc.point * 0)  # the named tuple's own method keeps the attributes
     assert type(moved) is Forecast and moved.freq == "h" and bool((moved.point == 0).all())
+    made = Forecast._make([samples, point])
+    assert type(made) is Forecast and made.units == "scaled" and made.freq is None
     bare = Forecast(samples, point)  # 0.4.0's two-argument form
     assert bare.scaler is None and bare.start is None and bare.units == "scaled"
     assert "units 'scaled'" in repr(fc) and "tensor(" not in repr(fc)

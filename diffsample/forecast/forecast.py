@@ -277,6 +277,12 @@ class Forecast(_Pair):
         kw = {k: getattr(self, k) for k in ("samples", "point", *_META)} | changes
         return Forecast(kw.pop("samples"), kw.pop("point"), **kw)
 
+    @classmethod
+    def _make(cls, iterable: Any) -> Forecast:  # type: ignore[override]
+        """The named tuple's ``_make``: ``Forecast(*iterable)`` (no attributes)."""
+        samples, point = iterable
+        return cls(samples, point)
+
     def _replace(self, **changes: Any) -> Forecast:
         """The named tuple's ``_replace``, keeping the attributes (see :meth:`replace`)."""
         return self.replace(**changes)
