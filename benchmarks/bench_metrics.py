@@ -306,7 +306,7 @@ def test_diffsample_energy_score(benchmark, data):
     assert out.shape == SHAPE[1:2] and out.dtype == torch.float32
     want = _energy_reference(samples[:, :16], obs[:16])
     np.testing.assert_allclose(out[:16].double().numpy(), want.numpy(), rtol=1e-6)
-    # a few float64 chunk temporaries of MV_CHUNK_ELEMENTS (8 MiB each), whatever the shape
+    # a few reused float64 chunk buffers (8 MiB each), whatever the number of windows
     assert info["extra_peak_mib"] <= 64
 
 

@@ -11,7 +11,8 @@ vectors, C vectors per chunk, K rows of the D x D pair matrix per block.
 Both are elementwise over R, like ``crps``: the caller reduces, batch after batch. Samples
 carry the sample axis first by default (``[S, *E]``). Memory: chunks of C vectors are gathered
 (one strided copy per block of R, so any memory layout) into a contiguous buffer, and every
-temporary is bounded by ``MV_CHUNK_ELEMENTS`` whatever S, D and n.
+temporary holds at most ``MV_CHUNK_ELEMENTS`` elements (or one vector's S x D or S x S values
+where those are larger), whatever n.
 
 The energy score's pairwise distances come from a Gram matrix of the centred samples in float64
 (one batched matmul per chunk): centring removes the cancellation of |a|^2 + |b|^2 - 2 a.b
@@ -34,6 +35,7 @@ from diffsample._utils import check_choice, check_number, check_tensor, describe
 from diffsample._utils import check_finite as check_all_finite
 
 from ._checks import NanPolicy, check_finite, normalise_dim
+from ._engine import Scratch
 from ._kernels import abs_max, pow2_exponents
 from ._layout import _blocks, check_operands, compute_dtype
 
@@ -41,8 +43,13 @@ __all__ = ["MultivariateEstimator", "energy_score", "variogram_score"]
 
 MultivariateEstimator = Literal["ecdf", "fair"]
 
-# Elements of temporaries per chunk (x 16 on CUDA): 8 MiB of float64 on a CPU.
+# Elements of a temporary per chunk. CPU: 2^20 (8 MiB of float64), as crps's chunks. Smaller
+# chunks ran from cache and took 0.6-0.8x the time on one thread, but every torch op is a
+# parallel region: on a 2-core Xeon shared with other jobs, 2 threads took 37 s at 2^17 and
+# 3.7 s at 2^20 for the energy score of the ETTh1 windows (1.1 s and 1.3 s on one thread).
+# CUDA: large chunks keep the kernel count low.
 MV_CHUNK_ELEMENTS = 1 << 20
+MV_CUDA_CHUNK_ELEMENTS = 1 << 24
 
 
 # --------------------------------------------------------------------------------------------
@@ -82,30 +89,59 @@ class _Vectors:
         return math.prod(self.shape)
 
     def chunks(
-        self, per_chunk: int, dtype: torch.dtype
+        self, per_chunk: int, dtype: torch.dtype, scratch: Scratch | None
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Vectors in chunks of at most ``per_chunk``, in row-major order of R, as contiguous
-        samples ``[C, S, D]`` and observations ``[C, D]`` in ``dtype`` (differentiable)."""
+        samples ``[C, S, D]`` and observations ``[C, D]`` in ``dtype``.
+
+        Without a gradient each chunk is copied (and cast) in one pass into buffers that the
+        next chunk reuses (``scratch`` on a CPU: fresh allocations per chunk left hundreds of
+        MiB of freed heap resident); with one, pieces are concatenated (differentiable).
+        """
         s, n_event = self.n_samples, self.x.dim() - 1 - len(self.rows)  # S, len(V)
         for start in range(0, self.n, per_chunk):
-            xs, ys = [], []
-            for b in _blocks(self.rows, start, min(self.n, start + per_chunk)):
+            stop = min(self.n, start + per_chunk)
+            pieces = []
+            for b in _blocks(self.rows, start, stop):
                 every_sample: tuple[int | slice, ...] = (slice(None), *b)
                 xb = self.x[every_sample]  # [S, *k, *V]
-                k = xb.dim() - 1 - n_event
-                xs.append(xb.movedim(0, k).reshape(-1, s, self.d))  # [c, S, D]
-                ys.append(self.y[b].reshape(-1, self.d))  # [c, D]
-            yield _joined(xs, dtype), _joined(ys, dtype)
+                pieces.append((xb.movedim(0, xb.dim() - 1 - n_event), self.y[b]))  # [*k, S, *V]
+            if self.needs_grad:
+                xs = torch.cat([x.reshape(-1, s, self.d) for x, _ in pieces])  # [C, S, D]
+                ys = torch.cat([y.reshape(-1, self.d) for _, y in pieces])  # [C, D]
+                yield xs.to(dtype), ys.to(dtype)
+                continue
+            xs = _buffer(scratch, "x", (stop - start, s, self.d), dtype, self.x.device)
+            ys = _buffer(scratch, "y", (stop - start, self.d), dtype, self.x.device)
+            row = 0
+            for x, y in pieces:
+                c = y.numel() // self.d
+                xs[row : row + c].view(x.shape).copy_(x)
+                ys[row : row + c].view(y.shape).copy_(y)
+                row += c
+            yield xs, ys
 
     def budget(self) -> int:
-        """Temporaries per chunk, in elements, on this device."""
-        return MV_CHUNK_ELEMENTS * (16 if self.x.device.type == "cuda" else 1)
+        """Elements of a temporary per chunk on this device."""
+        return MV_CUDA_CHUNK_ELEMENTS if self.x.device.type == "cuda" else MV_CHUNK_ELEMENTS
 
 
-def _joined(pieces: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
-    """Pieces concatenated along their first axis, contiguous, in ``dtype``."""
-    out = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
-    return out.to(dtype=dtype, memory_format=torch.contiguous_format)
+def _buffer(
+    scratch: Scratch | None,
+    name: str,
+    shape: tuple[int, ...],
+    dtype: torch.dtype,
+    device: torch.device,
+) -> torch.Tensor:
+    """A contiguous tensor to write into: a reused per-call buffer on a CPU, else a new one."""
+    if scratch is not None:
+        return scratch.get(name, shape, dtype)
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def _scratch(v: _Vectors) -> Scratch | None:
+    """Reused buffers for the CPU route without a gradient (results never alias them)."""
+    return Scratch() if v.x.device.type == "cpu" and not v.needs_grad else None
 
 
 def _event_axes(event_dims: object, shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -233,7 +269,7 @@ def energy_score(
     (scoringrules' ``es_ensemble(..., estimator="nrg")``, its default); ``"fair"`` the unbiased
     estimate of the score of the distribution the samples were drawn from (scoringrules'
     ``"fair"``), as ``crps(..., estimator="fair")``. O(S^2 D) per vector, chunked: the ETTh1
-    test set at 100 samples (2785 vectors of 96 x 7) holds about 26 MiB of temporaries.
+    test set at 100 samples (2785 vectors of 96 x 7) took 14 MiB of extra memory.
 
     Args:
         samples: forecast samples ``[S, *E]`` (sample axis at ``sample_dim``), floating point,
@@ -275,16 +311,16 @@ def energy_score(
     # ~1e150 could, and are scaled by a power of two (the score is homogeneous of degree 1)
     f64 = torch.finfo(torch.float64).max
     limit = math.sqrt(f64 / (64 * d)) if v.dtype == torch.float64 else None
+    scratch = _scratch(v)
     parts = []
-    for xs, ys in v.chunks(per_chunk, torch.float64):  # [C, S, D], [C, D]
+    for xs, ys in v.chunks(per_chunk, torch.float64, scratch):  # [C, S, D], [C, D]
         k = None if limit is None else pow2_exponents(_vector_abs_max(xs, ys), limit)
         if k is None:
-            parts.append(_energy(xs, ys, fair=fair, omit=omit, grad=v.needs_grad))
+            parts.append(_energy(xs, ys, fair=fair, omit=omit, grad=v.needs_grad, scratch=scratch))
             continue
         scale = torch.exp2(-k)  # [C]
-        out = _energy(
-            xs * scale[:, None, None], ys * scale[:, None], fair=fair, omit=omit, grad=v.needs_grad
-        )
+        xs, ys = xs * scale[:, None, None], ys * scale[:, None]
+        out = _energy(xs, ys, fair=fair, omit=omit, grad=v.needs_grad, scratch=scratch)
         parts.append(out / scale)
     return _assemble(v, parts)
 
@@ -295,16 +331,30 @@ def _vector_abs_max(xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
 
 
 def _energy(
-    xs: torch.Tensor, ys: torch.Tensor, *, fair: bool, omit: bool, grad: bool
+    xs: torch.Tensor,
+    ys: torch.Tensor,
+    *,
+    fair: bool,
+    omit: bool,
+    grad: bool,
+    scratch: Scratch | None,
 ) -> torch.Tensor:
-    """ES of one chunk: samples ``[C, S, D]``, observations ``[C, D]`` (float64) -> ``[C]``."""
-    s = xs.shape[1]
+    """ES of one chunk: samples ``[C, S, D]``, observations ``[C, D]`` (float64) -> ``[C]``.
+
+    ``scratch`` (CPU, no gradient): buffers for the [C, S, D] and [C, S, S] temporaries.
+    """
+    c, s, d = xs.shape
     w: torch.Tensor | None = None
-    n = torch.full(xs.shape[:1], float(s), dtype=xs.dtype, device=xs.device)  # [C]
+    n = torch.full((c,), float(s), dtype=xs.dtype, device=xs.device)  # [C]
     if omit:
         xs, w, n = _valid(xs)
-    err = torch.linalg.vector_norm(xs - ys[:, None, :], dim=-1)  # [C, S]
-    dist = _distances(xs, w, grad=grad)  # [C, S, S]
+    if grad:
+        err = torch.linalg.vector_norm(xs - ys[:, None, :], dim=-1)  # [C, S]
+        dist = torch.cdist(xs, xs, compute_mode="donot_use_mm_for_euclid_dist")  # [C, S, S]
+    else:
+        diff = _buffer(scratch, "diff", (c, s, d), xs.dtype, xs.device)
+        err = torch.linalg.vector_norm(torch.sub(xs, ys[:, None, :], out=diff), dim=-1)
+        dist = _distances(xs, w, diff, _buffer(scratch, "gram", (c, s, s), xs.dtype, xs.device))
     if w is None:
         first, pairs = err.sum(-1), dist.sum((-2, -1))
     else:
@@ -314,20 +364,21 @@ def _energy(
     return _undefined(out, n, ys, fair=fair) if omit else out
 
 
-def _distances(xs: torch.Tensor, w: torch.Tensor | None, *, grad: bool) -> torch.Tensor:
-    """Pairwise Euclidean distances of samples ``[C, S, D]`` -> ``[C, S, S]``.
+def _distances(
+    xs: torch.Tensor, w: torch.Tensor | None, centred: torch.Tensor, gram: torch.Tensor
+) -> torch.Tensor:
+    """Pairwise Euclidean distances of samples ``[C, S, D]`` -> ``[C, S, S]`` (written into
+    ``gram``; ``centred`` [C, S, D] is a buffer), without a gradient.
 
-    Without a gradient: the Gram matrix of the samples centred on their (kept, ``w``) mean,
-    |a - b|^2 = |a|^2 + |b|^2 - 2 a.b, one batched matmul. With one: direct differences.
+    The Gram matrix of the samples centred on their (kept, ``w``) mean: |a - b|^2 = |a|^2 +
+    |b|^2 - 2 a.b, one batched matmul.
     """
-    if grad:
-        return torch.cdist(xs, xs, compute_mode="donot_use_mm_for_euclid_dist")
     if w is None:
         centre = xs.mean(1, keepdim=True)  # [C, 1, D]
     else:
         centre = (xs * w[..., None]).sum(1, keepdim=True) / w.sum(-1)[:, None, None].clamp_min(1)
-    xc = xs - centre  # [C, S, D]
-    gram = torch.bmm(xc, xc.transpose(1, 2))  # [C, S, S]
+    xc = torch.sub(xs, centre, out=centred)  # [C, S, D]
+    torch.bmm(xc, xc.transpose(1, 2), out=gram)  # [C, S, S]
     sq = gram.diagonal(dim1=1, dim2=2).clone()  # [C, S]
     # in place (a fresh [C, S, S] sum was 3x slower at D = 7), and in this order so that the
     # diagonal and duplicated samples give exactly 0: -2a + a + a
@@ -413,13 +464,16 @@ def variogram_score(
     # finite in the computation dtype; vectors beyond are scaled by a power of two
     # (VS_p(aX, ay) = a^(2p) VS_p(X, y)).
     limit = 0.5 * (torch.finfo(v.dtype).max / (4 * s)) ** (1 / (2 * order))
+    scratch = _scratch(v)
     parts = []
-    for xs, ys in v.chunks(per_chunk, v.dtype):  # [C, S, D], [C, D]
+    for xs, ys in v.chunks(per_chunk, v.dtype, scratch):  # [C, S, D], [C, D]
         k = pow2_exponents(_vector_abs_max(xs, ys), limit)
         if k is not None:
             scale = torch.exp2(-k)  # [C]
             xs, ys = xs * scale[:, None, None], ys * scale[:, None]
-        out = _variogram(xs, ys, upper, order, rows, fair=fair, omit=omit, grad=v.needs_grad)
+        out = _variogram(
+            xs, ys, upper, order, rows, fair=fair, omit=omit, grad=v.needs_grad, scratch=scratch
+        )
         parts.append(out if k is None else out * torch.exp2(2 * order * k.double()))
     return _assemble(v, parts)
 
@@ -464,9 +518,11 @@ def _variogram(
     fair: bool,
     omit: bool,
     grad: bool,
+    scratch: Scratch | None,
 ) -> torch.Tensor:
     """VS_p of one chunk: samples ``[C, S, D]``, observations ``[C, D]``, folded weights
-    ``upper [D, D]``, K = ``rows`` rows of the pair matrix at a time -> float64 ``[C]``."""
+    ``upper [D, D]``, K = ``rows`` rows of the pair matrix at a time -> float64 ``[C]``.
+    ``scratch`` (CPU, no gradient): a buffer for the [C, S, K, D] differences."""
     c, s, d = xs.shape
     w: torch.Tensor | None = None
     n = torch.full((c,), float(s), dtype=xs.dtype, device=xs.device)  # [C]
@@ -479,7 +535,12 @@ def _variogram(
     for a in range(0, d, rows):
         b = min(d, a + rows)
         # pairs i in [a, b), j in [a, D): every i < j once, plus a triangle the weights zero
-        dx = xs[:, :, a:b, None] - xs[:, :, None, a:]  # [C, S, K, D - a]
+        if grad:
+            dx = xs[:, :, a:b, None] - xs[:, :, None, a:]  # [C, S, K, D - a]
+        else:
+            shape = (c, s, b - a, d - a)
+            dx = _buffer(scratch, "dx", shape, xs.dtype, xs.device)
+            torch.sub(xs[:, :, a:b, None], xs[:, :, None, a:], out=dx)
         dy = ys[:, a:b, None] - ys[:, None, a:]  # [C, K, D - a]
         if grad:  # 0^p has no derivative for p <= 1: keep the zero-weight pairs off 0
             below = upper[a:b, a:] == 0
@@ -492,7 +553,8 @@ def _variogram(
             mean = fx.sum(1) / n[:, None, None]
         term = (mean - fy).double().square()
         if fair:  # (a - y)^2 - v / (S - 1), v the samples' variance of |X_i - X_j|^p
-            dev = (fx - mean[:, None]).square()
+            # fx is not needed after this: overwrite it (its buffer) without a gradient
+            dev = (fx - mean[:, None]).square() if grad else fx.sub_(mean[:, None]).square_()
             if w is not None:
                 dev = dev * w[:, :, None, None]
             var = dev.sum(1).double() / n[:, None, None]
