@@ -404,7 +404,7 @@ def variogram_score(
 ) -> torch.Tensor:
     """Variogram score of order ``p`` of a multivariate sample forecast, one per vector.
 
-    Scheuerer & Hamill (2015): for a vector of D components, with weights w_ij >= 0,
+    Scheuerer & Hamill (2015): for a vector of D components, with weights w_ij >= 0::
 
         VS_p(F, y) = sum_i sum_j w_ij (E|X_i - X_j|^p - |y_i - y_j|^p)^2
 
@@ -436,9 +436,11 @@ def variogram_score(
         nan_policy: as in ``energy_score``.
 
     Returns:
-        VS_p of shape ``E`` without the event axes: summed in float64 and returned in float32
-        for half/bfloat16/float32 inputs, float64 if any input is. Differentiable with respect
-        to ``samples`` and ``obs`` where no two components coincide (for p <= 1).
+        VS_p of shape ``E`` without the event axes: computed in float32 for
+        half/bfloat16/float32 samples and observations (``pair_weights`` are cast to it),
+        summed over pairs in float64, returned in float32; float64 if ``samples`` or ``obs``
+        is. Differentiable with respect to ``samples`` and ``obs`` where no two components
+        coincide (for p <= 1).
 
     Raises:
         TypeError: as ``energy_score``; a non-number ``p``; a non-tensor or non-real
