@@ -39,7 +39,6 @@ __all__ = [
     "describe",
     "expected",
     "progress_bar",
-    "progress_disabled",
     "progress_interval",
 ]
 
@@ -217,14 +216,6 @@ def check_finite(name: str, x: torch.Tensor, *, hint: str = "") -> None:
 def _stderr_is_terminal() -> bool:
     err = sys.stderr
     return err is not None and hasattr(err, "isatty") and bool(err.isatty())
-
-
-def progress_disabled(progress: bool | None) -> bool:
-    """tqdm ``disable`` flag: False never shows a bar; None or True show one only on a terminal
-    (for a bar that also reports off a terminal, use :func:`progress_bar`)."""
-    if progress is False:
-        return True
-    return not _stderr_is_terminal()
 
 
 # seconds between two progress lines off a terminal (a log file, a pipe, a batch job's output);

@@ -20,7 +20,6 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from ._utils import (
     check_bool,
@@ -32,7 +31,7 @@ from ._utils import (
     check_tensor,
     describe,
     expected,
-    progress_disabled,
+    progress_bar,
 )
 from .graph import ChunkGraph, HostSyncError
 from .memory import back_off, check_fits, fit_row_cost, free_bytes, is_oom
@@ -148,7 +147,8 @@ def sample_many(
             and the padded rows dropped). Where it cannot run (not CUDA, a per-step
             ``callback``, a non-tensor cond value, a failed capture) it warns once and samples
             eagerly. With it the progress bar advances once per chunk.
-        progress: None or True: a progress bar when stderr is a terminal; False: none.
+        progress: None: a bar when stderr is a terminal, else nothing; True: a bar on a
+            terminal, else a line every 30 s (``diffsample._utils.progress_bar``); False: none.
         **sampler_kwargs: passed to the sampler: ``prediction``, ``eta``, ``clip_x0``,
             ``clip_eps``, ``variance``, ``callback``, ... (not ``generator``,
             ``noise_sampler`` or ``known``: the noise is keyed by ``seed``, and known values
@@ -213,11 +213,8 @@ def sample_many(
             warnings.warn(f"sample_many: graph=True {why_not}; sampling eagerly", stacklevel=2)
             graph = False
         out = torch.empty((M, *E), dtype=dtype, device=device)  # [S * B, *E]
-        with tqdm(
-            total=math.ceil(M / chunk) * n_steps,
-            desc="sample_many",
-            unit="step",
-            disable=progress_disabled(progress),
+        with progress_bar(
+            total=math.ceil(M / chunk) * n_steps, desc="sample_many", unit="step", progress=progress
         ) as bar:
             bar.set_postfix(rows=M, chunk=chunk)
 

@@ -29,7 +29,6 @@ from collections.abc import Callable, Mapping
 from typing import Any, Literal, NamedTuple, Protocol, cast
 
 import torch
-from tqdm.auto import tqdm
 
 from ._utils import (
     check_choice,
@@ -37,7 +36,7 @@ from ._utils import (
     check_number,
     check_tensor,
     expected,
-    progress_disabled,
+    progress_bar,
 )
 from .noise import NoiseSampler
 from .prediction import (
@@ -161,9 +160,7 @@ class _Walk:
         self.x = x if self.mu is None else x - self.mu  # [M, *E], the walk's state
         self.prediction = check_prediction(prediction)
         self.generator, self.noise_sampler, self.callback = generator, noise_sampler, callback
-        self.bar = tqdm(
-            total=len(self.t), desc=name, leave=False, disable=progress_disabled(progress)
-        )
+        self.bar = progress_bar(total=len(self.t), desc=name, unit="step", progress=progress)
 
     def __len__(self) -> int:
         return len(self.t)
@@ -313,7 +310,8 @@ def sample_ddpm(
         noise_sampler: ``noise_sampler(i) -> [M, *E]`` standard normal noise for step i (and,
             with ``known``, ``noise_sampler(-2 - i)`` for the known values' forward noise).
         callback: called after each step with {"i", "t", "t_next", "x", "x0"}.
-        progress: None or True: a bar when stderr is a terminal; False: never.
+        progress: None: a bar when stderr is a terminal; True: also a line every 30 s off a
+            terminal; False: never.
 
     Returns:
         The sample ``[M, *E]``.

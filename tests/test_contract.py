@@ -396,3 +396,12 @@ def test_atomic_write_names_the_file_and_follows_the_umask_of_the_moment(tmp_pat
     assert stat.S_IMODE(target.stat().st_mode) == 0o600
     atomic_write(target, lambda f: f.write(b"ok"))
     assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~old
+
+
+def test_sample_many_reports_progress_off_a_terminal_when_asked(capsys, monkeypatch):
+    monkeypatch.setenv("DIFFSAMPLE_PROGRESS_INTERVAL", "0")  # a line at every update
+    many(seed=0, progress=True)
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("sample_many: 1/10 steps") and err[-1].startswith("sample_many: 10/10")
+    many(seed=0)  # None: quiet off a terminal
+    assert capsys.readouterr().err == ""

@@ -123,8 +123,7 @@ def test_one_progress_bar_for_the_whole_split(model, data, monkeypatch):
         def close(self):
             self.closed = True
 
-    monkeypatch.setattr(evaluation, "tqdm", Bar)
-    monkeypatch.setattr(evaluation, "progress_disabled", lambda progress: False)
+    monkeypatch.setattr(evaluation, "progress_bar", lambda **kw: Bar(**kw))
     real = model.forecast
 
     def spy(*args, **kwargs):

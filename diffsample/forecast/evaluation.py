@@ -24,7 +24,6 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from .._utils import (
     check_choice,
@@ -32,7 +31,7 @@ from .._utils import (
     check_number,
     check_tensor,
     expected,
-    progress_disabled,
+    progress_bar,
 )
 from ..distributed import Ranks
 from ..memory import check_fits
@@ -373,8 +372,9 @@ def evaluate_split(
         batch_size: windows per :meth:`~ITransformerDiffusion.forecast` call.
         max_windows: score only the first this many windows.
         seed: keys the noise together with each window's index in the split.
-        progress: None or True: one bar for the whole split (windows, samples per second, time
-            left) when stderr is a terminal; False: none.
+        progress: one bar for the whole split (windows, samples per second, time left) when
+            stderr is a terminal (None or True); off a terminal, True prints a line every 30 s
+            and None nothing; False: none.
         on_batch: called after each batch is scored with the batch and its forecast
             (``samples [S, B, H, N]``, ``point [B, H, N]``, on the model's device), e.g. to
             keep some samples (:mod:`diffsample.forecast.report`); the loop keeps nothing.
@@ -436,12 +436,11 @@ def evaluate_split(
     seconds, scoring = 0.0, 0.0
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    bar = tqdm(
+    bar = progress_bar(
         total=mine.numel(),
         unit="window",
         desc=f"sampling {split.name}",
-        leave=False,
-        disable=progress_disabled(progress) or not ranks.main,
+        progress=progress if ranks.main else False,
     )
     try:
         batches = forecast_windows(
