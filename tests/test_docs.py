@@ -154,21 +154,7 @@ def test_maths_hook_writes_mathml_and_refuses_tex_it_cannot_typeset():
 RAW_TEX = re.compile(r"[A-Za-z)\]]_\{|\^\{|\\(?:frac|sum|int|alpha|sigma|lvert|mathbb)\b")
 
 
-# pages whose maths is still plain text with TeX subscripts (to be put in $...$ by their owners;
-# strict: the mark fails the run once a page is converted, so that it is removed)
-RAW_TEX_LEFT = {"docs/concepts/schedules.md", "docs/porting.md"}
-
-
-@pytest.mark.parametrize(
-    "page",
-    [
-        pytest.param(p, marks=pytest.mark.xfail(strict=True, reason="TeX not yet in $...$"))
-        if _page_id(p) in RAW_TEX_LEFT
-        else p
-        for p in sorted(DOCS.rglob("*.md"))
-    ],
-    ids=_page_id,
-)
+@pytest.mark.parametrize("page", sorted(DOCS.rglob("*.md")), ids=_page_id)
 def test_page_maths_typesets_and_no_raw_tex_shows(page):
     """Every $...$ and $$...$$ of a page converts to MathML, and what is left outside the maths
     and the code holds no TeX (the samplers page once showed a raw ``t_{i+1}``)."""
