@@ -253,7 +253,7 @@ def _demo(a: argparse.Namespace) -> None:
 
 def _train(a: argparse.Namespace) -> None:
     tsl = _tslib_run(a)
-    source, protocol = _source(a)
+    source, protocol = _located(a)
     _train_and_report(a, "train", source=source, protocol=protocol, tsl=tsl)
 
 
@@ -640,6 +640,18 @@ def _check_enc_in(enc_in: int | None, data: ForecastDataset) -> None:
         )
 
 
+def _located(a: argparse.Namespace) -> tuple[str | None, Protocol]:
+    """:func:`_source`, with a --root_path / --data_path CSV that is not there named by those
+    flags (the loader would name its own argument)."""
+    source, protocol = _source(a)
+    if a.data_path is not None and source is not None and not Path(source).is_file():
+        raise ValueError(
+            f"--data_path: expected a CSV file in --root_path {a.root_path or '.'!r}, got "
+            f"{a.data_path!r} ({source} is not a file)"
+        )
+    return source, protocol
+
+
 def _source(a: argparse.Namespace) -> tuple[str | None, Protocol]:
     """(source for load_dataset, protocol) from --data, or from --root_path / --data_path with
     --data naming the split protocol as in Time-Series-Library."""
@@ -650,11 +662,6 @@ def _source(a: argparse.Namespace) -> tuple[str | None, Protocol]:
             )
         return a.data, "auto"
     path = str(Path(a.root_path or ".") / a.data_path)
-    if not Path(path).is_file():  # named by the flags given, before the loader names its argument
-        raise ValueError(
-            f"--data_path: expected a CSV file in --root_path {a.root_path or '.'!r}, got "
-            f"{a.data_path!r} ({path} is not a file)"
-        )
     if a.data is None:
         return path, "auto"
     if a.data not in _TSL_DATA:
@@ -673,7 +680,7 @@ def _evaluation_data(a: argparse.Namespace, model: ITransformerDiffusion) -> For
     call (``reload_data``: never a path the file names); --data, the user's, only if it
     matches."""
     spec, c = model.data_spec, model.config
-    source, protocol = _source(a)
+    source, protocol = _located(a)
     if source is None:
         if spec is None:
             raise ValueError(
