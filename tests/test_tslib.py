@@ -90,8 +90,11 @@ def _diffsample() -> str:
 
 
 @pytest.mark.slow
-def test_the_stock_itransformer_etth1_script_runs(tmp_path, etth1_path):
-    text = _script(STOCK_ETTH2.replace("ETTh2", "ETTh1"), _diffsample())
+@pytest.mark.parametrize("name", ["ETTh1", "ETTh2"])  # ETTh2: the stock file's text verbatim
+def test_the_stock_itransformer_script_runs(tmp_path, etth1_path, name):
+    if not (etth1_path.parent / f"{name}.csv").is_file():
+        pytest.skip(f"{name}.csv not found beside {etth1_path}")
+    text = _script(STOCK_ETTH2.replace("ETTh2", name), _diffsample())
     assert text.count(SMALL) == 1 and "run.py" not in text
     cwd = _workdir(tmp_path, etth1_path.parent)
     done = subprocess.run(
@@ -103,9 +106,10 @@ def test_the_stock_itransformer_etth1_script_runs(tmp_path, etth1_path):
         f"note: Time-Series-Library flags accepted and ignored (no effect here): {IGNORED}"
     ]
     # diffsample's files in TSLib's checkpoint folder, TSLib's in ./results/<setting>/
-    run = cwd / "checkpoints" / SETTING
+    setting = SETTING.replace("ETTh1", name)
+    run = cwd / "checkpoints" / setting
     assert (run / "model.pt").is_file() and (run / "results.json").is_file()
-    results = cwd / "results" / SETTING
+    results = cwd / "results" / setting
     pred, true = np.load(results / "pred.npy"), np.load(results / "true.npy")
     assert pred.shape == true.shape == (8, 96, 7) and pred.dtype == np.float32
     metrics = np.load(results / "metrics.npy")
@@ -115,7 +119,7 @@ def test_the_stock_itransformer_etth1_script_runs(tmp_path, etth1_path):
         f"point forecast (iTransformer)  mse {metrics[1]:.4f}  mae {metrics[0]:.4f}" in done.stdout
     )
     ledger = (cwd / "result_long_term_forecast.txt").read_text()
-    assert ledger == f"{SETTING}  \nmse:{metrics[1]}, mae:{metrics[0]}, dtw:Not calculated\n\n"
+    assert ledger == f"{setting}  \nmse:{metrics[1]}, mae:{metrics[0]}, dtw:Not calculated\n\n"
 
 
 def _tslib_metric(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
