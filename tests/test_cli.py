@@ -29,6 +29,7 @@ from diffsample.forecast import (
     TrainConfig,
     cli,
     evaluate_split,
+    load_samples,
     outputs,
     report,
 )
@@ -226,7 +227,7 @@ def test_train_prints_a_line_per_stage_and_writes_its_outputs(run):
         "results.json",
         "results_fan_chart.png",
         "results_per_step.csv",
-        "results_samples.pt",
+        "results_samples.npz",
     ]
     r = json.loads((out / "results.json").read_text())
     assert r["command"] == "train" and r["split"] == "test" and "notes" not in r
@@ -246,11 +247,13 @@ def test_train_prints_a_line_per_stage_and_writes_its_outputs(run):
     crps_steps = [float(line.split(",")[5]) for line in rows[1:]]
     assert sum(crps_steps) / 12 == pytest.approx(r["scores"]["crps"], rel=1e-5)
     assert (out / "results_fan_chart.png").read_bytes()[:4] == b"\x89PNG"
-    saved = torch.load(out / "results_samples.pt", weights_only=True)
-    assert saved["samples"].shape == (4, 6, 12, 7) and saved["samples"].dtype == torch.float32
-    assert torch.equal(saved["window_ids"], torch.arange(6))
-    assert saved["targets"].shape == saved["point"].shape == (6, 12, 7)
-    assert saved["data"] == r["data"] and saved["split"] == "test"
+    fc, targets, meta = load_samples(out / "results_samples.npz")
+    assert fc.samples.shape == (4, 6, 12, 7) and fc.samples.dtype == torch.float32
+    assert torch.equal(torch.as_tensor(fc.window_ids), torch.arange(6))
+    assert targets.shape == fc.point.shape == (6, 12, 7)
+    assert meta["data"] == r["data"] and meta["split"] == "test"
+    assert fc.freq == "h" and fc.units == "scaled" and fc.scaler is not None
+    assert list(fc.variates) == r["data"]["columns"]
 
 
 def _bad_train(tmp_path: Path, *extra: str) -> list[str]:
@@ -624,7 +627,7 @@ def test_a_killed_run_is_not_started_over_without_resume_or_overwrite(tmp_path, 
 def test_a_folder_in_the_way_of_an_output_fails_before_training(tmp_path, monkeypatch):
     # a folder named model.pt passed the output check and failed at the first checkpoint write
     _no_training(monkeypatch)
-    for name, extra in [("model.pt", []), ("results_samples.pt", ["--save-samples"])]:
+    for name, extra in [("model.pt", []), ("results_samples.npz", ["--save-samples"])]:
         out = tmp_path / name.split(".")[0]
         (out / name).mkdir(parents=True)
         rc, _, stderr = _run(["train", "--out", str(out), *TINY, *SAMPLING, *extra])
@@ -786,8 +789,7 @@ def test_data_names_are_drawn_as_text_and_the_samples_come_first(tmp_path, monke
         ]
     )
     assert rc == 2 and "cannot write the chart" in _one_line(stderr)
-    saved = torch.load(tmp_path / "eval_test_samples.pt", weights_only=True)
-    assert saved["samples"].shape == (4, 6, 12, 3)
+    assert load_samples(tmp_path / "eval_test_samples.npz").forecast.samples.shape == (4, 6, 12, 3)
 
 
 @pytest.mark.parametrize(

@@ -456,7 +456,9 @@ def _score_and_write(
     mine = list(range(rank, n, world))  # the windows evaluate_split gives this rank
     keeper = WindowKeeper([mine[i] for i in spread_windows(len(mine))] if mine else [])
     c = model.config
-    store = SampleStore(n, a.samples, c.horizon, c.n_variates) if a.save_samples else None
+    store = (
+        SampleStore(n, a.samples, c.horizon, c.n_variates, split=split) if a.save_samples else None
+    )
     points = PointKeeper() if tsl is not None else None
 
     def on_batch(b: WindowBatch, fc: Forecast) -> None:
@@ -975,7 +977,8 @@ def _parser(*, tslib: bool = False) -> argparse.ArgumentParser:
         g.add_argument(
             *_spellings("--save_samples"),
             action="store_true",
-            help="also write the samples, [S, W, H, N] float32 with their window ids (.pt)",
+            help="also write the samples, [S, W, H, N] float32 with their window ids, start "
+            "dates, units and scaler (.npz; read it with diffsample.forecast.load_samples)",
         )
         g = q.add_argument_group("run")
         g.add_argument("--out", default=out_default, required=out_required, help=out_help)

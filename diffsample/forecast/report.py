@@ -7,11 +7,11 @@ Dimensions: S samples, W windows, L lookback, H horizon, N variates.
                             named in a "notes" entry (JSON has no NaN)
     <name>_per_step.csv     write_per_step_csv(Evaluation.per_step): one row per horizon step
     <name>_fan_chart.png    fan_chart(samples [S, W, H, N], truth [W, H, N], ...), matplotlib
-    <name>_samples.pt       SampleStore.save: samples [S, W, H, N] float32 + window ids,
-                            targets and point forecasts [W, H, N] (torch.save); a path ending
-                            in .npz gets the forecast file of diffsample.forecast.forecast
-                            instead (numpy, no pickle: + start dates, freq, units, scaler
-                            statistics and variate names; load_samples reads it)
+    <name>_samples.npz      SampleStore.save: the forecast file of diffsample.forecast.forecast
+                            (numpy, no pickle): samples [S, W, H, N] float32, window ids,
+                            targets and point forecasts [W, H, N], start dates, freq, units,
+                            scaler statistics and variate names (load_samples reads it; a
+                            path with another suffix gets the same keys with torch.save)
 
 Every file is written atomically (a temp file renamed into place): a failure raises
 :class:`OutputError` (an OSError) naming the file and the cause, and leaves the old file or
@@ -89,14 +89,14 @@ class OutputFiles(NamedTuple):
 
     @classmethod
     def beside(cls, results: PathLike) -> OutputFiles:
-        """``<name>.json``, ``<name>_per_step.csv``, ``<name>_fan_chart.png``, ``<name>_samples.pt``."""
+        """``<name>.json``, ``<name>_per_step.csv``, ``<name>_fan_chart.png``, ``<name>_samples.npz``."""
         r = Path(results)
         stem = r.name.removesuffix(".json")
         return cls(
             r,
             r.with_name(f"{stem}_per_step.csv"),
             r.with_name(f"{stem}_fan_chart.png"),
-            r.with_name(f"{stem}_samples.pt"),
+            r.with_name(f"{stem}_samples.npz"),
         )
 
 
