@@ -189,7 +189,7 @@ def test_every_flag_has_help_that_shows_its_default(command):
     text = " ".join(q.format_help().split())
     if command == "demo":  # the preset's defaults, not train's
         assert (
-            "--windows WINDOWS score only the first N windows of the split; none: all (default: 256)"
+            "--windows WINDOWS score N windows spread evenly over the split's period; none: all (default: 256)"
             in text
         )
         assert "(default: runs/demo)" in text
@@ -249,7 +249,9 @@ def test_train_prints_a_line_per_stage_and_writes_its_outputs(run):
     assert (out / "results_fan_chart.png").read_bytes()[:4] == b"\x89PNG"
     fc, targets, meta = load_samples(out / "results_samples.npz")
     assert fc.samples.shape == (4, 6, 12, 7) and fc.samples.dtype == torch.float32
-    assert torch.equal(torch.as_tensor(fc.window_ids), torch.arange(6))
+    # --windows 6: six windows spread evenly over the test period (1189 windows), not the first
+    assert torch.as_tensor(fc.window_ids).tolist() == report.spread_windows(1189, 6)
+    assert fc.window_ids[-1] == 1188
     assert targets.shape == fc.point.shape == (6, 12, 7)
     assert meta["data"] == r["data"] and meta["split"] == "test"
     assert fc.freq == "h" and fc.units == "scaled" and fc.scaler is not None

@@ -64,6 +64,31 @@ def test_evaluate_split_does_not_depend_on_the_batch_size(model, data):
         assert col == pytest.approx(b.per_step[k], rel=1e-5, abs=1.5 / 70), k
 
 
+def test_given_windows_are_scored_with_the_noise_of_a_full_run(model, data):
+    """``windows=`` scores exactly those split indices (the command's --windows spreads them
+    over the period), each with the samples it gets in a run over all windows."""
+    picked = report.spread_windows(len(data.test), 5)
+    seen: list[int] = []
+    ev = evaluate_split(model, data.test, n_samples=4, num_steps=3, batch_size=2, windows=picked,
+                        on_batch=lambda b, fc: seen.extend(b.index.tolist()))  # fmt: skip
+    assert ev.windows == 5 and seen == picked and picked[-1] == len(data.test) - 1
+    b = data.test.windows(torch.tensor(picked))
+    fc = model.forecast(b.x, 4, time_features=b.x_mark, num_steps=3, window_ids=b.index)
+    ref = ForecastMetrics()
+    ref.update(fc.samples, b.y)
+    assert ev.metrics["crps"] == pytest.approx(ref.compute()["crps"], rel=1e-5)
+    for bad, err, msg in [
+        ([3, 1], ValueError, r"windows: expected ascending, distinct indices in 0\.\."),
+        ([0, len(data.test)], ValueError, "windows: expected ascending"),
+        ([0.5], TypeError, "windows: expected a non-empty 1-D sequence of integer"),
+        ("1,2", TypeError, "windows: expected a sequence or tensor of split indices"),
+    ]:
+        with pytest.raises(err, match=msg):
+            evaluate_split(model, data.test, n_samples=2, num_steps=2, windows=bad)
+    with pytest.raises(ValueError, match="windows, max_windows: expected one of them, got both"):
+        evaluate_split(model, data.test, n_samples=2, num_steps=2, windows=[0], max_windows=3)
+
+
 def test_evaluate_split_is_the_metrics_of_one_forecast_call(model, data):
     """The streaming loop against scoring one forecast of the same windows all at once."""
     ev = evaluate_split(model, data.test, n_samples=5, num_steps=3, batch_size=4, max_windows=9)

@@ -452,8 +452,10 @@ def _score_and_write(
     """Sample and score a split, print the scores, then write the files (scores first)."""
     split = getattr(data, split_name)
     n = len(split) if a.windows is None else min(a.windows, len(split))
+    # --windows N: N windows spread evenly over the split's period, not its first N
+    picked = list(range(n)) if a.windows is None else spread_windows(len(split), n)
     rank, world = torchrun_rank_world()
-    mine = list(range(rank, n, world))  # the windows evaluate_split gives this rank
+    mine = picked[rank::world]  # the windows evaluate_split gives this rank
     keeper = WindowKeeper([mine[i] for i in spread_windows(len(mine))] if mine else [])
     c = model.config
     store = (
@@ -483,7 +485,7 @@ def _score_and_write(
         num_steps=a.steps,
         sampler=a.sampler,
         batch_size=batch_size,
-        max_windows=a.windows,
+        windows=None if a.windows is None else picked,
         seed=a.seed,
         progress=a.progress,
         on_batch=on_batch,
@@ -972,7 +974,7 @@ def _parser(*, tslib: bool = False) -> argparse.ArgumentParser:
             "--windows",
             type=_optional(int),
             default=None,
-            help="score only the first N windows of the split; none: all",
+            help="score N windows spread evenly over the split's period; none: all",
         )
         g.add_argument(
             *_spellings("--save_samples"),

@@ -306,6 +306,26 @@ def check_sampling_memory(
     check_fits(needed, device, name=name, what=what, hint=hint, purpose=" to sample and score")
 
 
+def _check_windows(windows: object, n_split: int, max_windows: object) -> torch.Tensor | None:
+    """``windows`` as a long tensor ``[n]`` of ascending, distinct split indices, or None."""
+    if windows is None:
+        return None
+    if max_windows is not None:
+        raise ValueError("windows, max_windows: expected one of them, got both")
+    if isinstance(windows, (str, bytes)) or not isinstance(windows, (torch.Tensor, Sequence)):
+        raise TypeError(expected("windows", "a sequence or tensor of split indices", windows))
+    t = torch.as_tensor(windows)
+    if t.dtype.is_floating_point or t.dtype == torch.bool or t.ndim != 1 or t.numel() == 0:
+        raise TypeError(expected("windows", "a non-empty 1-D sequence of integer indices", t))
+    t = t.long().cpu()
+    if int(t.min()) < 0 or int(t.max()) >= n_split or bool((t[1:] <= t[:-1]).any()):
+        raise ValueError(
+            f"windows: expected ascending, distinct indices in 0..{n_split - 1}, got "
+            f"{t[:8].tolist()}{'...' if t.numel() > 8 else ''}"
+        )
+    return t
+
+
 def forecast_windows(
     model: ITransformerDiffusion,
     split: ForecastSplit,
@@ -347,13 +367,15 @@ def evaluate_split(
     sampler: str | Sampler = "dpmpp_2m",
     batch_size: int = 256,
     max_windows: int | None = None,
+    windows: Sequence[int] | torch.Tensor | None = None,
     seed: int = 0,
     progress: bool | None = None,
     on_batch: Callable[[WindowBatch, Forecast], None] | None = None,
     group: Any = None,
 ) -> Evaluation:
-    """Score the first ``max_windows`` windows of a split (all by default), streaming: the
-    samples of one batch are scored and dropped before the next is drawn.
+    """Score the windows of a split (all by default; the first ``max_windows``; or the given
+    ``windows``), streaming: the samples of one batch are scored and dropped before the next
+    is drawn.
 
     Runs on the model's device (the split is moved there). Under torchrun, or given a process
     ``group``, each rank scores the windows ``rank, rank + world, ...`` and the metric sums are
@@ -371,6 +393,9 @@ def evaluate_split(
             biased low.
         batch_size: windows per :meth:`~ITransformerDiffusion.forecast` call.
         max_windows: score only the first this many windows.
+        windows: score only these split indices (ascending, no repeats), e.g.
+            ``report.spread_windows(len(split), k)`` for k windows spread over the period
+            (the command's ``--windows``). A window keeps the noise it has in a full run.
         seed: keys the noise together with each window's index in the split.
         progress: one bar for the whole split (windows, samples per second, time left) when
             stderr is a terminal (None or True); off a terminal, True prints a line every 30 s
@@ -411,7 +436,9 @@ def evaluate_split(
         raise TypeError(expected("on_batch", "a callable or None", on_batch))
     if len(split) == 0:
         raise ValueError("split: expected at least one window, got an empty split")
+    picked = _check_windows(windows, len(split), max_windows)  # [n] split indices, or None
     n = len(split) if max_windows is None else min(max_windows, len(split))
+    n = n if picked is None else len(picked)
     device = next(model.parameters()).device
     ranks = Ranks.resolve(group, device)
     name = sampler if isinstance(sampler, str) else getattr(sampler, "__name__", "custom")
@@ -431,7 +458,9 @@ def evaluate_split(
         hint="lower n_samples or batch_size",
     )
     split = split.to(device)
-    mine = ranks.shard(n, device)  # [~n / world] window indices: all of them for one process
+    mine = ranks.shard(n, device)  # [~n / world] positions: all of them for one process
+    if picked is not None:
+        mine = picked.to(device)[mine]  # the split indices at those positions
     metrics, steps = ForecastMetrics(), StepMetrics()
     seconds, scoring = 0.0, 0.0
     if device.type == "cuda":
