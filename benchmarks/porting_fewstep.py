@@ -162,10 +162,10 @@ class Trunk(nn.Module):
     sigma_t u + F(x_t, t, c), where u is the noised variable the diffusion walks (x_t itself,
     or y_t - mu for CARD) and sigma_t u is the exact eps of a N(0, I) variable (an input skip,
     as in the preconditioning of Karras et al. 2022); without it, F alone (a plain MLP, as
-    TMDM's network). F = silu(x_proj(x) + c + temb) -> two residual
-    SiLU layers -> out, the last layer zero at start. Why the skip: at t near T the eps target
-    is almost u_t itself, and a plain MLP's error there is multiplied by sigma / alpha (156x at
-    t = 999 of TMDM's schedule) in x0, which deterministic samplers never correct."""
+    TMDM's network). F = silu(x_proj(x) + c + temb) -> two residual SiLU layers -> out, the
+    last layer zero at start. Why the skip: at t near T the eps target is almost u_t itself,
+    and a plain MLP's error there is multiplied by sigma / alpha (about 157x at t = 999 of
+    TMDM's schedule) in x0, which deterministic samplers never correct."""
 
     def __init__(
         self, d_in: int, D: int, d_out: int, schedule: NoiseSchedule, *, skip: bool
