@@ -10,7 +10,8 @@ rows, chunk and peak memory in extra_info, and checks the result against the ref
 ``torch.compile`` of the denoiser (compile time excluded: a warm-up round; see
 docs/benchmarks.md for why neither is on by default on a CPU).
 Environment: DIFFSAMPLE_BENCH_STEPS (default 50), DIFFSAMPLE_BENCH_B (default "16,64,256"),
-DIFFSAMPLE_BENCH_S (samples per window in the batch benchmarks, default 32).
+DIFFSAMPLE_BENCH_S (samples per window in the batch benchmarks, default 32),
+DIFFSAMPLE_BENCH_ROUNDS (interleaved rounds of ``test_sample_many_vs_one_batched_call``, 9).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from diffsample.noise import keyed_normal, row_keys
 K = int(os.environ.get("DIFFSAMPLE_BENCH_STEPS", "50"))
 BS = [int(b) for b in os.environ.get("DIFFSAMPLE_BENCH_B", "16,64,256").split(",")]
 S_BATCH = int(os.environ.get("DIFFSAMPLE_BENCH_S", "32"))
+ROUNDS = int(os.environ.get("DIFFSAMPLE_BENCH_ROUNDS", "9"))  # interleaved rounds of a ratio
 DEVICE = torch.device("cpu")
 NET = make_denoiser()
 
@@ -185,7 +187,7 @@ def test_sample_many_vs_one_batched_call(benchmark, sampler, B):
     ratios = []
     with torch.no_grad():
         many(), batched()  # warm-up (and the plan cache)
-        for _ in range(5):
+        for _ in range(ROUNDS):
             t0 = time.perf_counter()
             batched()
             t1 = time.perf_counter()
