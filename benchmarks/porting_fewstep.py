@@ -23,7 +23,8 @@ P = S * B paths (TimeGrad).
   call per horizon step with ``seed=(seed, h)``, the GRU fed each path's own draw.
 - Both denoisers output eps and are trained on the eps loss; by default they add an input skip
   sigma_t u to a learned residual (``Trunk``; ``--no-skip``: plain MLPs). Grids: the library's
-  default ``trailing`` spacing, and ``logsnr`` (``make_grid``: steps evenly spaced in log-SNR
+  default ``trailing`` spacing, and ``logsnr`` (``NoiseSchedule.timesteps(K, "logsnr")``, 0.5.0;
+  the runs recorded used a copy of it in this script, with the same grids: steps evenly spaced in log-SNR
   from T - 1 down to 0, DPM-Solver's recommendation), which ends at step 0 where ``trailing``
   ends at T / K - 1 (step 9 of TimeGrad's 100, whose noise level is still sigma = 0.21).
 
@@ -354,7 +355,7 @@ def sample_timegrad(
     past = x[:, :L].repeat(S, 1, 1)  # [P, L, N]; the target is never read
     tf_p = tf.repeat(S, 1, 1)  # [P, L + H, 4]
     out = torch.empty(S * B, H, N)
-    grid = make_grid(sch, cfg["steps"], cfg.get("spacing", "trailing"))
+    grid = sch.timesteps(cfg["steps"], cfg.get("spacing", "trailing"))
     inside = 0.0
     for h in range(H):
         lagged = [past[:, L + h - lag] for lag in net.LAGS]  # each [P, N]
@@ -382,20 +383,6 @@ def sample_timegrad(
 
 
 # ------------------------------------------------------------------------------- measuring
-def make_grid(sch: NoiseSchedule, K: int, spacing: str) -> torch.Tensor:
-    """A descending grid [K]: a spacing of ``NoiseSchedule.timesteps``, or ``"logsnr"``: the
-    training steps nearest to K values evenly spaced in log-SNR from step T - 1 to step 0."""
-    if spacing != "logsnr":
-        return sch.timesteps(K, spacing)  # type: ignore[arg-type]
-    T = sch.num_train_steps
-    lam = sch.log_snr(torch.arange(T))  # [T] float64, decreasing in t
-    target = torch.linspace(float(lam[-1]), float(lam[0]), K, dtype=torch.float64)  # [K]
-    grid = (lam[None, :] - target[:, None]).abs().argmin(1)  # [K], descending
-    if len(torch.unique(grid)) != K:
-        raise ValueError(f"logsnr grid: {K} steps collide on {T} training steps: {grid.tolist()}")
-    return grid
-
-
 def crps_of(samples: torch.Tensor, y: torch.Tensor) -> float:
     """CRPS averaged over windows, horizon and variates: samples [S, B, H, N], y [B, H, N]."""
     return float(crps(samples, y).mean())
@@ -533,7 +520,7 @@ def card_part(d: Data, W: torch.Tensor, resid_std: torch.Tensor, args: argparse.
             (H, N),
             args.samples,
             schedule=sch,
-            timesteps=make_grid(sch, cfg["steps"], cfg.get("spacing", "trailing")),
+            timesteps=sch.timesteps(cfg["steps"], cfg.get("spacing", "trailing")),
             cond={"mu": mu, "hist": hist},
             prior_mean=mu,
             seed=seed,

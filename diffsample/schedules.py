@@ -27,7 +27,7 @@ from ._utils import check_bool, check_choice, check_int, check_number, check_ten
 
 __all__ = ["NoiseSchedule", "Spacing"]
 
-Spacing = Literal["trailing", "leading", "linspace", "range"]
+Spacing = Literal["trailing", "leading", "linspace", "range", "logsnr"]
 # diffusers' beta_schedule values that NoiseSchedule.from_diffusers reads
 DiffusersBetaSchedule = Literal[
     "linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid", "laplace"
@@ -348,7 +348,10 @@ class NoiseSchedule:
         - ``linspace``: ``round(linspace(0, T - 1, N))``, reversed;
         - ``range``: ``range(0, T, T // N)``, reversed: the DDIM authors' code (``skip_type
           "uniform"``). It equals ``leading`` when N divides T; otherwise it has
-          ``ceil(T / (T // N)) > N`` steps (N = 30, T = 1000: 33 apart, 31 steps).
+          ``ceil(T / (T // N)) > N`` steps (N = 30, T = 1000: 33 apart, 31 steps);
+        - ``logsnr``: the training steps nearest to N log-SNR values evenly spaced from step
+          T - 1's to step 0's (DPM-Solver's ``skip_type="logSNR"``, for few steps), nudged
+          apart where two would coincide; it starts at T - 1 and ends at 0.
         """
         T = self.num_train_steps
         N = check_int("num_steps", num_steps, maximum=T)
@@ -360,6 +363,8 @@ class NoiseSchedule:
         elif spacing == "trailing":
             # T - k * T / N for k = 0..N-1 is arange(T, 0, -T / N) without its float-length pitfall
             grid = torch.round(T - torch.arange(N, dtype=torch.float64) * (T / N)) - 1
+        elif spacing == "logsnr":
+            grid = _logsnr_grid(self.log_snr(torch.arange(T, device=self.device)).cpu(), N)
         else:  # "linspace"
             grid = torch.round(torch.linspace(0, T - 1, N, dtype=torch.float64)).flip(0)
         grid = grid.long()
@@ -378,6 +383,23 @@ class NoiseSchedule:
 
     def __repr__(self) -> str:
         return f"NoiseSchedule(name={self.name!r}, num_train_steps={self.num_train_steps}, device={self.device})"
+
+
+def _logsnr_grid(lam: torch.Tensor, N: int) -> torch.Tensor:
+    """The descending grid ``[N]`` of steps nearest to N log-SNR values evenly spaced over
+    ``lam [T]`` (decreasing in t), made strictly descending from T - 1 to 0 where neighbours
+    coincide (steep ends of the schedule): each step at most the one before minus one, then at
+    least the one after plus one (N <= T leaves room for both)."""
+    T = lam.numel()
+    target = torch.linspace(float(lam[-1]), float(lam[0]), N, dtype=torch.float64)  # [N]
+    grid = (lam[None, :] - target[:, None]).abs().argmin(1).tolist()  # [N], descending
+    for i in range(1, N):
+        grid[i] = min(grid[i], grid[i - 1] - 1)
+    grid[-1] = max(grid[-1], 0)
+    for i in range(N - 2, -1, -1):
+        grid[i] = max(grid[i], grid[i + 1] + 1)
+    grid[0] = min(grid[0], T - 1)
+    return torch.tensor(grid, dtype=torch.float64)
 
 
 def _check_beta_range(beta_start: float, beta_end: float) -> tuple[float, float]:

@@ -138,7 +138,7 @@ def test_num_steps_of_the_wrong_kind(num_steps):
 def test_bad_spacing_and_betas():
     with pytest.raises(
         ValueError,
-        match="spacing: expected one of 'trailing', 'leading', 'linspace', 'range', got str 'uniform'",
+        match="spacing: expected one of 'trailing', 'leading', 'linspace', 'range', 'logsnr', got str 'uniform'",
     ):
         NoiseSchedule.linear(10).timesteps(5, "uniform")
     with pytest.raises(ValueError, match=r"betas\[2\] = 1.0"):
@@ -397,3 +397,27 @@ def test_from_diffusers_does_not_import_diffusers():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_logsnr_spacing_is_nearest_to_even_log_snr_and_always_distinct():
+    """``"logsnr"``: the steps nearest to log-SNR values evenly spaced from step T - 1's to step
+    0's (checked against that argmin wherever no two coincide), and K distinct descending steps
+    from T - 1 to 0 for every K <= T, also where the nearest steps coincide."""
+    for sch in (NoiseSchedule.linear(100, beta_end=0.1), NoiseSchedule.cosine(200)):
+        T = sch.num_train_steps
+        lam = sch.log_snr(torch.arange(T))
+        nudged = 0
+        for K in range(2, T + 1):
+            grid = sch.timesteps(K, "logsnr")
+            assert len(grid) == K and bool((grid[1:] < grid[:-1]).all())
+            assert (int(grid[0]), int(grid[-1])) == (T - 1, 0)
+            target = torch.linspace(float(lam[-1]), float(lam[0]), K, dtype=torch.float64)
+            nearest = (lam[None, :] - target[:, None]).abs().argmin(1)
+            if len(torch.unique(nearest)) == K:
+                assert torch.equal(grid, nearest), (T, K)
+            else:
+                nudged += 1
+        assert nudged > 0  # the nudging was exercised
+    assert NoiseSchedule.linear(100, beta_end=0.1).timesteps(10, "logsnr").tolist() == [
+        99, 83, 63, 41, 22, 10, 4, 2, 1, 0
+    ]  # fmt: skip
