@@ -43,6 +43,21 @@ def _float64(ref, sch: NoiseSchedule) -> None:
     ref.betas = sch.betas.clone()
 
 
+def _ddim_ref(sch: NoiseSchedule, K: int, **kw):
+    """diffusers' ``DDIMScheduler`` on our float64 schedule, trailing grid of K steps, alpha_bar
+    = 1 after the last step (``kw``: prediction_type, clipping and thresholding settings)."""
+    ref = diffusers.DDIMScheduler(
+        num_train_timesteps=T,
+        trained_betas=sch.betas.numpy(),
+        timestep_spacing="trailing",
+        set_alpha_to_one=True,
+        **kw,
+    )
+    _float64(ref, sch)
+    ref.set_timesteps(K)
+    return ref
+
+
 def _x() -> torch.Tensor:
     return torch.randn(16, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
 
@@ -100,16 +115,7 @@ def test_ddim_matches_diffusers(prediction, eta, K):
     """DDIM against ``DDIMScheduler`` on the trailing grid (whose steps are T / K apart: the
     scheduler derives the previous step as t - T // K) with alpha_bar = 1 after the last."""
     sch = _schedule("cosine")
-    ref = diffusers.DDIMScheduler(
-        num_train_timesteps=T,
-        trained_betas=sch.betas.numpy(),
-        prediction_type=PREDICTION[prediction],
-        timestep_spacing="trailing",
-        set_alpha_to_one=True,
-        clip_sample=False,
-    )
-    _float64(ref, sch)
-    ref.set_timesteps(K)
+    ref = _ddim_ref(sch, K, prediction_type=PREDICTION[prediction], clip_sample=False)
     grid = sch.timesteps(K, "trailing")
     assert ref.timesteps.tolist() == grid.tolist()
     g = torch.Generator().manual_seed(1)
@@ -164,17 +170,9 @@ def test_ddim_clip_conventions_match_diffusers(clipped_eps, prediction):
     """``clip_eps="raw"`` is diffusers' ``use_clipped_model_output=False`` (its default) and
     "rederive" is ``True``, with ``clip_sample_range`` as the bound."""
     sch = _schedule("cosine")
-    ref = diffusers.DDIMScheduler(
-        num_train_timesteps=T,
-        trained_betas=sch.betas.numpy(),
-        prediction_type=PREDICTION[prediction],
-        timestep_spacing="trailing",
-        set_alpha_to_one=True,
-        clip_sample=True,
-        clip_sample_range=0.9,
+    ref = _ddim_ref(
+        sch, 10, prediction_type=PREDICTION[prediction], clip_sample=True, clip_sample_range=0.9
     )
-    _float64(ref, sch)
-    ref.set_timesteps(10)
     grid = sch.timesteps(10, "trailing")
     rule = "rederive" if clipped_eps else "raw"
     ours = _ours("ddim", sch, grid, prediction, clip_x0=0.9, clip_eps=rule)
@@ -190,17 +188,9 @@ def test_dynamic_threshold_matches_diffusers():
     from diffsample.prediction import DynamicThreshold
 
     sch = _schedule("linear")
-    ref = diffusers.DDIMScheduler(
-        num_train_timesteps=T,
-        trained_betas=sch.betas.numpy(),
-        timestep_spacing="trailing",
-        set_alpha_to_one=True,
-        thresholding=True,
-        dynamic_thresholding_ratio=0.9,
-        sample_max_value=2.5,
+    ref = _ddim_ref(
+        sch, 10, thresholding=True, dynamic_thresholding_ratio=0.9, sample_max_value=2.5
     )
-    _float64(ref, sch)
-    ref.set_timesteps(10)
     x = 2 * torch.randn(16, 5, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     seen: list[torch.Tensor] = []
     SAMPLERS["ddim"](
