@@ -27,9 +27,13 @@ from diffsample.forecast.data import (
     download_ett,
     load_csv,
     load_dataset,
+    registry,
     synthetic_dataset,
     time_features,
 )
+from diffsample.forecast.data import download as download_module
+from diffsample.forecast.data import spec as spec_module
+from diffsample.forecast.data import synthetic as synthetic_module
 
 ETT_HEADER = ["date", "HUFL", "HULL", "MUFL", "MULL", "LUFL", "LULL", "OT"]
 L, H = 96, 96
@@ -900,6 +904,31 @@ def test_etth1_spec(etth1: ForecastDataset):
     assert spec["borders"] == [[0, 8640], [8640 - L, 11520], [11520 - L, 14400]]
     assert spec["columns"] == ETT_HEADER[1:]
     check_data_spec(spec, _reload(spec))
+
+
+def test_the_registry_names_the_data_the_other_modules_resolve(counting_csv: Path):
+    """issue 17: the ETT names and the synthetic call live in one module that imports no other
+    data module (spec.py reached them through download.py, which imports the splits, which
+    import the batch types, whose spec() imported spec.py: a cycle). Their old homes still
+    export the same objects, and data_spec is the dataset's own spec(), checked."""
+    assert download_module.ETT_NAMES is registry.ETT_NAMES
+    assert download_module.ett_name is registry.ett_name
+    assert synthetic_module.synthetic_call is registry.synthetic_call
+    source = registry.synthetic_source(1500, 3, 2)
+    assert source == "synthetic(n_steps=1500, n_variates=3, seed=2)"
+    assert registry.synthetic_call(source) == {"n_steps": 1500, "n_variates": 3, "seed": 2}
+    assert registry.synthetic_call(source + " ") is None
+    assert registry.synthetic_call("synthetic(n_steps=1, n_variates=2)") is None
+    assert registry.ett_name_of("/data/ETTm2.csv", "ettm") == "ETTm2"
+    assert registry.ett_name_of("/data/ETTh1.csv", "custom") is None  # read as a plain CSV
+    assert registry.ett_name_of("/data/ETTh3.csv", "etth") is None
+    assert registry.ett_name("ETTh2.csv") == "ETTh2"
+    with pytest.raises(ValueError, match=r"^name: expected one of"):
+        registry.ett_name("ETTh3")
+    ds = load_csv(counting_csv, lookback=24, horizon=12)
+    assert spec_module.data_spec(ds) == ds.spec()
+    with pytest.raises(TypeError, match=r"^data: expected a ForecastDataset \(load_dataset\), got"):
+        spec_module.data_spec(ds.test)
 
 
 def test_check_data_spec_names_the_first_field_that_differs(counting_csv: Path):

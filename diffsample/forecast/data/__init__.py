@@ -20,7 +20,8 @@ Time features (``timeenc=1``): hour/23 - 0.5, weekday/6 - 0.5 (Monday = 0), (day
 
 Import from here; the modules are the implementation, one job each:
 
-    batches        WindowBatch, ForecastSplit (windows, batches), ForecastDataset
+    registry       the data known by name: ETT names, the synthetic generator's call
+    batches        WindowBatch, ForecastSplit (windows, batches), ForecastDataset (and its spec)
     scaler         StandardScaler
     timefeatures   time_features
     reader         CSV reading and parsing, with file / line / column in every error

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..._utils import check_bool, check_int, check_tensor, expected
+from .registry import ett_name_of
 from .scaler import StandardScaler
 
 __all__ = [
@@ -294,8 +295,29 @@ class ForecastDataset:
         return self.train, self.val, self.test
 
     def spec(self) -> dict[str, Any]:
-        """What the data are, as JSON (source, protocol, borders, names, scaler statistics):
-        see :func:`diffsample.forecast.data.spec.data_spec`; ``check_data_spec`` compares it."""
-        from .spec import data_spec  # spec.py imports this module
+        """What the data are, as JSON: the record ``train`` stores in a model and
+        ``check_data_spec`` compares (``data_spec`` in :mod:`~diffsample.forecast.data.spec`
+        returns the same, after checking its argument).
 
-        return data_spec(self)
+        Returns:
+            ``{"source", "ett", "protocol", "freq", "lookback", "horizon", "borders",
+            "columns", "time_features", "scaler_mean", "scaler_std", "digest"}`` of plain
+            lists, str, int and float: ``borders`` is ``[[lo, hi]] * 3`` of train, val and test
+            among the source's rows, ``ett`` the ETT name (``"ETTh1"``, ...) of an ETT file or
+            None, the scaler statistics are ``[N]`` lists of floats, ``digest`` is
+            :attr:`digest`.
+        """
+        return {
+            "source": self.source,
+            "ett": ett_name_of(self.source, self.protocol),
+            "protocol": self.protocol,
+            "freq": self.freq,
+            "lookback": self.lookback,
+            "horizon": self.horizon,
+            "borders": [list(b) for b in self.borders],
+            "columns": list(self.columns),
+            "time_features": list(self.time_features),
+            "scaler_mean": [float(v) for v in self.scaler.mean],
+            "scaler_std": [float(v) for v in self.scaler.std],
+            "digest": self.digest,
+        }

@@ -18,8 +18,9 @@ import urllib.request
 from pathlib import Path
 from typing import IO
 
-from ..._utils import atomic_write, check_choice, check_number, check_path, expected
+from ..._utils import atomic_write, check_number, check_path, expected
 from .reader import PathLike, parse_bytes
+from .registry import ETT_NAMES, ett_name  # both still exported from here
 from .splits import detect_protocol, split_borders
 
 __all__ = [
@@ -33,7 +34,6 @@ __all__ = [
     "locate_ett",
 ]
 
-ETT_NAMES: tuple[str, ...] = ("ETTh1", "ETTh2", "ETTm1", "ETTm2")
 # the most bytes a download reads: six times the largest ETT file (ETTm2, about 10 MB)
 MAX_DOWNLOAD_BYTES = 64 << 20
 ETT_BASE_URL = "https://raw.githubusercontent.com/zhouhaoyi/ETDataset/main/ETT-small/"
@@ -45,12 +45,6 @@ def cache_root(cache_dir: PathLike | None) -> Path:
         return check_path("cache_dir", cache_dir)
     env = os.environ.get("DIFFSAMPLE_CACHE")
     return Path(env) if env else Path.home() / ".cache" / "diffsample"
-
-
-def ett_name(name: object) -> str:
-    """The stem of an ETT file name (``"ETTh1"`` or ``"ETTh1.csv"`` -> ``"ETTh1"``)."""
-    stem = name.removesuffix(".csv") if isinstance(name, str) else name
-    return check_choice("name", stem, ETT_NAMES)
 
 
 def find_ett(stem: str) -> Path | None:

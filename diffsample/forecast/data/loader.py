@@ -7,10 +7,11 @@ from __future__ import annotations
 
 from ..._utils import check_bool, check_choice, check_path
 from .batches import ForecastDataset
-from .download import ETT_NAMES, locate_ett
+from .download import locate_ett
 from .reader import PathLike
+from .registry import ETT_NAMES, synthetic_call
 from .splits import Protocol, load_csv
-from .synthetic import synthetic_call, synthetic_dataset
+from .synthetic import synthetic_dataset
 from .timefeatures import Freq
 
 __all__ = ["load_dataset"]

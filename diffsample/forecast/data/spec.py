@@ -21,15 +21,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, cast
 
 from ..._utils import check_bool, check_choice, check_path, expected
 from .batches import ForecastDataset, check_window_lengths
-from .download import ETT_NAMES, locate_ett
+from .download import locate_ett
 from .reader import PathLike
+from .registry import ETT_NAMES, synthetic_call
 from .splits import Protocol, load_csv
-from .synthetic import synthetic_call, synthetic_dataset
+from .synthetic import synthetic_dataset
 from .timefeatures import Freq
 
 __all__ = ["SPEC_FIELDS", "check_data_spec", "data_spec", "reload_data"]
@@ -54,6 +54,9 @@ _RTOL = 1e-6
 def data_spec(data: ForecastDataset) -> dict[str, Any]:
     """The JSON-able record of a dataset (see the module docstring); plain lists, str, int, float.
 
+    The dataset builds it (``ForecastDataset.spec``, beside the fields it reads); this checks
+    the argument first.
+
     Args:
         data: a ForecastDataset.
 
@@ -64,24 +67,13 @@ def data_spec(data: ForecastDataset) -> dict[str, Any]:
         (``"ETTh1"``, ...) of an ETT file or None, the scaler statistics are ``[N]`` lists of
         floats, ``digest`` the dataset's :attr:`~ForecastDataset.digest` (the sha256 of the
         rows' values, or None for the synthetic data).
+
+    Raises:
+        TypeError: ``data`` is not a ForecastDataset.
     """
     if not isinstance(data, ForecastDataset):
         raise TypeError(expected("data", "a ForecastDataset (load_dataset)", data))
-    stem = Path(data.source).stem
-    return {
-        "source": data.source,
-        "ett": stem if data.protocol in ("etth", "ettm") and stem in ETT_NAMES else None,
-        "protocol": data.protocol,
-        "freq": data.freq,
-        "lookback": data.lookback,
-        "horizon": data.horizon,
-        "borders": [list(b) for b in data.borders],
-        "columns": list(data.columns),
-        "time_features": list(data.time_features),
-        "scaler_mean": [float(v) for v in data.scaler.mean],
-        "scaler_std": [float(v) for v in data.scaler.std],
-        "digest": data.digest,
-    }
+    return data.spec()
 
 
 def check_data_spec(saved: Mapping[str, Any], data: ForecastDataset) -> None:

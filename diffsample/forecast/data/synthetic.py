@@ -10,12 +10,11 @@ data every test and doc example was written against.
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 
 from ..._utils import check_int, expected
 from .batches import ForecastDataset, check_window_lengths
+from .registry import synthetic_call, synthetic_source  # the first still exported from here
 from .splits import build_dataset, split_borders
 
 __all__ = [
@@ -27,11 +26,6 @@ __all__ = [
     "synthetic_dataset",
     "synthetic_values",
 ]
-
-# the dataset's ``source``: the call that makes it again (load_dataset reads it back); a
-# source is data a checkpoint holds, so the numbers it may spell are bounded too
-_SOURCE = "synthetic(n_steps={n_steps}, n_variates={n_variates}, seed={seed})"
-_SOURCE_RE = re.compile(r"synthetic\(n_steps=(\d{1,20}), n_variates=(\d{1,20}), seed=(\d{1,20})\)")
 
 # the generator's sizes: far above what a test or a demo needs (6000 x 7), and below what
 # would exhaust a machine's memory (it holds about ten float64 arrays of n_steps x n_variates:
@@ -57,14 +51,6 @@ def check_synthetic_sizes(n_steps: object, n_variates: object) -> tuple[int, int
             f"generator's limit), got n_steps * n_variates = {T} * {N} = {T * N}"
         )
     return T, N
-
-
-def synthetic_call(source: str) -> dict[str, int] | None:
-    """``{"n_steps", "n_variates", "seed"}`` from a synthetic dataset's ``source``, else None."""
-    m = _SOURCE_RE.fullmatch(source)
-    if m is None:
-        return None
-    return dict(zip(("n_steps", "n_variates", "seed"), map(int, m.groups()), strict=True))
 
 
 def synthetic_dataset(
@@ -116,7 +102,7 @@ def synthetic_dataset(
     lookback, horizon = check_window_lengths(lookback, horizon)
     n_steps, n_variates = check_synthetic_sizes(n_steps, n_variates)
     seed = check_int("seed", seed, minimum=0)
-    source = _SOURCE.format(n_steps=n_steps, n_variates=n_variates, seed=seed)
+    source = synthetic_source(n_steps, n_variates, seed)
     borders = split_borders(n_steps, "custom", lookback, horizon, source)
     dates, raw = synthetic_values(n_steps, n_variates, seed)
     return build_dataset(
