@@ -61,6 +61,10 @@ __all__ = [
 ]
 
 Callback = Callable[[dict[str, Any]], None]  # receives {"i", "t", "t_next", "x", "x0"} per step
+# update(i, x [M, *E], x0 [M, *E], eps [M, *E], prev) -> x at t_{i+1} [M, *E]: one sampler's
+# step from t_i to t_{i+1} (never the final one); prev holds earlier steps' x0, newest first
+Prev = tuple[torch.Tensor, ...]
+Update = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor, Prev], torch.Tensor]
 Variance = Literal["small", "large"]
 
 
@@ -202,6 +206,26 @@ class _Walk:
         noisy = self.alpha[i] * values + self.sigma[i] * self.noise(x, -2 - i)  # [M, *E]
         return torch.where(mask, noisy.to(x.dtype), x)
 
+    def run(self, update: Update, *, history: int = 0) -> torch.Tensor:
+        """The loop every sampler shares: at each step i the known values imposed, one
+        denoiser call, ``update`` to t_{i+1} (the final step returns the x0 estimate itself),
+        the callback and the progress bar; then the sample in data space ``[M, *E]``.
+
+        Args:
+            update: the sampler's step (see ``Update``); ``prev`` holds the x0 estimates of up
+                to ``history`` earlier steps, newest first (fewer on the first steps).
+            history: how many earlier x0 estimates a multistep solver reads.
+        """
+        x, prev = self.x, cast(Prev, ())
+        last = len(self.t) - 1
+        for i in range(len(self.t)):
+            x = self.impose(x, i)
+            x0, eps = self.model(x, i)
+            x = x0 if i == last else update(i, x, x0, eps, prev)  # [M, *E] at t_{i+1}
+            prev = (x0, *prev)[:history]
+            self.done(i, x, x0)
+        return self.finish(x)
+
     def done(self, i: int, x: torch.Tensor, x0: torch.Tensor) -> None:
         if self.callback is not None:
             if self.mu is not None:  # the callback sees data, not the walk's offset
@@ -339,17 +363,14 @@ def sample_ddpm(
         (r, q), s_t, s_s = w.snr_ratio(i), w.sigma[i], w.sigma[i + 1]
         std = (s_s if variance == "small" else s_t) * math.sqrt(q)
         coef.append((w.alpha[i + 1] * q, s_s / s_t * math.sqrt(r), std))
-    x = w.x
-    for i in range(len(w)):
-        x = w.impose(x, i)
-        x0, _ = w.model(x, i)
-        if i == len(w) - 1:
-            x = x0  # final step to clean data: the posterior mean at a_s = 1 is x0 itself
-        else:
-            c0, ct, std = coef[i]
-            x = c0 * x0 + ct * x + std * w.noise(x, i)
-        w.done(i, x, x0)
-    return w.finish(x)
+
+    def update(
+        i: int, x: torch.Tensor, x0: torch.Tensor, eps: torch.Tensor, prev: Prev
+    ) -> torch.Tensor:
+        c0, ct, std = coef[i]
+        return c0 * x0 + ct * x + std * w.noise(x, i)
+
+    return w.run(update)  # the final step returns x0: the posterior mean at a_s = 1
 
 
 def sample_ddim(
@@ -410,20 +431,16 @@ def sample_ddim(
         (r, q), s_s = w.snr_ratio(i), w.sigma[i + 1]
         keep = max((1.0 - eta**2) + eta**2 * r, 0.0)  # share of sigma_s^2 carried by eps
         coef.append((w.alpha[i + 1], s_s * math.sqrt(keep), eta * s_s * math.sqrt(q)))
-    x = w.x
     stochastic = eta > 0
-    for i in range(len(w)):
-        x = w.impose(x, i)
-        x0, eps = w.model(x, i)
-        if i == len(w) - 1:
-            x = x0
-        else:
-            c_x0, c_eps, sigma = coef[i]
-            x = c_x0 * x0 + c_eps * eps
-            if stochastic:
-                x = x + sigma * w.noise(x, i)
-        w.done(i, x, x0)
-    return w.finish(x)
+
+    def update(
+        i: int, x: torch.Tensor, x0: torch.Tensor, eps: torch.Tensor, prev: Prev
+    ) -> torch.Tensor:
+        c_x0, c_eps, sigma = coef[i]
+        x = c_x0 * x0 + c_eps * eps
+        return x + sigma * w.noise(x, i) if stochastic else x
+
+    return w.run(update)
 
 
 def sample_dpmpp_2m(
@@ -482,20 +499,15 @@ def sample_dpmpp_2m(
         else:
             half_inv_r = 0.5 * h / (half[i] - half[i - 1])
             coef.append((ratio, phi, 1.0 + half_inv_r, -half_inv_r))
-    x = w.x
-    x0_prev: torch.Tensor | None = None
-    for i in range(len(w)):
-        x = w.impose(x, i)
-        x0, _ = w.model(x, i)
-        if i == len(w) - 1:
-            x = x0
-        else:
-            ratio, phi, w_cur, w_prev = coef[i]
-            d = x0 if x0_prev is None else w_cur * x0 + w_prev * x0_prev
-            x = ratio * x + phi * d
-        x0_prev = x0
-        w.done(i, x, x0)
-    return w.finish(x)
+
+    def update(
+        i: int, x: torch.Tensor, x0: torch.Tensor, eps: torch.Tensor, prev: Prev
+    ) -> torch.Tensor:
+        ratio, phi, w_cur, w_prev = coef[i]
+        d = w_cur * x0 + w_prev * prev[0] if prev else x0  # prev[0]: the previous step's x0
+        return ratio * x + phi * d
+
+    return w.run(update, history=1)
 
 
 def sample_dpmpp_3m(
@@ -566,36 +578,37 @@ def sample_dpmpp_3m(
             coef.append((ratio, a_s * phi1 * (1 + half_inv_r), -a_s * phi1 * half_inv_r, 0.0))
         else:
             r0, r1 = (half[i] - half[i - 1]) / h, (half[i - 1] - half[i - 2]) / h
-            phi2 = math.expm1(-h) / h + 1
-            phi3 = (math.expm1(-h) + h) / h**2 - 0.5
-            # D1_0 = (m0 - m1) / r0, D1_1 = (m1 - m2) / r1 as weights on (m0, m1, m2)
-            d10, d11 = (1 / r0, -1 / r0, 0.0), (0.0, 1 / r1, -1 / r1)
-            k = r0 / (r0 + r1)
-            d1 = [a + k * (a - b) for a, b in zip(d10, d11, strict=True)]
-            d2 = [(a - b) / (r0 + r1) for a, b in zip(d10, d11, strict=True)]
-            m = [
-                phi1 * (j == 0) + phi2 * u - phi3 * v
-                for j, (u, v) in enumerate(zip(d1, d2, strict=True))
-            ]
+            m = _third_order_weights(h, r0, r1)
             coef.append((ratio, a_s * m[0], a_s * m[1], a_s * m[2]))
-    x = w.x
-    m1: torch.Tensor | None = None  # x0 estimate of the previous step
-    m2: torch.Tensor | None = None  # ... and of the one before
-    for i in range(len(w)):
-        x = w.impose(x, i)
-        x0, _ = w.model(x, i)
-        if i == len(w) - 1:
-            x = x0
-        else:
-            ratio, c0, c1, c2 = coef[i]
-            x = ratio * x + c0 * x0
-            if m1 is not None:  # c1 = 0 on the first step
-                x = x + c1 * m1
-            if m2 is not None:  # c2 = 0 on the first two
-                x = x + c2 * m2
-        m1, m2 = x0, m1
-        w.done(i, x, x0)
-    return w.finish(x)
+
+    def update(
+        i: int, x: torch.Tensor, x0: torch.Tensor, eps: torch.Tensor, prev: Prev
+    ) -> torch.Tensor:
+        ratio, c0, *c_prev = coef[i]
+        x = ratio * x + c0 * x0
+        # prev = (m1, m2), the x0 estimates of the two steps before: none on the first step
+        # (where c1 = 0), m1 only on the second (where c2 = 0)
+        for c, m in zip(c_prev, prev, strict=False):
+            x = x + c * m
+        return x
+
+    return w.run(update, history=2)
+
+
+def _third_order_weights(h: float, r0: float, r1: float) -> list[float]:
+    """The weights of (m0, m1, m2) in phi1 m0 + phi2 D1 - phi3 D2, the third-order step of
+    :func:`sample_dpmpp_3m` (h, r0, r1 as there), before the factor alpha_s."""
+    phi1 = -math.expm1(-h)
+    phi2 = math.expm1(-h) / h + 1
+    phi3 = (math.expm1(-h) + h) / h**2 - 0.5
+    # D1_0 = (m0 - m1) / r0, D1_1 = (m1 - m2) / r1 as weights on (m0, m1, m2)
+    d10, d11 = (1 / r0, -1 / r0, 0.0), (0.0, 1 / r1, -1 / r1)
+    k = r0 / (r0 + r1)
+    d1 = [a + k * (a - b) for a, b in zip(d10, d11, strict=True)]
+    d2 = [(a - b) / (r0 + r1) for a, b in zip(d10, d11, strict=True)]
+    return [
+        phi1 * (j == 0) + phi2 * u - phi3 * v for j, (u, v) in enumerate(zip(d1, d2, strict=True))
+    ]
 
 
 SAMPLERS: dict[str, Sampler] = {
