@@ -20,6 +20,7 @@ from torch import nn
 
 from diffsample.forecast import (
     Forecast,
+    ForecastConfig,
     ITransformer,
     ITransformerDiffusion,
     TokenDenoiser,
@@ -133,7 +134,7 @@ def test_denoisers_read_the_step_and_the_tokens_once_trained_a_little(denoiser):
     for p in m.denoiser.parameters():  # move off the zero/identity init
         torch.nn.init.normal_(p, std=0.1)
     g = torch.Generator().manual_seed(4)
-    dz = m.config.d_model + 2  # z and the history stats (history_stats=True by default)
+    dz = m.config.d_model + 1  # z and the history's log std (history_stats="scale", the default)
     x, z = torch.randn(2, 12, 3, generator=g), torch.randn(2, 3, dz, generator=g)
     out = m.denoiser(x, torch.tensor([3, 3]), z=z)
     assert not torch.allclose(out, m.denoiser(x, torch.tensor([40, 40]), z=z))
@@ -219,7 +220,7 @@ def test_sample_many_uses_prepare_cond_once_per_window_and_changes_nothing(denoi
     m = tiny_model(denoiser=denoiser)
     _trained_a_little(m.denoiser)
     g = torch.Generator().manual_seed(8)
-    z = torch.randn(5, 3, m.config.d_model + 2, generator=g)  # B = 5 windows, [B, N, Dz]
+    z = torch.randn(5, 3, m.config.d_model + 1, generator=g)  # B = 5 windows, [B, N, Dz]
     calls = []
     prepare = m.denoiser.prepare_cond
     m.denoiser.prepare_cond = lambda **c: calls.append(c["z"].shape[0]) or prepare(**c)
@@ -274,12 +275,13 @@ def test_forecast_returns_one_named_tuple_of_contiguous_tensors(denoiser):
 
 
 @pytest.mark.parametrize(
-    ("prediction", "history_stats"), [("eps", True), ("x0", True), ("v", True), ("v", False)]
+    ("prediction", "history_stats"),
+    [("eps", "scale"), ("x0", "scale"), ("v", "scale"), ("v", "scale_level"), ("v", "none")],
 )
 def test_diffusion_loss_is_the_forward_process_written_out(prediction, history_stats):
     """The loss against x_t = sqrt(ab[t]) r0 + sqrt(1 - ab[t]) eps and the target of each
     prediction type, written from the formulas with the same draws of t and eps; the denoiser
-    conditioned on z, then (history_stats) each variate's history log std and mean."""
+    conditioned on z, then (history_stats) each variate's history log std (and mean)."""
     m = tiny_model(prediction=prediction, history_stats=history_stats)
     mean, std = torch.tensor([0.1, -0.2, 0.3]), torch.tensor([1.5, 0.5, 2.0])
     m.set_residual_stats(mean, std)
@@ -306,10 +308,10 @@ def test_diffusion_loss_is_the_forward_process_written_out(prediction, history_s
     target = {"eps": noise, "x0": r0, "v": ab.sqrt() * noise - (1 - ab).sqrt() * r0}[prediction]
     ref = ((0.5 * x_t - 0.1 - target) ** 2).mean()
 
-    if history_stats:
-        var = x.var(dim=1, unbiased=False) + m.backbone.norm_eps  # [B, N]
-        z = torch.cat([z, torch.stack([0.5 * var.log(), x.mean(dim=1)], dim=-1)], dim=-1)
-    assert z.shape == (6, 3, m.config.d_model + 2 * history_stats)
+    var = x.var(dim=1, unbiased=False) + m.backbone.norm_eps  # [B, N]
+    stats = {"none": [], "scale": [0.5 * var.log()], "scale_level": [0.5 * var.log(), x.mean(1)]}
+    z = torch.cat([z, *(s[..., None] for s in stats[history_stats])], dim=-1)
+    assert z.shape == (6, 3, m.config.d_model + len(stats[history_stats]))
     assert torch.equal(seen["t"], t) and torch.equal(seen["z"], z)
     assert seen["x_t"].dtype == torch.float32
     torch.testing.assert_close(seen["x_t"].double(), x_t, rtol=1e-6, atol=1e-6)  # float32 r0
@@ -411,13 +413,13 @@ def test_checkpoint_without_residual_scale_loads_uncalibrated(tmp_path):
 
 
 def test_a_0_2_checkpoint_loads_as_a_denoiser_of_z_alone(tmp_path):
-    m = tiny_model(history_stats=False)  # what 0.2.0 built
+    m = tiny_model(history_stats="none")  # what 0.2.0 built
     path = m.save(tmp_path / "model.pt")
     payload = torch.load(path, weights_only=True)
     del payload["config"]["history_stats"]  # 0.2.0 had no such field
     _write_checkpoint(path, payload)
     back = ITransformerDiffusion.load(path)
-    assert back.config.history_stats is False and back.config == m.config
+    assert back.config.history_stats == "none" and back.config == m.config
     x, marks = inputs(B=3)
     kw = dict(n_samples=4, num_steps=3, time_features=marks, progress=False)
     torch.testing.assert_close(back.forecast(x, **kw).samples, m.forecast(x, **kw).samples)
@@ -433,9 +435,9 @@ def test_the_history_stats_reach_the_denoiser_so_its_spread_can_follow_the_windo
     two, two_marks = torch.cat([x[:1], 4 * x[:1]]), marks[:1].expand(2, -1, -1).contiguous()
     _, z = m(two, two_marks)
     torch.testing.assert_close(z[0], z[1], rtol=1e-4, atol=1e-4)
-    cond = m.condition(two, z)  # [2, N, D + 2]
-    torch.testing.assert_close(cond[1, :, -2] - cond[0, :, -2], torch.full((3,), math.log(4.0)))
-    off = tiny_model(history_stats=False)
+    cond = m.condition(two, z)  # [2, N, D + 1]
+    torch.testing.assert_close(cond[1, :, -1] - cond[0, :, -1], torch.full((3,), math.log(4.0)))
+    off = tiny_model(history_stats="none")
     for p in off.denoiser.parameters():
         torch.nn.init.normal_(p, std=0.05)
     assert torch.equal(off.condition(x, z), z)
@@ -449,6 +451,32 @@ def test_the_history_stats_reach_the_denoiser_so_its_spread_can_follow_the_windo
     )  # [S, 2, H, N]
     assert not torch.allclose(r_on[:, 0], r_on[:, 1], atol=1e-3)
     torch.testing.assert_close(r_off[:, 0], r_off[:, 1], rtol=1e-3, atol=1e-3)
+
+
+def test_history_stats_scale_leaves_out_the_level_and_old_booleans_read_as_before(tmp_path):
+    """"scale" conditions on the log std only, so shifting a window's history (its level)
+    changes neither z nor the condition; "scale_level" sees the shift. True / False (0.3.0 to
+    0.5.0 configs and checkpoints) read as "scale_level" / "none"."""
+    x, marks = inputs(B=2)
+    both = tiny_model(history_stats="scale_level")
+    for m in (tiny_model(), both):
+        _, z = m(x, marks)
+        _, z_up = m(x + 3.0, marks)
+        torch.testing.assert_close(z_up, z, rtol=1e-4, atol=1e-4)  # instance normalisation
+        moved = m.condition(x + 3.0, z) - m.condition(x, z)  # [B, N, Dz]
+        assert bool((moved.abs() > 1).any()) == (m.config.history_stats == "scale_level")
+    assert ForecastConfig(history_stats=True).history_stats == "scale_level"
+    assert ForecastConfig(history_stats=False).history_stats == "none"
+    with pytest.raises(ValueError, match="history_stats"):
+        ForecastConfig(history_stats="level")
+    path = both.save(tmp_path / "model.pt")
+    payload = torch.load(path, weights_only=True)
+    payload["config"]["history_stats"] = True  # as 0.5.0 wrote it
+    _write_checkpoint(path, payload)
+    back = ITransformerDiffusion.load(path)
+    assert back.config == both.config
+    kw = dict(n_samples=3, num_steps=2, time_features=marks, progress=False)
+    assert torch.equal(back.forecast(x, **kw).samples, both.forecast(x, **kw).samples)
 
 
 def test_forecast_identical_across_max_batch_and_test_batches():

@@ -153,7 +153,8 @@ _MODEL_FLAGS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "history_stats": (
         "--history_stats",
         (),
-        "condition the denoiser on each variate's history mean and log std as well as z",
+        "what the denoiser sees of each variate's history besides z: its log std (scale), "
+        "its log std and mean (scale_level), nothing (none)",
     ),
 }
 _TRAIN_FLAGS: dict[str, tuple[str, tuple[str, ...], str]] = {

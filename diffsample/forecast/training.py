@@ -35,6 +35,7 @@ Dimensions: B windows per batch, L lookback, H horizon, N variates, F time featu
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import functools
@@ -1041,6 +1042,8 @@ def _same(path: Path, what: str, saved: object, given: Any) -> None:
     for field in dataclasses.fields(given):
         name, value = field.name, getattr(given, field.name)
         old = saved.get(name, BEFORE_FIELD.get(name, field.default))
+        with contextlib.suppress(TypeError, ValueError):  # as the config reads it (True ->
+            old = getattr(dataclasses.replace(given, **{name: old}), name)  # "scale_level")
         if _plain(old) != _plain(value):
             raise ValueError(
                 f"resume: {path} was trained with another {what}: {name}={old!r} there, "
