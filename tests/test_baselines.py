@@ -21,16 +21,21 @@ from diffsample import crps
 from diffsample.forecast import (
     ITransformerDiffusion,
     TrainConfig,
+    evaluate_split,
     synthetic_dataset,
     train,
 )
 from diffsample.forecast.baselines import (
+    BootstrapBaseline,
+    GaussianBaseline,
     bootstrap_samples,
     gaussian_crps,
     gaussian_samples,
+    residual_baselines,
     residual_std,
     residuals,
 )
+from diffsample.forecast.evaluation import Forecaster
 
 TINY = dataclasses.replace(TINY_BASE, n_layers=1)
 
@@ -255,3 +260,116 @@ def test_residual_functions_reject_bad_input(fn):
     model.train()
     fn(model, data.val)
     assert model.training  # the caller's mode is restored
+
+
+@pytest.fixture(scope="module")
+def trained():
+    data = synthetic_dataset(n_steps=600, n_variates=3, lookback=24, horizon=12, seed=0)
+    torch.manual_seed(0)
+    model = ITransformerDiffusion(TINY)
+    quick = TrainConfig(point_epochs=1, diffusion_epochs=1, max_batches_per_epoch=2, batch_size=16)
+    train(model, data, quick, device="cpu", progress=False)
+    return model, data
+
+
+def test_residual_baselines_are_the_three_fitted_forecasters(trained):
+    model, data = trained
+    bl = residual_baselines(model, data)
+    assert list(bl) == ["gaussian_train_sigma", "gaussian_val_sigma", "bootstrap"]
+    assert all(isinstance(f, Forecaster) and f.name == k for k, f in bl.items())
+    assert torch.equal(bl["gaussian_train_sigma"].sigma, model.res_std)
+    torch.testing.assert_close(bl["gaussian_val_sigma"].sigma, residual_std(model, data.val))
+    torch.testing.assert_close(bl["bootstrap"].residuals, residuals(model, data.train))
+
+
+def test_baseline_draws_are_keyed_by_window_not_by_batch(trained):
+    """A window's samples are the same alone or in any batch (keyed by its id and the seed),
+    differ between seeds and between the two Gaussian-free streams."""
+    model, data = trained
+    b = data.test.windows(torch.arange(6))
+    for f in residual_baselines(model, data).values():
+        whole = f.forecast(b.x, 5, time_features=b.x_mark, window_ids=b.index, seed=3)
+        part = f.forecast(b.x[2:4], 5, time_features=b.x_mark[2:4], window_ids=b.index[2:4], seed=3)
+        assert torch.equal(part.samples, whole.samples[:, 2:4])
+        other = f.forecast(b.x, 5, time_features=b.x_mark, window_ids=b.index, seed=4)
+        assert not torch.equal(other.samples, whole.samples)
+        with torch.no_grad():
+            y_det, _ = model(b.x, b.x_mark)
+        assert (
+            torch.equal(whole.point, y_det)
+            and whole.variates == model.wrap(whole.samples, whole.point).variates
+        )
+
+
+def test_gaussian_baseline_samples_are_n_point_sigma():
+    """Many keyed draws: mean the point and std sigma per variate, to sampling error."""
+    torch.manual_seed(0)
+    model = ITransformerDiffusion(TINY)
+    sigma = torch.tensor([0.5, 1.0, 2.0])
+    f = GaussianBaseline(model, sigma)
+    x = torch.randn(2, 24, 3, generator=torch.Generator().manual_seed(1))
+    fc = f.forecast(x, 4000, time_features=torch.zeros(2, 24, 4))
+    r = (fc.samples - fc.point).double()  # [S, B, H, N]
+    n = r[..., 0].numel()  # draws per variate
+    torch.testing.assert_close(
+        r.mean((0, 1, 2)), torch.zeros(3, dtype=torch.float64), atol=5 * 2 / n**0.5, rtol=0
+    )
+    torch.testing.assert_close(r.std((0, 1, 2)), sigma.double(), rtol=5 / (2 * n) ** 0.5, atol=0)
+
+
+def test_bootstrap_baseline_adds_whole_pool_windows_drawn_uniformly():
+    torch.manual_seed(0)
+    model = ITransformerDiffusion(TINY)
+    pool = torch.randn(7, 12, 3, generator=torch.Generator().manual_seed(2))  # [R, H, N]
+    f = BootstrapBaseline(model, pool)
+    x = torch.randn(3, 24, 3, generator=torch.Generator().manual_seed(1))
+    fc = f.forecast(x, 700, time_features=torch.zeros(3, 24, 4))
+    r = fc.samples - fc.point  # [S, B, H, N]
+    match = (r[:, :, None] - pool[None, None]).abs().amax((-2, -1)) < 1e-6  # [S, B, R]
+    assert bool((match.sum(-1) == 1).all())  # each sample is its point plus one pool window
+    counts = match.sum((0, 1)).double()  # [R] over 2100 draws, 300 expected each
+    assert float(((counts - 300) ** 2 / 300).sum()) < 22.5  # chi-square, 6 dof, p = 0.001
+
+
+@pytest.mark.parametrize(
+    ("make", "error", "pattern"),
+    [
+        (lambda m: GaussianBaseline(m, torch.tensor([1.0, -1.0, 1.0])), ValueError, "sigma"),
+        (lambda m: BootstrapBaseline(m, torch.zeros(4, 11, 3)), ValueError, "residuals"),
+        (lambda m: BootstrapBaseline(m, torch.zeros(0, 12, 3)), ValueError, "residuals"),
+        (lambda m: GaussianBaseline(object(), torch.ones(3)), TypeError, "model"),
+        (
+            lambda m: GaussianBaseline(m, torch.ones(3)).forecast(
+                torch.zeros(2, 24, 3), 2, time_features=torch.zeros(2, 24, 4), window_ids=[1]
+            ),
+            ValueError,
+            "window_ids",
+        ),
+    ],
+)
+def test_baselines_reject_bad_input(make, error, pattern):
+    torch.manual_seed(0)
+    with pytest.raises(error, match=pattern):
+        make(ITransformerDiffusion(TINY))
+
+
+def test_evaluate_split_scores_a_baseline_like_its_exact_law(trained):
+    """evaluate_split takes any forecaster: the Gaussian baseline's sampled CRPS agrees
+    with its closed form on the same windows, to Monte Carlo error; its name and 0 steps are
+    recorded; and scores do not depend on the batch size (keyed draws)."""
+    model, data = trained
+    f = residual_baselines(model, data)["gaussian_val_sigma"]
+    ev = evaluate_split(f, data.test, n_samples=400, batch_size=7, progress=False)
+    again = evaluate_split(f, data.test, n_samples=400, batch_size=64, progress=False)
+    assert (ev.sampler, ev.steps, ev.windows) == ("gaussian_val_sigma", 0, len(data.test))
+    assert ev.metrics["crps"] == pytest.approx(again.metrics["crps"], rel=1e-6)
+    b = data.test.windows(torch.arange(len(data.test)))
+    with torch.no_grad():
+        y_det, _ = model(b.x, b.x_mark)
+    exact = float(gaussian_crps(y_det, f.sigma, b.y).mean())
+    # the ecdf CRPS of S samples exceeds the law's by E|X - X'| / (2 S) = sigma / (S sqrt(pi))
+    bias = float(f.sigma.mean()) / (400 * math.sqrt(math.pi))
+    assert ev.metrics["crps"] == pytest.approx(exact + bias, rel=0.01)
+    assert ev.metrics["point_mse"] == pytest.approx(float(((y_det - b.y) ** 2).mean()), rel=1e-5)
+    with pytest.raises(TypeError, match="model"):
+        evaluate_split(object(), data.test)

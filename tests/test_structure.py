@@ -43,7 +43,6 @@ KNOWN_CYCLES: set[frozenset[str]] = set()
 # Private names used outside their module: (the user, "the module it is taken from._name").
 KNOWN_PRIVATE_CROSSINGS: set[tuple[str, str]] = {
     # baselines borrows the trainer's residual statistics
-    ("diffsample.forecast.baselines", "diffsample.forecast.training._residual_stats"),
     # the head-count check of the backbone, reused by the denoiser and the model
     ("diffsample.forecast.denoisers", "diffsample.forecast.itransformer._check_heads"),
     ("diffsample.forecast.model", "diffsample.forecast.itransformer._check_heads"),

@@ -21,7 +21,7 @@ import dataclasses
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
@@ -42,6 +42,7 @@ from .model import Forecast, ITransformerDiffusion
 
 __all__ = [
     "Evaluation",
+    "Forecaster",
     "StepMetrics",
     "check_evaluation_args",
     "check_num_steps",
@@ -58,6 +59,34 @@ __all__ = [
 PEAK_COPIES = 3
 
 
+@runtime_checkable
+class Forecaster(Protocol):
+    """What :func:`evaluate_split` scores: anything with this ``forecast`` (the diffusion
+    forecaster, the baselines of :mod:`~diffsample.forecast.baselines`, a user's own model).
+
+    ``forecast`` returns a :class:`~diffsample.forecast.forecast.Forecast` with samples
+    ``[S, B, H, N]`` and a point ``[B, H, N]`` in the split's (scaled) units; the draws of a
+    window should be keyed by its id and ``seed``, so that its samples do not depend on the
+    batch. ``name`` names it in results; ``device`` is where it wants the windows.
+    """
+
+    name: str
+
+    @property
+    def device(self) -> torch.device: ...
+
+    def forecast(
+        self,
+        history: torch.Tensor,
+        n_samples: int,
+        *,
+        time_features: torch.Tensor | None = ...,
+        window_ids: torch.Tensor | None = ...,
+        seed: int = ...,
+        progress: bool | None = ...,
+    ) -> Forecast: ...
+
+
 @dataclasses.dataclass(frozen=True)
 class Evaluation:
     """The scores of a split and how they were obtained.
@@ -66,8 +95,9 @@ class Evaluation:
         metrics: metric name -> value: every key of :meth:`diffsample.ForecastMetrics.compute`
             (``crps``, ``quantile_crps``, ``mse_mean``, ``coverage_90``, ...) for the samples,
             plus ``point_mse`` and ``point_mae`` of the backbone's point forecast.
-        sampler: the sampler's name (a function's ``__name__``).
-        steps: K sampling steps.
+        sampler: the sampler's name (a function's ``__name__``); for a forecaster other than
+            the diffusion one, its ``name``.
+        steps: K sampling steps (0 for a forecaster other than the diffusion one).
         samples: S samples per window.
         windows: windows scored.
         seconds: wall time of the forecast calls (backbone and sampling), device synchronised.
@@ -327,7 +357,7 @@ def _check_windows(windows: object, n_split: int, max_windows: object) -> torch.
 
 
 def forecast_windows(
-    model: ITransformerDiffusion,
+    model: ITransformerDiffusion | Forecaster,
     split: ForecastSplit,
     windows: torch.Tensor,
     n_samples: int,
@@ -339,9 +369,10 @@ def forecast_windows(
     ``batch_size``: yields ``(batch, forecast, seconds)``, ``seconds`` the forecast's wall time
     (the device synchronised, so it is the kernels' time, not their launch). The noise of each
     window is keyed by its index in the split, so a window gets the same samples in any batch.
-    ``forecast_kwargs`` go to :meth:`ITransformerDiffusion.forecast` (sampler, num_steps, seed...).
+    ``forecast_kwargs`` go to the forecaster's ``forecast`` (for
+    :meth:`ITransformerDiffusion.forecast`: sampler, num_steps, seed...).
     """
-    device = next(model.parameters()).device
+    device = _device_of(model)
     for lo in range(0, windows.numel(), batch_size):
         b = split.windows(windows[lo : lo + batch_size])
         t0 = time.perf_counter()
@@ -359,7 +390,7 @@ def forecast_windows(
 
 
 def evaluate_split(
-    model: ITransformerDiffusion,
+    model: ITransformerDiffusion | Forecaster,
     split: ForecastSplit,
     *,
     n_samples: int = 100,
@@ -383,7 +414,9 @@ def evaluate_split(
     all windows, equal to a single process's to float round-off (the noise is keyed by window).
 
     Args:
-        model: a trained forecaster.
+        model: a trained :class:`ITransformerDiffusion`, or any :class:`Forecaster` (e.g. a
+            baseline of :func:`~diffsample.forecast.baselines.residual_baselines`), scored the
+            same way; ``num_steps`` and ``sampler`` apply to the diffusion forecaster only.
         split: windows with history x ``[W, L, N]`` and targets y ``[W, H, N]``.
         n_samples: S samples per window.
         num_steps: K sampling steps.
@@ -420,8 +453,13 @@ def evaluate_split(
             any is drawn, :func:`sampling_bytes`).
         TypeError: an argument of the wrong kind.
     """
-    if not isinstance(model, ITransformerDiffusion):
-        raise TypeError(expected("model", "an ITransformerDiffusion", model))
+    diffusion = isinstance(model, ITransformerDiffusion)
+    if not diffusion and not isinstance(model, Forecaster):
+        raise TypeError(
+            expected(
+                "model", "an ITransformerDiffusion or a Forecaster (name, device, forecast)", model
+            )
+        )
     if not isinstance(split, ForecastSplit):
         raise TypeError(expected("split", "a ForecastSplit (e.g. load_dataset(...).test)", split))
     n_samples, num_steps, batch_size, max_windows = check_evaluation_args(
@@ -430,7 +468,9 @@ def evaluate_split(
         sampler=sampler,
         batch_size=batch_size,
         max_windows=max_windows,
-        num_train_steps=model.config.num_train_steps,
+        num_train_steps=model.config.num_train_steps
+        if isinstance(model, ITransformerDiffusion)
+        else None,
     )
     if on_batch is not None and not callable(on_batch):
         raise TypeError(expected("on_batch", "a callable or None", on_batch))
@@ -439,9 +479,12 @@ def evaluate_split(
     picked = _check_windows(windows, len(split), max_windows)  # [n] split indices, or None
     n = len(split) if max_windows is None else min(max_windows, len(split))
     n = n if picked is None else len(picked)
-    device = next(model.parameters()).device
+    device = _device_of(model)
     ranks = Ranks.resolve(group, device)
-    name = sampler if isinstance(sampler, str) else getattr(sampler, "__name__", "custom")
+    if diffusion:
+        name = sampler if isinstance(sampler, str) else getattr(sampler, "__name__", "custom")
+    else:
+        name, num_steps = str(getattr(model, "name", type(model).__name__)), 0
     ranks.check_same("evaluate_split", (n, n_samples, num_steps, name, batch_size, seed))
     if n < ranks.world:
         raise ValueError(
@@ -449,12 +492,12 @@ def evaluate_split(
             f"processes, got {n} windows"
         )
     per_call = min(batch_size, -(-n // ranks.world))  # B of the largest call on this rank
-    c = model.config
+    H, N = split.horizon, split.values.shape[1]
     check_sampling_memory(
-        sampling_bytes(n_samples, per_call, c.horizon, c.n_variates),
+        sampling_bytes(n_samples, per_call, H, N),
         device,
         name="n_samples, batch_size",
-        what=f"{n_samples} samples x {per_call} windows x [{c.horizon}, {c.n_variates}] (H, N)",
+        what=f"{n_samples} samples x {per_call} windows x [{H}, {N}] (H, N)",
         hint="lower n_samples or batch_size",
     )
     split = split.to(device)
@@ -472,15 +515,9 @@ def evaluate_split(
         progress=progress if ranks.main else False,
     )
     try:
+        sampling = {"sampler": sampler, "num_steps": num_steps} if diffusion else {}
         batches = forecast_windows(
-            model,
-            split,
-            mine,
-            n_samples,
-            batch_size=batch_size,
-            sampler=sampler,
-            num_steps=num_steps,
-            seed=seed,
+            model, split, mine, n_samples, batch_size=batch_size, seed=seed, **sampling
         )
         for b, fc, sampled in batches:  # the one bar is this loop's
             t1 = time.perf_counter()
@@ -519,3 +556,10 @@ def evaluate_split(
         if device.type == "cuda"
         else None,
     )
+
+
+def _device_of(model: ITransformerDiffusion | Forecaster) -> torch.device:
+    """Where a forecaster runs: a module's parameters' device, else its ``device``."""
+    if isinstance(model, torch.nn.Module):
+        return next(model.parameters()).device
+    return torch.device(model.device)

@@ -495,6 +495,20 @@ class ITransformerDiffusion(nn.Module):
             freq=freq,
         )
 
+    def wrap(
+        self,
+        samples: torch.Tensor,
+        point: torch.Tensor,
+        *,
+        window_ids: torch.Tensor | Sequence[int] | None = None,
+    ) -> Forecast:
+        """Samples ``[S, B, H, N]`` and a point ``[B, H, N]`` made by other means (a baseline on
+        this backbone) as a :class:`Forecast` carrying this model's scaler and variate names,
+        as :meth:`forecast`'s own do."""
+        N = self.config.n_variates
+        scaler, variates = _spec_scaler(self.data_spec, N), _spec_columns(self.data_spec, N)
+        return Forecast(samples, point, scaler=scaler, variates=variates, window_ids=window_ids)
+
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write a finished checkpoint atomically (a temp file renamed into place).

@@ -62,6 +62,7 @@ from .._utils import (
     progress_bar,
 )
 from ..distributed import Ranks, local_device
+from .baselines import residual_stats
 from .data import ForecastDataset, ForecastSplit, WindowBatch, check_data_spec
 from .evaluation import check_num_steps, check_sampling_memory, forecast_windows, sampling_bytes
 from .model import (
@@ -459,7 +460,7 @@ def train(
             model.backbone.requires_grad_(False).eval()
             if start == 1:  # a run resumed in stage 2 has its statistics in the checkpoint
                 model.set_residual_stats(
-                    *_residual_stats(model, run.train_split, config.batch_size, device)
+                    *residual_stats(model, run.train_split, batch_size=config.batch_size)
                 )
             best_diff = _fit(run, stage2, saved if start == 2 else None)
             if config.calibration != "none":
@@ -834,26 +835,6 @@ def _evaluate(
 def _autocast(run: _Run) -> torch.autocast:
     dtype = run.amp_dtype
     return torch.autocast(run.device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
-
-
-@torch.no_grad()
-def _residual_stats(
-    model: ITransformerDiffusion, split: ForecastSplit, batch_size: int, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-variate mean and std ``[N]`` of y - y_det over every training window (float64 sums)."""
-    N = model.config.n_variates
-    s1 = torch.zeros(N, dtype=torch.float64, device=device)
-    s2 = torch.zeros(N, dtype=torch.float64, device=device)
-    n = 0
-    for batch in split.batches(batch_size):
-        y_det, _ = model(batch.x, batch.x_mark)
-        r = (batch.y - y_det).double().reshape(-1, N)  # [B * H, N]
-        s1 += r.sum(0)
-        s2 += (r * r).sum(0)
-        n += r.shape[0]
-    mean = s1 / n
-    std = (s2 / n - mean * mean).clamp_min(1e-12).sqrt()
-    return mean.float(), std.float()
 
 
 @torch.no_grad()
