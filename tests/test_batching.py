@@ -595,3 +595,75 @@ def test_a_schedule_on_another_device_is_read_on_the_host():
         out, sample_many("ddim", lambda x, t: 0.1 * x, (4,), 3, schedule=sch, **kw), rtol=0, atol=0
     )
     assert calls == ["cpu"]
+
+
+# ---------------------------------------------------------------- planning apart from running
+def test_graph_fallback_warnings_point_at_the_caller(monkeypatch):
+    """The warnings come from deep in the running half (sample_many -> _Chunks.run -> .rows ->
+    _capture); their stacklevel must still name the line that called sample_many."""
+    with pytest.warns(UserWarning, match="needs a CUDA device") as seen:
+        run(graph=True)  # CPU: no graph
+    assert [w.filename for w in seen] == [__file__]
+
+    class FailingGraph:
+        def __init__(self, sample, keys, rows):
+            self.first = sample(keys, rows)
+
+        def capture(self):
+            raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(batching, "ChunkGraph", FailingGraph)
+    monkeypatch.setattr(batching, "_graph_unavailable", lambda *a: None)
+    with pytest.warns(UserWarning, match="could not capture the step loop") as seen:
+        got = run(graph=True, max_batch=4)
+    assert [w.filename for w in seen] == [__file__]
+    assert torch.equal(got, run(max_batch=4))  # the eager fallback, bit for bit
+
+
+def test_the_names_that_moved_out_of_batching_and_samplers_still_import_from_there():
+    from diffsample import chunking, planning, walk
+    from diffsample.batching import (
+        CPU_MIN_ROWS,
+        CPU_WORKING_SET,
+        DEFAULT_FRACTION,
+        PROBE_ROWS,
+        SAMPLER_STATE_ROWS,
+    )
+    from diffsample.samplers import check_grid, grid_coefficients
+
+    assert (CPU_MIN_ROWS, CPU_WORKING_SET, PROBE_ROWS, SAMPLER_STATE_ROWS) == (
+        chunking.CPU_MIN_ROWS,
+        chunking.CPU_WORKING_SET,
+        chunking.PROBE_ROWS,
+        chunking.SAMPLER_STATE_ROWS,
+    )
+    assert DEFAULT_FRACTION is chunking.DEFAULT_FRACTION
+    assert (check_grid, grid_coefficients) == (walk.check_grid, walk.grid_coefficients)
+    assert batching.SAMPLERS is planning.SAMPLERS and batching.Known is planning.Known
+
+
+def test_planning_checks_every_argument_before_the_denoiser_runs():
+    """A bad argument found by plan_sampling (here the last it checks before the probe: a
+    NaN in a cond tensor) fails before any denoiser call, the probe's included."""
+    calls = []
+
+    def den(x, t, *, z):
+        calls.append(x.shape[0])
+        return 0 * x
+
+    z = torch.zeros(6, 4)
+    z[2, 1] = torch.nan
+    with pytest.raises(ValueError, match=r"cond\['z'\]"):
+        sample_many(
+            "ddim",
+            den,
+            E,
+            9,
+            cond={"z": z},
+            schedule=SCH,
+            timesteps=SCH.timesteps(3),
+            memory_budget=0.5,
+            seed=0,
+            progress=False,
+        )
+    assert calls == []
