@@ -242,7 +242,19 @@ def test_train_prints_a_line_per_stage_and_writes_its_outputs(run):
     assert set(r["versions"]) == {"diffsample", "torch", "numpy", "python"}
     assert r["files"]["per_step"] == str(out / "results_per_step.csv")
     rows = (out / "results_per_step.csv").read_text().splitlines()
-    assert rows[0] == "step,point_mse,point_mae,mse_mean,mae_mean,crps,coverage_50,coverage_90"
+    own = "step,point_mse,point_mae,mse_mean,mae_mean,crps,coverage_50,coverage_90"
+    names = ["gaussian_train_sigma", "gaussian_val_sigma", "bootstrap"]
+    cols = ("mse_mean", "crps", "coverage_50", "coverage_90")
+    assert rows[0] == ",".join([own, *(f"{n}_{c}" for n in names for c in cols)])
+    # the baselines, by default: scored on the same windows with the same samples, printed
+    # beside the head and written into the same files
+    assert list(r["baselines"]) == names and "beside the same backbone's baselines" in stdout
+    for name in names:
+        b = r["baselines"][name]
+        assert (b["windows"], b["samples"], b["sampler"], b["steps"]) == (6, 4, name, 0)
+        assert b["point_mse"] == pytest.approx(r["scores"]["point_mse"], rel=1e-6)
+        assert b["crps"] > 0 and b["crps"] != r["scores"]["crps"]
+        assert f"    {name} " in stdout
     assert len(rows) == 1 + 12 and rows[1].startswith("1,") and rows[-1].startswith("12,")
     crps_steps = [float(line.split(",")[5]) for line in rows[1:]]
     assert sum(crps_steps) / 12 == pytest.approx(r["scores"]["crps"], rel=1e-5)
@@ -338,9 +350,20 @@ def test_evaluate_scores_on_the_checkpoints_own_data_by_default(run, tmp_path):
     assert (tmp_path / "eval_test_per_step.csv").is_file()
     assert (tmp_path / "eval_test_fan_chart.png").is_file()
     # the same windows, seed and sampler as the train command scored: the same scores
-    assert r["scores"]["crps"] == pytest.approx(
-        json.loads((out / "results.json").read_text())["scores"]["crps"], rel=1e-6
-    )
+    trained = json.loads((out / "results.json").read_text())
+    assert r["scores"]["crps"] == pytest.approx(trained["scores"]["crps"], rel=1e-6)
+    for name, b in r["baselines"].items():
+        assert b["crps"] == pytest.approx(trained["baselines"][name]["crps"], rel=1e-6)
+
+
+def test_no_baselines_scores_the_model_alone(run, tmp_path):
+    out, _ = run
+    argv = ["evaluate", str(out / "model.pt"), *SAMPLING, "--out", str(tmp_path), "--no-baselines"]
+    rc, stdout, stderr = _run(argv)
+    assert (rc, stderr) == (0, "") and "beside the same backbone" not in stdout
+    assert json.loads((tmp_path / "eval_test.json").read_text())["baselines"] is None
+    header = (tmp_path / "eval_test_per_step.csv").read_text().splitlines()[0]
+    assert header == "step,point_mse,point_mae,mse_mean,mae_mean,crps,coverage_50,coverage_90"
 
 
 def test_evaluate_refuses_other_data(run, tmp_path):

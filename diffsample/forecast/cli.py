@@ -34,7 +34,7 @@ import re
 import sys
 import time
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -57,6 +57,7 @@ from .evaluation import (
     check_evaluation_args,
     check_num_steps,
     check_sampling_memory,
+    evaluate_baselines,
     evaluate_split,
     sampling_bytes,
 )
@@ -75,6 +76,7 @@ from .report import (
     check_output_file,
     fan_chart,
     have_matplotlib,
+    per_step_columns,
     prepare_output_dir,
     results_dict,
     spread_windows,
@@ -491,6 +493,17 @@ def _score_and_write(
         progress=a.progress,
         on_batch=on_batch,
     )
+    baselines = None
+    if a.baselines:  # the same windows, samples and seed: one run, one comparison
+        baselines = evaluate_baselines(
+            model,
+            data,
+            split_name,
+            n_samples=a.samples,
+            batch_size=batch_size,
+            windows=None if a.windows is None else picked,
+            seed=a.seed,
+        )
     rate = ev.windows * ev.samples / max(ev.seconds, 1e-9)
     peak = "" if ev.peak_memory_bytes is None else f", peak {ev.peak_memory_bytes / 2**20:.0f} MiB"
     _say(
@@ -499,6 +512,8 @@ def _score_and_write(
         f"{ev.scoring_seconds:.1f} s"
     )
     _print_scores(ev, split_name, data.source)
+    if baselines is not None:
+        _print_baselines(ev, baselines)
     if _rank() != 0:  # rank 0 writes the files (the scores are every rank's windows')
         return
     report = results_dict(
@@ -518,10 +533,12 @@ def _score_and_write(
             "samples": files.samples if store is not None else None,
         },
         processes=world,
+        baselines=baselines,
     )
     # the scores are on screen already; the results file is written first, each file atomically
     _say(f"results: {write_json(files.results, report)}")
-    _say(f"per-step scores: {write_per_step_csv(files.per_step, ev.per_step)}")
+    per_step = per_step_columns(ev, baselines)
+    _say(f"per-step scores: {write_per_step_csv(files.per_step, per_step)}")
     if store is not None:  # before the chart: an optional picture never costs the samples
         saved = store.save(
             files.samples,
@@ -778,6 +795,19 @@ def _print_scores(ev: Evaluation, split: str, source: str) -> None:
         )
 
 
+def _print_baselines(ev: Evaluation, baselines: Mapping[str, Evaluation]) -> None:
+    """The head beside the same backbone's baselines: a head that does not beat them adds
+    sampling cost and no value."""
+    _say("  beside the same backbone's baselines (same windows and samples):")
+    _say(f"    {'':22s} {'CRPS':>7s} {'cov50':>6s} {'cov90':>6s} {'mean MSE':>9s}")
+    for name, e in {"diffusion head": ev, **baselines}.items():
+        m = e.metrics
+        _say(
+            f"    {name:22s} {m['crps']:7.4f} {m['coverage_50']:6.3f} {m['coverage_90']:6.3f} "
+            f"{m['mse_mean']:9.4f}"
+        )
+
+
 # ---------------------------------------------------------------------------------------- parser
 class _Parser(argparse.ArgumentParser):
     """argparse's parser with its errors as one line, as every other error of the command:
@@ -982,6 +1012,14 @@ def _parser(*, tslib: bool = False) -> argparse.ArgumentParser:
             action="store_true",
             help="also write the samples, [S, W, H, N] float32 with their window ids, start "
             "dates, units and scaler (.npz; read it with diffsample.forecast.load_samples)",
+        )
+        g.add_argument(
+            "--baselines",
+            action=argparse.BooleanOptionalAction,
+            default=True,
+            help="also score the same backbone with Gaussian residuals (sigma fitted on the "
+            "training and on the validation windows) and with bootstrapped training residual "
+            "windows, on the same windows, into the same files",
         )
         g = q.add_argument_group("run")
         g.add_argument("--out", default=out_default, required=out_required, help=out_help)

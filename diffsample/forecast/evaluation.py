@@ -37,7 +37,8 @@ from ..distributed import Ranks
 from ..memory import check_fits
 from ..metrics import ForecastMetrics, coverage, crps
 from ..samplers import SAMPLERS, Sampler
-from .data import ForecastSplit, WindowBatch
+from .baselines import residual_baselines
+from .data import ForecastDataset, ForecastSplit, WindowBatch
 from .model import Forecast, ITransformerDiffusion
 
 __all__ = [
@@ -47,6 +48,7 @@ __all__ = [
     "check_evaluation_args",
     "check_num_steps",
     "check_sampling_memory",
+    "evaluate_baselines",
     "evaluate_split",
     "forecast_windows",
     "sampling_bytes",
@@ -563,3 +565,27 @@ def _device_of(model: ITransformerDiffusion | Forecaster) -> torch.device:
     if isinstance(model, torch.nn.Module):
         return next(model.parameters()).device
     return torch.device(model.device)
+
+
+def evaluate_baselines(
+    model: ITransformerDiffusion,
+    data: ForecastDataset,
+    split: str = "test",
+    **evaluate_kwargs: Any,
+) -> dict[str, Evaluation]:
+    """The three baselines of :func:`~diffsample.forecast.baselines.residual_baselines` on
+    ``model``'s backbone, each scored by :func:`evaluate_split` on ``data``'s ``split`` with
+    ``evaluate_kwargs`` (``n_samples``, ``windows``, ``seed``, ``batch_size``...; pass the
+    head's, so that all four come from the same windows and the same estimators; a
+    ``sampler`` or ``num_steps`` among them is checked and does not apply).
+
+    Returns:
+        ``{"gaussian_train_sigma": ..., "gaussian_val_sigma": ..., "bootstrap": ...}``.
+    """
+    if split not in ("train", "val", "test"):
+        raise ValueError(expected("split", '"train", "val" or "test"', split))
+    scored = getattr(data, split)
+    return {
+        name: evaluate_split(f, scored, **{"progress": False, **evaluate_kwargs})
+        for name, f in residual_baselines(model, data).items()
+    }

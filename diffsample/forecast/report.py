@@ -54,6 +54,7 @@ __all__ = [
     "json_safe",
     "library_versions",
     "machine_info",
+    "per_step_columns",
     "prepare_output_dir",
     "results_dict",
     "spread_windows",
@@ -275,6 +276,7 @@ def results_dict(
     training_seconds: float | None = None,
     files: Mapping[str, PathLike | None] | None = None,
     processes: int = 1,
+    baselines: Mapping[str, Evaluation] | None = None,
 ) -> dict[str, Any]:
     """The results file's content: what was scored, how, where, with what, and the scores.
 
@@ -291,12 +293,14 @@ def results_dict(
         training_seconds: wall time of training, if trained in this run.
         files: the other outputs (per-step table, fan chart, samples), name -> path or None.
         processes: how many processes (torchrun ranks) sampled the split.
+        baselines: name -> the scores of a baseline on the same windows
+            (:func:`~diffsample.forecast.evaluation.evaluate_baselines`), written under
+            ``"baselines"``; None: not scored.
 
     Returns:
         A JSON-ready dict (NaN scores included; :func:`write_json` writes them as null).
     """
-    if not isinstance(evaluation, Evaluation):
-        raise TypeError(expected("evaluation", "an Evaluation (evaluate_split)", evaluation))
+    _checked("evaluation", evaluation)
     return {
         "command": command,
         "data": dict(data),
@@ -306,6 +310,9 @@ def results_dict(
         "train": None if train_config is None else dataclasses.asdict(train_config),
         "history": [dict(r) for r in history],
         "scores": evaluation.as_dict(),
+        "baselines": None
+        if baselines is None
+        else {k: _checked(f"baselines[{k!r}]", v).as_dict() for k, v in baselines.items()},
         "seconds": {
             "training": None if training_seconds is None else round(training_seconds, 3),
             "sampling": round(evaluation.seconds, 3),
@@ -316,6 +323,26 @@ def results_dict(
         "versions": library_versions(),
         "files": {k: None if v is None else os.fspath(v) for k, v in (files or {}).items()},
     }
+
+
+def _checked(name: str, evaluation: object) -> Evaluation:
+    if not isinstance(evaluation, Evaluation):
+        raise TypeError(expected(name, "an Evaluation (evaluate_split)", evaluation))
+    return evaluation
+
+
+def per_step_columns(
+    evaluation: Evaluation, baselines: Mapping[str, Evaluation] | None = None
+) -> dict[str, tuple[float, ...]]:
+    """The per-step table of a result: ``evaluation.per_step``, then for each baseline its
+    ``crps``, ``mse_mean`` and ``coverage_*`` columns as ``<name>_<column>`` (its point
+    columns are the model's own)."""
+    out = dict(_checked("evaluation", evaluation).per_step)
+    for name, ev in (baselines or {}).items():
+        for col, values in _checked(f"baselines[{name!r}]", ev).per_step.items():
+            if col == "crps" or col == "mse_mean" or col.startswith("coverage_"):
+                out[f"{name}_{col}"] = values
+    return out
 
 
 # ------------------------------------------------------------------------------------ samples
