@@ -215,14 +215,14 @@ class _Chunks:
         while r0 < p.M:
             r1 = min(r0 + self.chunk, p.M)
             # graph mode: every chunk has `chunk` rows; the last one's padding repeats its
-            # last row (same keys, same cond) and is dropped in `rows`
+            # last row (same keys, same cond) and is dropped in `draw`
             s_idx, b_idx = row_indices(
                 r0, r0 + self.chunk if self.graph else r1, p.B, p.device, end=r1
             )
             keys = row_keys(p.key, p.ids[b_idx], s_idx)  # [C]
             rows = cond_rows(self.cond, p.B, b_idx)
             try:
-                y = self.rows(keys, rows, r1 - r0)
+                y = self.draw(keys, rows, r1 - r0)
             except Exception as exc:
                 if not is_oom(exc) or r1 - r0 == 1:
                     raise
@@ -236,7 +236,7 @@ class _Chunks:
             r0 = r1
         return out
 
-    def rows(self, keys: torch.Tensor, rows: Mapping[str, Any], n: int) -> torch.Tensor:
+    def draw(self, keys: torch.Tensor, rows: Mapping[str, Any], n: int) -> torch.Tensor:
         """The first ``n`` rows' samples ``[n, *E]`` of one chunk (keys ``[C]``, cond rows
         ``[C, ...]``), eagerly or by a graph replay (captured on the first chunk)."""
         if not self.graph:
@@ -322,7 +322,7 @@ def _capture(
         warnings.warn(
             f"sample_many: graph=True found a host-device sync in the step loop ({exc}); "
             "sampling eagerly",
-            stacklevel=5,  # the caller of sample_many, through _Chunks.run and .rows
+            stacklevel=5,  # the caller of sample_many, through _Chunks.run and .draw
         )
         return None, run(keys, rows)
     try:
@@ -332,7 +332,7 @@ def _capture(
         warnings.warn(
             f"sample_many: graph=True could not capture the step loop "
             f"({type(exc).__name__}: {first_line}); sampling eagerly",
-            stacklevel=5,  # the caller of sample_many, through _Chunks.run and .rows
+            stacklevel=5,  # the caller of sample_many, through _Chunks.run and .draw
         )
         return None, replay.first
     return replay, replay.first

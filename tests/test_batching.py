@@ -599,7 +599,7 @@ def test_a_schedule_on_another_device_is_read_on_the_host():
 
 # ---------------------------------------------------------------- planning apart from running
 def test_graph_fallback_warnings_point_at_the_caller(monkeypatch):
-    """The warnings come from deep in the running half (sample_many -> _Chunks.run -> .rows ->
+    """The warnings come from deep in the running half (sample_many -> _Chunks.run -> .draw ->
     _capture); their stacklevel must still name the line that called sample_many."""
     with pytest.warns(UserWarning, match="needs a CUDA device") as seen:
         run(graph=True)  # CPU: no graph
