@@ -1260,3 +1260,71 @@ def test_wrong_kind_is_a_type_error_bad_value_a_value_error():
         sample_quantiles(x, torch.tensor([0.1, 0.9])), sample_quantiles(x, [0.1, 0.9])
     )
     assert sample_quantiles(x, np.float64(0.5)).shape == (4,)
+
+
+def _probts_reference(y, f, quantiles_num=20):
+    """ProbTS's Evaluator (microsoft/ProbTS, probts/utils/evaluator.py), written out in numpy:
+    y ``[W, H, N]``, f ``[W, S, H, N]``; per window the 19-level weighted quantile loss over
+    its own sum |y|, then the mean over windows; the same on the sums over variates."""
+    qs = (np.arange(quantiles_num) / quantiles_num)[1:]
+
+    def one(y, f):
+        per_window = []
+        for yi, fi in zip(y, f, strict=True):
+            losses = []
+            for q in qs:
+                pred = np.quantile(fi, q, axis=0)
+                losses.append(
+                    (2 * np.abs((pred - yi) * ((yi <= pred) - q))).sum() / np.abs(yi).sum()
+                )
+            per_window.append(np.mean(losses))
+        return np.mean(per_window)
+
+    return one(y, f), one(y.sum(-1), f.sum(-1))
+
+
+def test_quantile_crps_per_window_is_probts_evaluator():
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(30, 5, 8, 3, generator=g, dtype=torch.float64) * 2 + 1  # [S, W, H, N]
+    y = torch.randn(5, 8, 3, generator=g, dtype=torch.float64) + 1  # [W, H, N]
+    want, want_sum = _probts_reference(y.numpy(), x.movedim(0, 1).numpy())
+    got = quantile_crps(x, y, window_dim=0)
+    assert float(got) == pytest.approx(want, rel=1e-12)
+    assert float(quantile_crps(x, y, window_dim=0, sum_dim=-1)) == pytest.approx(
+        want_sum, rel=1e-12
+    )
+    # the samples' axis anywhere; a per-window normaliser is not the global one
+    assert float(quantile_crps(x.movedim(0, 2), y, sample_dim=2, window_dim=0)) == pytest.approx(
+        want, rel=1e-12
+    )
+    assert abs(float(quantile_crps(x, y)) - want) > 1e-3
+    # one window: the global score
+    assert float(quantile_crps(x[:, :1], y[:1], window_dim=0)) == pytest.approx(
+        float(quantile_crps(x[:, :1], y[:1])), rel=1e-12
+    )
+
+
+def test_quantile_crps_per_window_of_a_point_forecast_is_nmae():
+    """A point forecast (S = 1): every quantile is the point and the mean weight over the 19
+    levels is 1, so each window scores sum |y - yhat| / sum |y| (ProbTS's iTransformer rows)."""
+    g = torch.Generator().manual_seed(12)
+    point = torch.randn(4, 6, 2, generator=g, dtype=torch.float64)
+    y = torch.randn(4, 6, 2, generator=g, dtype=torch.float64)
+    nmae = ((point - y).abs().sum((1, 2)) / y.abs().sum((1, 2))).mean()
+    torch.testing.assert_close(quantile_crps(point[None], y, window_dim=0), nmae)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "pattern"),
+    [
+        ({"window_dim": 3}, "window_dim"),
+        ({"window_dim": 0, "sum_dim": 0}, "sum_dim, window_dim"),
+        ({"window_dim": "0"}, "window_dim"),
+    ],
+)
+def test_quantile_crps_per_window_rejects_bad_axes(kwargs, pattern):
+    x, y = torch.randn(4, 2, 3, 2), torch.randn(2, 3, 2)
+    with pytest.raises((TypeError, ValueError), match=pattern):
+        quantile_crps(x, y, **kwargs)
+    with pytest.raises(ValueError, match="window_dim"):
+        quantile_crps(x, y[0], window_dim=0)

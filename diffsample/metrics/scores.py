@@ -19,7 +19,14 @@ import torch
 
 from diffsample._utils import check_choice, check_tensor, describe
 
-from ._checks import NanPolicy, as_levels, check_finite, check_level, check_levels
+from ._checks import (
+    NanPolicy,
+    as_levels,
+    check_finite,
+    check_level,
+    check_levels,
+    normalise_dim,
+)
 from ._engine import Chunk, map_chunks
 from ._kernels import (
     ESTIMATORS,
@@ -210,6 +217,47 @@ def sample_quantiles(
     return out[0] if scalar else out
 
 
+def _per_window(
+    samples: torch.Tensor,
+    obs: torch.Tensor,
+    window_dim: int,
+    sample_dim: int,
+    mask: torch.Tensor | None,
+    sum_dim: int | None,
+    levels: tuple[float, ...],
+    nan_policy: NanPolicy,
+) -> torch.Tensor:
+    """``quantile_crps`` of each window along ``window_dim`` (an axis of ``obs``), averaged."""
+    check_tensor("samples", samples)
+    check_tensor("obs", obs)
+    if obs.ndim != samples.ndim - 1:
+        raise ValueError(
+            "window_dim: expected obs with every axis of samples but the sample axis, got "
+            f"samples {tuple(samples.shape)} and obs {tuple(obs.shape)}"
+        )
+    w = normalise_dim("window_dim", window_dim, obs.ndim, f"obs {tuple(obs.shape)}")
+    xs = samples.movedim(normalise_dim("sample_dim", sample_dim, samples.ndim, "samples"), 0)
+    if mask is not None:
+        mask = check_tensor("mask", mask).expand(obs.shape)
+    if sum_dim is not None:
+        d = normalise_dim("sum_dim", sum_dim, obs.ndim, f"obs {tuple(obs.shape)}")
+        if d == w:
+            raise ValueError(f"sum_dim, window_dim: expected two different axes, got {d} both")
+        sum_dim = d - (d > w)
+    scores = [
+        quantile_crps(
+            xs.select(w + 1, i),
+            obs.select(w, i),
+            quantiles=levels,
+            mask=None if mask is None else mask.select(w, i),
+            sum_dim=sum_dim,
+            nan_policy=nan_policy,
+        )
+        for i in range(obs.shape[w])
+    ]
+    return torch.stack(scores).mean()
+
+
 def _interval(
     samples: torch.Tensor, level: float, sample_dim: int, nan_policy: NanPolicy
 ) -> torch.Tensor:
@@ -286,6 +334,7 @@ def quantile_crps(
     sample_dim: int = 0,
     mask: torch.Tensor | None = None,
     sum_dim: int | None = None,
+    window_dim: int | None = None,
     nan_policy: NanPolicy = "propagate",
 ) -> torch.Tensor:
     """Quantile-normalised CRPS of a whole test set (the CSDI convention), a scalar.
@@ -298,9 +347,10 @@ def quantile_crps(
 
     i.e. twice the pinball loss averaged over levels (a discretised CRPS = 2 int_0^1 pinball_q
     dq), normalised by sum |y|. Published tables use it: CSDI (Tashiro et al., 2021; levels
-    0.05..0.95, this default) for CRPS and CRPS-sum; ProbTS (Zhang et al., 2024) with numpy's
-    linear quantiles but levels 0.1..0.9 (``Evaluator(quantiles_num=10)``), pass
-    ``quantiles=[i / 10 for i in range(1, 10)]``; TimeGrad (Rasul et al., 2021, through
+    0.05..0.95, this default) for CRPS and CRPS-sum; ProbTS (Zhang et al., 2024; its long-term
+    tables: the same 19 levels and numpy's linear quantiles, but each test window normalised
+    by its own sum |y| and the windows averaged, on the data's raw units) with
+    ``window_dim`` the windows' axis; TimeGrad (Rasul et al., 2021, through
     GluonTS's ``MultivariateEvaluator(quantiles=0.05..0.95)``: ``mean_wQuantileLoss`` and
     ``m_sum_mean_wQuantileLoss``) with nearest-rank sample quantiles, so its numbers differ
     slightly at 100 samples. The exact CRPS of the samples (properscoring, scoringrules) is
@@ -317,6 +367,9 @@ def quantile_crps(
             summed over it and the mask is averaged over it, as in CSDI's
             ``calc_quantile_CRPS_sum``. ``sum_dim=-1`` gives the "CRPS-sum" of CSDI, TimeGrad
             and ProbTS tables for ``[.., N]`` data.
+        window_dim: an axis of ``obs`` (and of E) holding test windows: each window is scored
+            and normalised by its own sum |y m|, and the result is the mean over windows
+            (ProbTS's ``Evaluator``). None: one normaliser for the whole set.
         nan_policy: ``"propagate"`` NaN if any input is NaN; ``"omit"`` NaN samples are left
             out of the quantiles and elements with a NaN observation get mask 0; ``"raise"``
             ValueError on non-finite input.
@@ -326,6 +379,8 @@ def quantile_crps(
     """
     check_choice("nan_policy", nan_policy, NanPolicy)
     levels = check_levels("quantiles", quantiles, open_interval=False)
+    if window_dim is not None:
+        return _per_window(samples, obs, window_dim, sample_dim, mask, sum_dim, levels, nan_policy)
     if nan_policy == "raise":
         check_finite("samples", samples)
         check_finite("obs", obs)
