@@ -160,91 +160,42 @@ def _load_script():
 
 
 def test_results_script_runs_tiny(tmp_path):
+    """The results script end to end on synthetic data: the head and the three baselines
+    scored by the library's pipeline on the same windows, the ProbTS-convention scores, the
+    shift diagnosis, both files; a second seed is summarised as mean ± sd."""
     bench = _load_script()
     out = tmp_path / "res"
-    rc = bench.main(
-        [
-            "--data",
-            "synthetic(n_steps=600, n_variates=3, seed=0)",
-            "--tiny",
-            "--seeds",
-            "0",
-            "--samples",
-            "8",
-            "--solvers",
-            "dpmpp_2m:4",
-            "--windows",
-            "16",
-            "--diag-windows",
-            "8",
-            "--out",
-            str(out),
-        ]
-    )
-    assert rc == 0
+    argv = ["--data", "synthetic(n_steps=600, n_variates=3, seed=0)", "--tiny", "--seeds", "0", "1"]
+    argv += ["--samples", "8", "--steps", "4", "--windows", "16", "--out", str(out)]
+    assert bench.main(argv) == 0
     record = json.loads((out / "results.json").read_text())
-    rows = record["rows"]
-    methods = {r["method"] for r in rows}
-    assert {
-        "diffusion",
-        "gaussian_train_sigma",
-        "gaussian_val_sigma",
-        "bootstrap_train_residuals",
-    } <= methods
-    for r in rows:
-        assert math.isfinite(r["crps"]) and r["windows"] == 16
-    bounds = record["oracle_bounds"]["0"]
-    assert set(bounds) == {
-        "train_sigma",
-        "split_sigma_per_variate",
-        "split_sigma_per_step_variate",
-        "window_rms",
-        "window_mean_and_std",
-    }
-    # knowing each window's level and scale beats a fixed scale
-    assert bounds["window_mean_and_std"] < bounds["train_sigma"]
-    assert (out / "results.md").read_text().startswith("#")
-    assert "## Oracle bounds" in (out / "results.md").read_text()
+    assert [s["seed"] for s in record["seeds"]] == [0, 1]
+    names = ["diffusion head", "gaussian_train_sigma", "gaussian_val_sigma", "bootstrap"]
+    for s in record["seeds"]:
+        assert list(s["scores"]) == names
+        assert all(math.isfinite(v["crps"]) and v["windows"] == 16 for v in s["scores"].values())
+        assert set(s["probts"]) == {*names, "point (NMAE)", "windows"}
+        assert len(s["diagnosis"]["shift_by_variate"]) == 3
+    text = (out / "results.md").read_text()
+    assert text.startswith("# synthetic") and "| bootstrap | " in text and " ± " in text
 
 
-def test_oracle_bounds_against_properscoring():
-    """Each Gaussian oracle of the results script, window by window and variate by variate
-    with properscoring's closed form (a different implementation) and loops over the scales."""
-    properscoring = pytest.importorskip("properscoring")
+def test_results_script_probts_scores_every_horizon_th_window_in_raw_units():
+    """The ProbTS convention: one test window every H steps, raw units, each window over its
+    own sum |y|; the point forecast's score is its NMAE, written out here."""
     bench = _load_script()
-    data = synthetic_dataset(n_steps=400, n_variates=3, lookback=24, horizon=12, seed=1)
+    data = synthetic_dataset(n_steps=600, n_variates=3, lookback=24, horizon=12, seed=1)
     torch.manual_seed(0)
     model = ITransformerDiffusion(TINY).eval()
-    model.set_residual_stats(torch.zeros(3), torch.tensor([0.5, 1.0, 2.0]))
-    got = bench.oracle_bounds(model, data.test)
-    r = residuals(model, data.test).double().numpy()  # [R, H, N]
-    R, _, N = r.shape
-
-    def mean_crps(mu, sig):  # mu, sig: [R, H, N] numpy
-        return float(np.mean(properscoring.crps_gaussian(r, mu=mu, sig=sig)))
-
-    zero = np.zeros_like(r)
-    train_sig = np.broadcast_to(model.res_std.double().numpy(), r.shape)
-    per_var = np.broadcast_to(np.sqrt((r**2).mean(axis=(0, 1))), r.shape)
-    per_step_var = np.broadcast_to(np.sqrt((r**2).mean(axis=0)), r.shape)
-    rms, mu, sd = (np.empty_like(r) for _ in range(3))
-    for w in range(R):
-        for n in range(N):
-            e = r[w, :, n]
-            rms[w, :, n] = math.sqrt(float(np.mean(e**2)))
-            mu[w, :, n] = float(np.mean(e))
-            sd[w, :, n] = math.sqrt(float(np.mean((e - e.mean()) ** 2)))
-    want = {
-        "train_sigma": mean_crps(zero, train_sig),
-        "split_sigma_per_variate": mean_crps(zero, per_var),
-        "split_sigma_per_step_variate": mean_crps(zero, per_step_var),
-        "window_rms": mean_crps(zero, rms),
-        "window_mean_and_std": mean_crps(mu, sd),
-    }
-    assert set(got) == set(want)
-    for k in want:
-        assert got[k] == pytest.approx(want[k], rel=1e-9), k
-    assert got["window_mean_and_std"] < got["window_rms"] < got["train_sigma"]
+    model.data_spec = data.spec()
+    got = bench.probts(model, data, 4, seed=0)
+    b = data.test.windows(torch.arange(0, len(data.test), 12))
+    assert got["windows"] == len(b.index) == -(-len(data.test) // 12)
+    with torch.no_grad():
+        y_det, _ = model(b.x, b.x_mark)
+    y, point = (data.scaler.inverse_transform(t).double() for t in (b.y, y_det))
+    nmae = ((point - y).abs().sum((1, 2)) / y.abs().sum((1, 2))).mean()
+    assert got["point (NMAE)"] == pytest.approx(float(nmae), rel=1e-5)
 
 
 @pytest.mark.parametrize("fn", [residual_std, residuals])
