@@ -42,19 +42,9 @@ KNOWN_CYCLES: set[frozenset[str]] = set()
 
 # Private names used outside their module: (the user, "the module it is taken from._name").
 KNOWN_PRIVATE_CROSSINGS: set[tuple[str, str]] = {
-    # baselines borrows the trainer's residual statistics
-    # the head-count check of the backbone, reused by the denoiser and the model
-    ("diffsample.forecast.denoisers", "diffsample.forecast.itransformer._check_heads"),
-    ("diffsample.forecast.model", "diffsample.forecast.itransformer._check_heads"),
-    # the Forecast object's argument checks and JSON helper
-    ("diffsample.forecast.model", "diffsample.forecast.forecast._check_freq"),
-    ("diffsample.forecast.model", "diffsample.forecast.forecast._check_start"),
-    ("diffsample.forecast.report", "diffsample.forecast.forecast._plain"),
     # the checkpoint format, owned by both the model and the trainer
     ("diffsample.forecast.training", "diffsample.forecast.model._read_checkpoint"),
     ("diffsample.forecast.training", "diffsample.forecast.model._write_checkpoint"),
-    # the metrics' block layout helper
-    ("diffsample.metrics.multivariate", "diffsample.metrics._layout._blocks"),
 }
 
 

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .itransformer import _check_heads
+from .itransformer import check_heads
 
 __all__ = ["TokenDenoiser", "UNet1DDenoiser", "timestep_embedding"]
 
@@ -155,7 +155,7 @@ class TokenDenoiser(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        _check_heads("n_heads", n_heads, "d_model", d_model)
+        check_heads("n_heads", n_heads, "d_model", d_model)
         self.embed = nn.Linear(horizon, d_model)
         self.cond = nn.Linear(cond_dim, d_model)
         self.step = StepEmbedding(d_model)
@@ -286,7 +286,7 @@ class UNet1DDenoiser(nn.Module):
     ) -> None:
         super().__init__()
         for i in unet_attention_levels(len(channels)):
-            _check_heads("n_heads", n_heads, f"channels[{i}]", channels[i])
+            check_heads("n_heads", n_heads, f"channels[{i}]", channels[i])
         self.horizon, self.levels = horizon, len(channels)
         self.step = StepEmbedding(emb_dim)
         self.own_token = nn.Linear(cond_dim, emb_dim)

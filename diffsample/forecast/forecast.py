@@ -37,6 +37,8 @@ from .data import ForecastSplit, IndexLike, StandardScaler
 if TYPE_CHECKING:  # matplotlib, the plot extra: imported by plot() only
     from matplotlib.axes import Axes
 
+# check_start, check_freq and plain_text are public for the model and the report, unlisted:
+# argument checks and a text helper, not for users
 __all__ = [
     "SAMPLES_FORMAT",
     "Forecast",
@@ -122,7 +124,7 @@ def _datetimes(name: str, value: object) -> np.ndarray:
     return out
 
 
-def _check_start(value: object, n_windows: int) -> np.ndarray | None:
+def check_start(value: object, n_windows: int) -> np.ndarray | None:
     """``start`` as a read-only ``[B]`` datetime64[s] array, or None."""
     if value is None:
         return None
@@ -135,7 +137,7 @@ def _check_start(value: object, n_windows: int) -> np.ndarray | None:
     return s
 
 
-def _check_freq(value: object) -> str | None:
+def check_freq(value: object) -> str | None:
     """``freq`` if None or a pandas period frequency (``"h"``, ``"15min"``, ``"D"``, ``"M"``)."""
     want = "None or a pandas frequency alias such as 'h', '15min', 'D'"
     if value is None:
@@ -227,8 +229,8 @@ class Forecast(_Pair):
                 f"scaler: expected statistics of N = {N} variates, got {scaler.n_variates}"
             )
         self._scaler = scaler
-        self._start = _check_start(start, B)
-        self._freq = _check_freq(freq)
+        self._start = check_start(start, B)
+        self._freq = check_freq(freq)
         self._variates = _check_variates(variates, N)
         self._window_ids = _check_ids(window_ids, B)
         self._units = "data" if check_choice("units", units, Units) == "data" else "scaled"
@@ -435,7 +437,7 @@ class Forecast(_Pair):
             ax.plot(x, y, color="k", lw=1.2, label="truth")
         name = self._variates[v] if self._variates is not None else f"variate {v}"
         wid = b if self._window_ids is None else int(self._window_ids[b])
-        ax.set_title(_plain(f"window {wid}, {name} ({self._units} units)"), usetex=False)
+        ax.set_title(plain_text(f"window {wid}, {name} ({self._units} units)"), usetex=False)
         ax.legend(fontsize=7, ncol=len(lvs) + 3, loc="upper left")
         return ax
 
@@ -627,7 +629,7 @@ def _pandas(where: str, *, extra: str = "gluonts") -> Any:
         ) from exc
 
 
-def _plain(text: str) -> str:
+def plain_text(text: str) -> str:
     """``text`` for a matplotlib Text with usetex off: every ``$`` escaped, so none opens
     mathtext (an escaped dollar is drawn as a dollar; the same in every matplotlib version)."""
     return text.replace("$", r"\$")

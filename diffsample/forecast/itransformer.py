@@ -19,10 +19,11 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+# check_heads is public for the denoisers and the model, unlisted: a check, not for users
 __all__ = ["ITransformer"]
 
 
-def _check_heads(heads_name: str, n_heads: int, width_name: str, width: int) -> None:
+def check_heads(heads_name: str, n_heads: int, width_name: str, width: int) -> None:
     """Attention splits its width into ``n_heads`` equal heads: say so with the names the caller
     knows, rather than as an assert inside torch."""
     if width % n_heads:
@@ -36,7 +37,7 @@ class EncoderLayer(nn.Module):
 
     def __init__(self, d_model: int, n_heads: int, d_ff: int, dropout: float) -> None:
         super().__init__()
-        _check_heads("n_heads", n_heads, "d_model", d_model)
+        check_heads("n_heads", n_heads, "d_model", d_model)
         self.n_heads = n_heads
         self.qkv = nn.Linear(d_model, 3 * d_model)
         self.proj = nn.Linear(d_model, d_model)

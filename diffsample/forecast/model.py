@@ -59,8 +59,11 @@ from ..prediction import Prediction, training_target
 from ..samplers import Sampler
 from .data import StandardScaler
 from .denoisers import TokenDenoiser, UNet1DDenoiser, unet_attention_levels
-from .forecast import Forecast, _check_freq, _check_start
-from .itransformer import ITransformer, _check_heads
+from .forecast import Forecast
+from .forecast import check_freq as _check_freq
+from .forecast import check_start as _check_start
+from .itransformer import ITransformer
+from .itransformer import check_heads as _check_heads
 
 __all__ = [
     "DenoiserName",

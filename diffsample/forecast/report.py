@@ -39,7 +39,8 @@ from .._utils import atomic_write, check_int, check_tensor, expected
 from ..metrics import sample_quantiles
 from .data import ForecastSplit, StandardScaler, WindowBatch
 from .evaluation import Evaluation
-from .forecast import Forecast, _plain, infer_freq, npz_arrays
+from .forecast import Forecast, infer_freq, npz_arrays
+from .forecast import plain_text as _plain
 from .model import ForecastConfig
 from .training import TrainConfig
 

@@ -59,7 +59,7 @@ def _coalesced(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
     return [t.view(*(merged or [1]), s) for t in tensors]
 
 
-def _blocks(shape: tuple[int, ...], start: int, stop: int) -> Iterator[Block]:
+def range_blocks(shape: tuple[int, ...], start: int, stop: int) -> Iterator[Block]:
     """Cover the row-major positions [start, stop) of an array of ``shape`` by rectangular
     blocks, in order: a partial first row, whole rows, a partial last row (recursively)."""
     if start >= stop:
@@ -71,18 +71,21 @@ def _blocks(shape: tuple[int, ...], start: int, stop: int) -> Iterator[Block]:
     i0, r0 = divmod(start, inner)
     i1, r1 = divmod(stop, inner)
     if i0 == i1:
-        for b in _blocks(shape[1:], r0, r1):
+        for b in range_blocks(shape[1:], r0, r1):
             yield (i0, *b)
         return
     if r0:
-        for b in _blocks(shape[1:], r0, inner):
+        for b in range_blocks(shape[1:], r0, inner):
             yield (i0, *b)
         i0 += 1
     if i1 > i0:
         yield (slice(i0, i1),)
     if r1:
-        for b in _blocks(shape[1:], 0, r1):
+        for b in range_blocks(shape[1:], 0, r1):
             yield (i1, *b)
+
+
+_blocks = range_blocks  # the old name, which tests/test_metrics.py still imports
 
 
 def check_operands(
@@ -226,7 +229,9 @@ class Layout:
         new tensor (differentiable either way).
         """
         s = t.shape[-1]
-        blocks = [t[b] for b in _blocks(tuple(t.shape[:-1]), start, stop)]  # [k, *rest, S] each
+        blocks = [
+            t[b] for b in range_blocks(tuple(t.shape[:-1]), start, stop)
+        ]  # [k, *rest, S] each
         if out is None:
             rows = [b.reshape(-1, s) for b in blocks]  # [k * prod(rest), S] each
             return rows[0] if len(rows) == 1 else torch.cat(rows)

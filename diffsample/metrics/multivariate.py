@@ -37,7 +37,7 @@ from diffsample._utils import check_finite as check_all_finite
 from ._checks import NanPolicy, check_finite, normalise_dim
 from ._engine import Scratch
 from ._kernels import abs_max, pow2_exponents
-from ._layout import _blocks, check_operands, compute_dtype
+from ._layout import check_operands, compute_dtype, range_blocks
 
 __all__ = ["MultivariateEstimator", "energy_score", "variogram_score"]
 
@@ -102,7 +102,7 @@ class _Vectors:
         for start in range(0, self.n, per_chunk):
             stop = min(self.n, start + per_chunk)
             pieces = []
-            for b in _blocks(self.rows, start, stop):
+            for b in range_blocks(self.rows, start, stop):
                 every_sample: tuple[int | slice, ...] = (slice(None), *b)
                 xb = self.x[every_sample]  # [S, *k, *V]
                 pieces.append((xb.movedim(0, xb.dim() - 1 - n_event), self.y[b]))  # [*k, S, *V]
