@@ -1,6 +1,6 @@
 """The package's structure: no import cycle among diffsample's modules, no private name used
-outside the module that defines it, and every public name of 0.4.0 still importable from where
-it was (issue 17).
+outside the module that defines it, the module tree of docs/architecture.md the same as the
+files, and every public name of 0.4.0 still importable from where it was (issue 17).
 
 The first two read the source with ``ast`` (nothing is imported), so they see an import hidden
 inside a function as well as one at the top of a module. Where known exceptions remain, they
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import re
 from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
@@ -303,6 +304,104 @@ def test_no_private_name_crosses_a_module():
         f"{user} uses {name}" for user, name in new
     )
     assert not gone, f"KNOWN_PRIVATE_CROSSINGS lists crossings that are gone; take them off: {gone}"
+
+
+# ----------------------------------------------------------------------------------------------
+# The module tree of docs/architecture.md
+# ----------------------------------------------------------------------------------------------
+
+ARCHITECTURE = REPO / "docs" / "architecture.md"
+# "<two spaces a level><name.py or folder/>  <job>": the job starts after two spaces or more
+TREE_LINE = re.compile(r"( *)(\S+\.py|\S+/)(?: {2,}(\S.*))?")
+
+
+def doc_tree(text: str) -> dict[str, str]:
+    """``{path: job}`` for each entry of the first ```text block after ``## Module tree``,
+    paths relative to the repository (``"diffsample/walk.py"``, ``"diffsample/metrics/"``).
+    A line that is not an entry (a wrapped job, an odd indent, a name without a job) is an
+    error, so that the doc cannot drift into a shape this reading skips."""
+    _, heading, section = text.partition("\n## Module tree\n")
+    block = re.search(r"```text\n(.*?)```", section, re.S)
+    if not heading or block is None:
+        raise ValueError("expected a '## Module tree' section with a ```text block")
+    tree: dict[str, str] = {}
+    folders: list[str] = []  # the open folder at each depth
+    for n, line in enumerate(block.group(1).splitlines(), 1):
+        if not line.strip():
+            continue
+        entry = TREE_LINE.fullmatch(line)
+        if entry is None or not entry.group(3):
+            raise ValueError(f"tree line {n}: expected '<name.py or folder/>  <job>', got {line!r}")
+        indent, name, job = entry.groups()
+        depth = len(indent) // 2
+        if len(indent) % 2 or depth > len(folders):
+            raise ValueError(
+                f"tree line {n}: expected an indent of 2 spaces a level, at most "
+                f"{2 * len(folders)}, got {len(indent)}: {line!r}"
+            )
+        del folders[depth:]
+        path = "".join(folders) + name
+        if path in tree:
+            raise ValueError(f"tree line {n}: {path} is listed twice")
+        tree[path] = job
+        if name.endswith("/"):
+            folders.append(name)
+    return tree
+
+
+def tree_differences(tree: dict[str, str], files: set[str]) -> tuple[list[str], list[str]]:
+    """(the files the tree lacks, the tree's entries with no file or folder of files), for
+    ``files`` the ``.py`` paths on disk, relative to the repository."""
+    folders = {f.rsplit("/", k)[0] + "/" for f in files for k in range(1, f.count("/") + 1)}
+    missing = sorted(files - tree.keys())
+    extra = sorted(p for p in tree if p not in files and p not in folders)
+    return missing, extra
+
+
+def test_the_tree_reading_sees_every_entry_and_refuses_what_it_cannot_read():
+    text = (
+        "# A page\n\n## Module tree\n\nprose\n\n```text\n"
+        "pkg/            the package\n"
+        "  __init__.py   its names\n"
+        "  sub/          a folder\n"
+        "    a.py        job a\n"
+        "  b.py          job b, after the folder closed\n"
+        "```\n"
+    )
+    tree = doc_tree(text)
+    assert tree == {
+        "pkg/": "the package",
+        "pkg/__init__.py": "its names",
+        "pkg/sub/": "a folder",
+        "pkg/sub/a.py": "job a",
+        "pkg/b.py": "job b, after the folder closed",
+    }
+    files = {"pkg/__init__.py", "pkg/sub/a.py", "pkg/c.py"}
+    assert tree_differences(tree, files) == (["pkg/c.py"], ["pkg/b.py"])
+    no_sub = (["pkg/c.py"], ["pkg/b.py", "pkg/sub/", "pkg/sub/a.py"])  # a folder without files
+    assert tree_differences(tree, files - {"pkg/sub/a.py"}) == no_sub
+    for bad, match in (
+        ("    a.py        job a\n", "indent"),  # under a file, not a folder
+        ("  c.py\n", "expected '<name.py"),  # no job
+        ("                wrapped job\n", "expected '<name.py"),
+        ("   c.py        odd indent\n", "indent"),
+        ("  b.py          again\n", "twice"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            doc_tree(text.replace("```\n", bad + "```\n"))  # one more line at the end
+    with pytest.raises(ValueError, match="Module tree"):
+        doc_tree(text.replace("## Module tree", "## Modules"))
+
+
+def test_docs_architecture_lists_every_module_of_the_package_and_only_those():
+    tree = doc_tree(ARCHITECTURE.read_text())
+    files = {p.relative_to(REPO).as_posix() for p in FILES.values()}
+    missing, extra = tree_differences(tree, files)
+    assert not missing, (
+        "docs/architecture.md's module tree lacks these modules (add a line with each one's "
+        f"job): {missing}"
+    )
+    assert not extra, f"docs/architecture.md's module tree lists what is not on disk: {extra}"
 
 
 # ----------------------------------------------------------------------------------------------
