@@ -32,8 +32,11 @@ from diffsample.forecast import (
     load_samples,
     outputs,
     report,
+    scoring,
 )
+from diffsample.forecast import run as pipeline
 from diffsample.forecast.cli import main
+from diffsample.forecast.flags import MODEL_FLAGS, TRAIN_FLAGS
 
 # a tiny model on the synthetic data: about a second of training
 TINY = [
@@ -71,8 +74,8 @@ def _no_training(monkeypatch) -> None:
     def trained(*args, **kwargs):
         raise AssertionError("training started before the arguments were checked")
 
-    monkeypatch.setattr(cli, "train", trained)
-    monkeypatch.setattr(cli, "evaluate_split", trained)
+    monkeypatch.setattr(pipeline, "train", trained)
+    monkeypatch.setattr(scoring, "evaluate_split", trained)
 
 
 # ------------------------------------------------------------------------------------ flags
@@ -98,7 +101,7 @@ def test_time_series_library_flag_names_and_the_old_spellings():
     )
     data = cli.load_dataset(None, lookback=48, horizon=24)
     config = ForecastConfig(
-        n_variates=7, n_time_features=4, **{f: cli._field_value(tsl, f) for f in cli._MODEL_FLAGS}
+        n_variates=7, n_time_features=4, **{f: cli._field_value(tsl, f) for f in MODEL_FLAGS}
     )
     assert config == ForecastConfig(
         lookback=48, horizon=24, n_variates=7, n_time_features=data.n_marks, d_model=64,
@@ -106,7 +109,7 @@ def test_time_series_library_flag_names_and_the_old_spellings():
         denoiser_layers=3, denoiser_heads=2, unet_channels=(16, 32), prediction="eps",
         schedule="linear", num_train_steps=200,
     )  # fmt: skip
-    tc = TrainConfig(**{f: getattr(tsl, f) for f in cli._TRAIN_FLAGS})
+    tc = TrainConfig(**{f: getattr(tsl, f) for f in TRAIN_FLAGS})
     assert tc == TrainConfig(
         batch_size=16, point_epochs=5, point_lr=5e-4, patience=2, amp="auto", seed=3,
         diffusion_lr=0.01, diffusion_epochs=7,
@@ -128,10 +131,10 @@ def test_time_series_library_flag_names_and_the_old_spellings():
 def test_every_config_field_has_a_flag_whose_default_is_the_library_default():
     args = cli._parser().parse_args(["train", "--out", "x"])
     fields = {f.name for f in dataclasses.fields(ForecastConfig)}
-    assert set(cli._MODEL_FLAGS) == fields - {"n_variates", "n_time_features"}  # from the data
-    assert set(cli._TRAIN_FLAGS) == {f.name for f in dataclasses.fields(TrainConfig)}
-    assert TrainConfig(**{f: getattr(args, f) for f in cli._TRAIN_FLAGS}) == TrainConfig()
-    built = ForecastConfig(**{f: cli._field_value(args, f) for f in cli._MODEL_FLAGS})
+    assert set(MODEL_FLAGS) == fields - {"n_variates", "n_time_features"}  # from the data
+    assert set(TRAIN_FLAGS) == {f.name for f in dataclasses.fields(TrainConfig)}
+    assert TrainConfig(**{f: getattr(args, f) for f in TRAIN_FLAGS}) == TrainConfig()
+    built = ForecastConfig(**{f: cli._field_value(args, f) for f in MODEL_FLAGS})
     assert built == ForecastConfig()
     ev = {k: v.default for k, v in inspect.signature(evaluate_split).parameters.items()}
     assert (args.samples, args.steps, args.sampler) == (
@@ -139,11 +142,17 @@ def test_every_config_field_has_a_flag_whose_default_is_the_library_default():
         ev["num_steps"],
         ev["sampler"],
     )
+    s = (
+        pipeline.Scoring()
+    )  # the defaults of the pipeline the command calls are evaluate_split's too
+    assert (s.n_samples, s.num_steps, s.sampler, s.seed, s.batch_size) == (
+        ev["n_samples"], ev["num_steps"], ev["sampler"], ev["seed"], ev["batch_size"]
+    )  # fmt: skip
     assert cli._parser().parse_args(["evaluate", "m.pt"]).batch_size == 256
     # the demo is train with a preset: valid configs, one thread, the synthetic data
     demo = cli._parser().parse_args(["demo"])
-    TrainConfig(**{f: getattr(demo, f) for f in cli._TRAIN_FLAGS})
-    ForecastConfig(**{f: cli._field_value(demo, f) for f in cli._MODEL_FLAGS})
+    TrainConfig(**{f: getattr(demo, f) for f in TRAIN_FLAGS})
+    ForecastConfig(**{f: cli._field_value(demo, f) for f in MODEL_FLAGS})
     assert (demo.threads, demo.data, demo.out, demo.lookback) == (1, None, "runs/demo", 96)
 
 
@@ -384,10 +393,10 @@ def test_evaluate_refuses_other_data(run, tmp_path):
 
 def test_an_interrupted_run_is_refused_then_resumed(tmp_path, monkeypatch):
     flags = ["--out", str(tmp_path / "r"), *TINY, "--diffusion_epochs", "2", *SAMPLING]
-    printer = cli._epoch_printer
+    printer = pipeline._epoch_printer
 
-    def killed_in_stage_2(tc):
-        show = printer(tc)
+    def killed_in_stage_2(tc, say, then):
+        show = printer(tc, say, then)
 
         def on_epoch(r):
             show(r)
@@ -397,7 +406,7 @@ def test_an_interrupted_run_is_refused_then_resumed(tmp_path, monkeypatch):
         return on_epoch
 
     with monkeypatch.context() as m:
-        m.setattr(cli, "_epoch_printer", killed_in_stage_2)
+        m.setattr(pipeline, "_epoch_printer", killed_in_stage_2)
         rc, _, stderr = _run(["train", *flags])
     assert rc == 130 and "interrupted" in stderr and "--resume" in stderr
     model = tmp_path / "r" / "model.pt"
@@ -486,13 +495,13 @@ def test_a_full_disk_loses_no_scores(run, tmp_path, monkeypatch):
 
 def test_nan_scores_are_null_in_the_json_with_a_note(run, tmp_path, monkeypatch):
     out, _ = run
-    real = cli.evaluate_split
+    real = scoring.evaluate_split
 
     def with_a_nan(*args, **kwargs):
         ev = real(*args, **kwargs)
         return dataclasses.replace(ev, metrics={**ev.metrics, "quantile_crps": math.nan})
 
-    monkeypatch.setattr(cli, "evaluate_split", with_a_nan)
+    monkeypatch.setattr(scoring, "evaluate_split", with_a_nan)
     rc, stdout, _ = _run(["evaluate", str(out / "model.pt"), *SAMPLING, "--out", str(tmp_path)])
     assert rc == 0 and "quantile CRPS nan" in stdout
     text = (tmp_path / "eval_test.json").read_text()
@@ -513,7 +522,7 @@ def test_without_matplotlib_a_notice_and_no_picture(run, tmp_path, monkeypatch):
         ["evaluate", str(out / "model.pt"), *SAMPLING, "--out", str(tmp_path)]
     )
     assert (rc, stderr) == (0, "")
-    assert cli._MISSING_MATPLOTLIB in stdout.splitlines()
+    assert scoring.MISSING_MATPLOTLIB in stdout.splitlines()
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "eval_test.json",
         "eval_test_per_step.csv",
@@ -525,7 +534,7 @@ def test_unexpected_errors_are_one_line_too(untrained, monkeypatch):
     def bug(*args, **kwargs):
         raise KeyError("oops")
 
-    monkeypatch.setattr(cli, "_evaluation_data", bug)
+    monkeypatch.setattr(pipeline, "checkpoint_data", bug)
     rc, _, stderr = _run(["evaluate", str(untrained)])
     assert rc == 1 and "unexpected KeyError: 'oops'" in _one_line(stderr)
 
@@ -536,7 +545,7 @@ def test_type_errors_are_one_line_and_exit_2(run, monkeypatch):
     def wrong_kind(*args, **kwargs):
         raise TypeError("n_samples: expected a positive integer,\ngot float 1.5")
 
-    monkeypatch.setattr(cli, "evaluate_split", wrong_kind)
+    monkeypatch.setattr(scoring, "evaluate_split", wrong_kind)
     rc, _, stderr = _run(["evaluate", str(out / "model.pt")])
     assert rc == 2
     assert _one_line(stderr) == (
@@ -617,10 +626,10 @@ def test_an_empty_out_is_refused(untrained, tmp_path, monkeypatch, command):
 
 def test_a_killed_run_is_not_started_over_without_resume_or_overwrite(tmp_path, monkeypatch):
     flags = ["--out", str(tmp_path / "r"), *TINY, *SAMPLING]
-    printer = cli._epoch_printer
+    printer = pipeline._epoch_printer
 
-    def killed_after_stage_1(tc):
-        show = printer(tc)
+    def killed_after_stage_1(tc, say, then):
+        show = printer(tc, say, then)
 
         def on_epoch(r):
             show(r)
@@ -629,7 +638,7 @@ def test_a_killed_run_is_not_started_over_without_resume_or_overwrite(tmp_path, 
         return on_epoch
 
     with monkeypatch.context() as m:
-        m.setattr(cli, "_epoch_printer", killed_after_stage_1)
+        m.setattr(pipeline, "_epoch_printer", killed_after_stage_1)
         assert _run(["train", *flags])[0] == 130
     ckpt = tmp_path / "r" / "model.pt"
     unfinished = ckpt.read_bytes()
@@ -670,7 +679,7 @@ def test_a_second_run_into_a_locked_folder_names_the_first(run, tmp_path, monkey
         f"diffsample: error: --out: {tmp_path} is in use by another diffsample run (process "
         f"{os.getpid()}); wait for it to end, or choose another --out\n"
     )
-    with cli.RunLock(tmp_path):
+    with outputs.RunLock(tmp_path):
         rc, _, stderr = _run(["train", "--out", str(tmp_path), *TINY, *SAMPLING])
         assert rc == 2 and _one_line(stderr) == want
         rc, _, stderr = _run(["evaluate", str(out / "model.pt"), *SAMPLING, "--out", str(tmp_path)])
@@ -681,21 +690,21 @@ def test_a_second_run_into_a_locked_folder_names_the_first(run, tmp_path, monkey
 def test_the_lock_is_held_for_the_whole_run_and_released_after(run, tmp_path, monkeypatch):
     out, _ = run
     seen = []
-    real = cli.evaluate_split
+    real = scoring.evaluate_split
 
     def probe(*args, **kwargs):
         with pytest.raises(report.OutputError, match="in use by another diffsample run"):
-            cli.RunLock(tmp_path).acquire()
+            outputs.RunLock(tmp_path).acquire()
         seen.append(True)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(cli, "evaluate_split", probe)
+    monkeypatch.setattr(scoring, "evaluate_split", probe)
     rc, _, stderr = _run(["evaluate", str(out / "model.pt"), *SAMPLING, "--out", str(tmp_path)])
     assert (rc, stderr, seen) == (0, "", [True])
     assert outputs.LOCK_NAME not in [p.name for p in tmp_path.iterdir()]
-    monkeypatch.setattr(cli, "evaluate_split", lambda *a, **k: 1 / 0)  # a crash releases it too
+    monkeypatch.setattr(scoring, "evaluate_split", lambda *a, **k: 1 / 0)  # a crash releases it too
     assert _run(["evaluate", str(out / "model.pt"), *SAMPLING, "--out", str(tmp_path)])[0] == 1
-    with cli.RunLock(tmp_path) as lock:
+    with outputs.RunLock(tmp_path) as lock:
         assert lock.held
 
 
@@ -724,7 +733,9 @@ def test_sampling_steps_beyond_t_are_refused_before_training(tmp_path, monkeypat
 
 def test_evaluate_checks_steps_against_the_checkpoints_t(untrained, monkeypatch):
     _no_training(monkeypatch)
-    monkeypatch.setattr(cli, "_evaluation_data", lambda *a: pytest.fail("data loaded first"))
+    monkeypatch.setattr(
+        pipeline, "checkpoint_data", lambda *a, **k: pytest.fail("data loaded first")
+    )
     rc, _, stderr = _run(["evaluate", str(untrained), "--steps", "1001"])
     assert rc == 2 and (
         f"--steps: expected at most T = 1000 sampling steps (the model in {untrained}), got 1001"
@@ -753,7 +764,7 @@ def test_samples_that_cannot_fit_in_memory_are_refused_before_any_work(run, tmp_
     assert "but cpu has 5.0 MiB available" in stderr
     # --save-samples keeps every window's samples: on the CPU, added to the sampling's
     monkeypatch.setattr(memory, "available_bytes", lambda device: 7 * 2**20)
-    monkeypatch.setattr(cli, "evaluate_split", lambda *a, **k: 1 / 0)  # fits: reached
+    monkeypatch.setattr(scoring, "evaluate_split", lambda *a, **k: 1 / 0)  # fits: reached
     assert _run([*argv, "--out", str(tmp_path)])[0] == 1
     rc, _, stderr = _run([*argv, "--save-samples", "--out", str(tmp_path)])
     assert rc == 2 and "and 6 windows kept (--save-samples) need about 7.7 MiB" in stderr
@@ -763,20 +774,20 @@ def test_on_a_gpu_the_kept_samples_count_against_the_host(monkeypatch):
     cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
     free = {"cuda": 2**30, "cpu": 2**30}
     monkeypatch.setattr(memory, "available_bytes", lambda d: free[torch.device(d).type])
-    a = argparse.Namespace(samples=1000, windows=None, save_samples=True)
+    a = pipeline.Scoring(n_samples=1000, windows=None, save_samples=True, batch_size=256)
     config = ForecastConfig(lookback=24, horizon=12, n_variates=7)
-    cli._check_memory(a, config, 100, 256, cuda)  # 97 MiB on the GPU, 32 MiB on the host
+    pipeline.check_scoring_memory(a, config, 100, cuda)  # 97 MiB on the GPU, 32 MiB on the host
     free["cpu"] = 16 * 2**20
     with pytest.raises(ValueError) as info:
-        cli._check_memory(a, config, 100, 256, cuda)
+        pipeline.check_scoring_memory(a, config, 100, cuda)
     assert str(info.value).startswith(
         "--samples: 1000 samples x 100 windows kept (--save-samples) need about 32.1 MiB to "
         "sample and score, but cpu has 16.0 MiB available"
     )
     free.update(cuda=64 * 2**20, cpu=2**30)
     with pytest.raises(ValueError, match=r"need about 96\.1 MiB .* but cuda:0 has 64\.0 MiB"):
-        cli._check_memory(a, config, 100, 256, cuda)
-    cli._check_memory(a, config, 100, 256, cpu)  # 128 MiB of the host's 1 GiB
+        pipeline.check_scoring_memory(a, config, 100, cuda)
+    pipeline.check_scoring_memory(a, config, 100, cpu)  # 128 MiB of the host's 1 GiB
 
 
 def _chart_csv(tmp_path: Path) -> Path:
@@ -800,7 +811,7 @@ def test_data_names_are_drawn_as_text_and_the_samples_come_first(tmp_path, monke
     def broken(*args, **kwargs):
         raise report.OutputError("cannot write the chart: broken", tmp_path)
 
-    monkeypatch.setattr(cli, "fan_chart", broken)
+    monkeypatch.setattr(scoring, "fan_chart", broken)
     rc, _, stderr = _run(
         [
             "evaluate",
