@@ -103,6 +103,7 @@ def train_and_score(
     check_num_steps(
         scoring.num_steps, config.num_train_steps, name="--steps", t_name="--diffusion_steps"
     )
+    _check_sized(config, data)
     check_train_settings(train_config, config, data, device=device, world=torchrun_rank_world()[1])
     check_scoring_memory(scoring, config, len(data.test), device)
     files = OutputFiles.beside(out / "results.json")
@@ -146,6 +147,20 @@ def train_and_score(
             progress=progress,
             say=say,
         )
+
+
+def _check_sized(config: ForecastConfig, data: ForecastDataset) -> None:
+    """``config`` sized to ``data``, as ``train`` checks it, but before any work here (a
+    model may ignore the time features: ``n_time_features`` 0)."""
+    want = {
+        "lookback": data.lookback,
+        "horizon": data.horizon,
+        "n_variates": data.n_variates,
+        "n_time_features": data.n_marks if config.n_time_features else 0,
+    }
+    have = {k: getattr(config, k) for k in want}
+    if have != want:
+        raise ValueError(f"config: expected a model sized to the data, {want}, got {have}")
 
 
 def _say_training(
