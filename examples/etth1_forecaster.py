@@ -1,6 +1,7 @@
 """The reference forecaster on ETTh1 through the Python API, start to finish: load the data,
-build and train ITransformerDiffusion, forecast a few windows, score the test split, and draw
-a fan chart.
+build and train ITransformerDiffusion, forecast a few windows, then score the test split
+beside the baselines it must beat and write what ``diffsample train`` writes (results.json, a
+per-step CSV, a fan chart) with the command's own pipeline, ``diffsample.forecast.run.score``.
 
 Dimensions: S samples, B windows, W windows scored, L lookback, H horizon, N variates.
 
@@ -12,9 +13,10 @@ whole test set: minutes on a GPU, a quarter of an hour or more on a 2-core CPU);
         --epochs 1 --diffusion-epochs 1 --batches-per-epoch 2 --val-batches 2 --windows 8 \\
         --samples 8 --steps 5 --d-model 16 --denoiser-width 16
 
-It prints one line per stage and per epoch (losses, learning rate, seconds); training passes
-longer than half a minute also report their progress on stderr, on a terminal as a bar and
-in a log file as a line every 30 s (``--quiet``: neither).
+It prints one line per stage and per epoch (losses, learning rate, seconds), then the
+command's lines for the scoring; training passes longer than half a minute also report their
+progress on stderr, on a terminal as a bar and in a log file as a line every 30 s
+(``--quiet``: neither).
 
 ``--data ETTh1`` (the default) finds the file in $DIFFSAMPLE_ETT_DIR or the download cache;
 ``--download`` fetches it there.
@@ -33,11 +35,11 @@ from diffsample.forecast import (
     ForecastConfig,
     ITransformerDiffusion,
     TrainConfig,
-    evaluate_split,
     load_dataset,
     train,
 )
-from diffsample.forecast.report import fan_chart, have_matplotlib, spread_windows
+from diffsample.forecast.report import spread_windows
+from diffsample.forecast.run import Scoring, score
 
 
 def epoch_printer(config: TrainConfig) -> Callable[[dict[str, float]], None]:
@@ -64,13 +66,13 @@ def epoch_printer(config: TrainConfig) -> Callable[[dict[str, float]], None]:
     return show
 
 
-def main() -> None:
+def arguments() -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--data", default="ETTh1", help="ETTh1 or the CSV's path")
     p.add_argument("--download", action="store_true", help="fetch ETTh1 if it is not found")
-    p.add_argument("--out", default="runs/etth1_api", help="folder for model.pt and the chart")
+    p.add_argument("--out", default="runs/etth1_api", help="folder for model.pt and the results")
     p.add_argument("--d-model", type=int, default=ForecastConfig.d_model, help="backbone width")
     p.add_argument(
         "--denoiser-width", type=int, default=ForecastConfig.denoiser_width, help="denoiser width"
@@ -81,12 +83,18 @@ def main() -> None:
     p.add_argument(
         "--val-batches", type=int, default=None, help="validation batches per epoch (default: all)"
     )
-    p.add_argument("--windows", type=int, default=None, help="test windows (default: all)")
+    p.add_argument(
+        "--windows", type=int, default=None, help="test windows, spread evenly (default: all)"
+    )
     p.add_argument("--samples", type=int, default=100, help="S, samples per window")
     p.add_argument("--steps", type=int, default=10, help="K, DPM-Solver++(2M) steps")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--quiet", action="store_true", help="no progress bar or progress lines")
-    a = p.parse_args()
+    return p.parse_args()
+
+
+def main() -> None:
+    a = arguments()
     out = Path(a.out)
 
     # 1. data: the Time-Series-Library splits of ETTh1, scaled with train statistics
@@ -138,52 +146,33 @@ def main() -> None:
         f"best validation denoising loss {result.best_val_diffusion:.4f}"
     )
 
-    # 4. forecast a few test windows: samples [S, B, H, N] and the point forecast [B, H, N]
-    n = len(data.test) if a.windows is None else min(a.windows, len(data.test))
-    ids = spread_windows(n)
-    batch = data.test.to(a.device).windows(ids)
+    # 4. forecast three test windows: samples [S, B, H, N] and the point forecast [B, H, N]
+    batch = data.test.to(a.device).windows(spread_windows(len(data.test), 3))
     fc = model.forecast(
         batch.x,
         a.samples,
         time_features=batch.x_mark,
         num_steps=a.steps,
-        window_ids=batch.index,  # the noise keys: the same samples as in evaluate_split below
+        window_ids=batch.index,  # the noise keys: a window draws the same samples in any call
     )
     print(f"forecast: samples {tuple(fc.samples.shape)}, point {tuple(fc.point.shape)}")
 
-    # 5. score the test split, streaming (all samples are never held at once)
-    ev = evaluate_split(
+    # 5. score the test split (streaming: all samples are never held at once) beside the same
+    # backbone's baselines (Gaussian residuals with train- or validation-fitted sigma,
+    # bootstrapped training residuals), then write results.json, a per-step CSV and a fan
+    # chart of the target variate (OT) in the CSV's units: what `diffsample train` does
+    scored = score(
         model,
-        data.test,
-        n_samples=a.samples,
-        num_steps=a.steps,
-        max_windows=a.windows,
+        data,
+        "test",
+        scoring=Scoring(n_samples=a.samples, num_steps=a.steps, windows=a.windows),
+        results=out / "results.json",
+        command="examples/etth1_forecaster.py",
         progress=progress,
+        say=print,  # the command's lines: the scores, the baselines, each file written
     )
-    m = ev.metrics
-    print(
-        f"test: {ev.windows} windows x {ev.samples} samples in {ev.seconds:.1f} s | point MSE "
-        f"{m['point_mse']:.4f} MAE {m['point_mae']:.4f} | CRPS {m['crps']:.4f} | coverage "
-        f"50% {m['coverage_50']:.3f} 90% {m['coverage_90']:.3f}"
-    )
-    first, last = ev.per_step["crps"][0], ev.per_step["crps"][-1]
-    print(f"CRPS by horizon step: {first:.4f} at step 1, {last:.4f} at step {data.horizon}")
-
-    # 6. a fan chart of the target variate (OT), in the CSV's units
-    if have_matplotlib():
-        inv = data.scaler.inverse_transform
-        chart = fan_chart(
-            out / "fan_chart.png",
-            inv(fc.samples),
-            inv(batch.y),
-            history=inv(batch.x),
-            window_ids=ids,
-            variate_name=data.columns[-1],
-            title=f"ETTh1 test windows: {a.samples} samples, DPM-Solver++(2M) {a.steps} steps",
-        )
-        print(f"fan chart: {chart}")
-    else:
-        print("no fan chart: matplotlib is not installed (pip install 'diffsample[plot]')")
+    crps = scored.evaluation.per_step["crps"]  # one value per horizon step
+    print(f"CRPS by horizon step: {crps[0]:.4f} at step 1, {crps[-1]:.4f} at step {data.horizon}")
 
 
 if __name__ == "__main__":

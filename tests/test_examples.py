@@ -3,6 +3,7 @@ subprocess the way a user runs them."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -79,6 +80,18 @@ def test_etth1_forecaster(tmp_path, etth1_path):
     assert re.search(r"^stage 1 epoch 1/1: 1/2 batches \(50%\) in \d+ s", err, re.M), err
     assert re.search(r"^stage 2 epoch 1/1 validation: 2/2 batches in ", err, re.M), err
     assert "forecast: samples (8, 3, 96, 7), point (3, 96, 7)" in out
-    assert "test: 8 windows x 8 samples" in out and "CRPS by horizon step" in out
-    assert (tmp_path / "run" / "model.pt").is_file()
-    assert (tmp_path / "run" / "fan_chart.png").read_bytes()[:4] == b"\x89PNG"
+    # scored by the command's pipeline (run.score): the head beside its baselines, the files
+    run = tmp_path / "run"
+    assert "test set of " in out and ": 8 windows x 8 samples, dpmpp_2m 5 steps" in out
+    assert "beside the same backbone's baselines" in out and "CRPS by horizon step" in out
+    assert f"results: {run / 'results.json'}" in lines
+    assert sorted(p.name for p in run.iterdir()) == [
+        "model.pt",
+        "results.json",
+        "results_fan_chart.png",
+        "results_per_step.csv",
+    ]
+    r = json.loads((run / "results.json").read_text())
+    assert r["command"] == "examples/etth1_forecaster.py" and r["scores"]["windows"] == 8
+    assert list(r["baselines"]) == ["gaussian_train_sigma", "gaussian_val_sigma", "bootstrap"]
+    assert (run / "results_fan_chart.png").read_bytes()[:4] == b"\x89PNG"
