@@ -34,10 +34,12 @@ def _data():
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """One tiny train_and_score run: its folder, result, the lines said and the epochs seen."""
+    """One tiny train_and_score run: its folder, result, the lines said, the epochs seen and the
+    windows scored (their split indices and samples' shapes)."""
     out = tmp_path_factory.mktemp("run") / "r"
     lines: list[str] = []
     epochs: list[dict[str, float]] = []
+    seen: list[tuple[list[int], tuple[int, ...]]] = []
     torch.manual_seed(123)  # train_and_score seeds the weights itself: this must not matter
     result = train_and_score(
         _data(),
@@ -46,15 +48,16 @@ def trained(tmp_path_factory):
         out,
         scoring=SMALL,
         on_epoch=epochs.append,
+        on_batch=lambda b, fc: seen.append((b.index.tolist(), tuple(fc.samples.shape))),
         say=lines.append,
     )
-    return out, result, lines, epochs
+    return out, result, lines, (epochs, seen)
 
 
 # ------------------------------------------------------------------------------------ train
 def test_train_and_score_returns_what_it_scored_and_wrote(trained):
     pytest.importorskip("matplotlib")
-    out, result, _, epochs = trained
+    out, result, _, (epochs, seen) = trained
     assert isinstance(result, RunResult)
     assert list(result.files) == ["results", "per_step", "fan_chart"]  # in the order written
     assert result.files["results"] == out / "results.json"
@@ -77,7 +80,9 @@ def test_train_and_score_returns_what_it_scored_and_wrote(trained):
             "bootstrap",
         ]
     )
-    # the on_epoch hook sees every epoch, after the line said for it
+    # the caller's on_batch sees the head's windows (not the baselines'), spread over the split
+    assert seen == [(report.spread_windows(289, 5), (4, 5, TINY.horizon, 3))]
+    # the on_epoch hook sees every epoch
     assert [(e["stage"], e["epoch"]) for e in epochs] == [(1, 1), (2, 1)]
     assert [(h["stage"], h["epoch"]) for h in result.training.history] == [(1, 1), (2, 1)]
     assert r["history"] == [dict(h) for h in result.training.history]

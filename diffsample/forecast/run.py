@@ -42,7 +42,7 @@ from .evaluation import check_num_steps, check_sampling_memory, sampling_bytes
 from .model import ForecastConfig, ITransformerDiffusion
 from .outputs import RunLock, check_fresh_start, check_out_arg, check_writable_files, refuse_inputs
 from .report import OutputFiles, check_output_file, prepare_output_dir
-from .scoring import SPLITS, RunResult, Say, Scoring, can_plot, score, silent
+from .scoring import SPLITS, OnBatch, RunResult, Say, Scoring, can_plot, score, silent
 from .training import TrainConfig, check_train_settings, train
 from .tslib import TSLibRun
 
@@ -74,6 +74,7 @@ def train_and_score(
     tslib: TSLibRun | None = None,
     progress: bool | None = None,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
+    on_batch: OnBatch | None = None,
     say: Say | None = None,
 ) -> RunResult:
     """Train a new :class:`ITransformerDiffusion` (weights seeded by ``train_config.seed``) on
@@ -93,6 +94,7 @@ def train_and_score(
         tslib: a Time-Series-Library command line's run: its result files are written too.
         progress: bars (or lines) of the training and sampling passes, as for ``train``.
         on_epoch: called after each epoch's line with its record, as for ``train``.
+        on_batch: called with each scored batch and its forecast, as for ``evaluate_split``.
         say: takes each progress line (one per stage and epoch); None: silent.
 
     Raises:
@@ -145,6 +147,7 @@ def train_and_score(
             tslib=tslib,
             plot=plot,
             progress=progress,
+            on_batch=on_batch,
             say=say,
         )
 
@@ -225,6 +228,7 @@ def score_checkpoint(
     device: str | torch.device = "cpu",
     allow_unfinished: bool = False,
     progress: bool | None = None,
+    on_batch: OnBatch | None = None,
     say: Say | None = None,
 ) -> RunResult:
     """Score a saved model on a split of the data it was trained on, and write the results.
@@ -242,6 +246,7 @@ def score_checkpoint(
         device: where to sample.
         allow_unfinished: also score a run that has not finished (its best weights so far).
         progress: the sampling bar, as for ``evaluate_split``.
+        on_batch: called with each scored batch and its forecast, as for ``evaluate_split``.
         say: takes each progress line; None: silent.
 
     Raises:
@@ -291,6 +296,7 @@ def score_checkpoint(
             checkpoint=path,
             plot=plot,
             progress=progress,
+            on_batch=on_batch,
             say=say,
         )
 

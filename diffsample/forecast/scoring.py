@@ -46,6 +46,7 @@ from .tslib import PointKeeper, TSLibRun
 __all__ = [
     "MISSING_MATPLOTLIB",
     "SPLITS",
+    "OnBatch",
     "RunResult",
     "Say",
     "Scoring",
@@ -56,6 +57,7 @@ __all__ = [
 
 PathLike = str | os.PathLike[str]
 Say = Callable[[str], None]
+OnBatch = Callable[[WindowBatch, Forecast], None]
 SPLITS = ("test", "val", "train")  # the ForecastDataset attributes a model can be scored on
 MISSING_MATPLOTLIB = (
     "note: no fan chart: matplotlib is not installed (pip install 'diffsample[plot]')"
@@ -155,6 +157,7 @@ def score(
     tslib: TSLibRun | None = None,
     plot: bool | None = None,
     progress: bool | None = None,
+    on_batch: OnBatch | None = None,
     say: Say | None = None,
 ) -> RunResult:
     """Sample and score ``data``'s ``split`` (the baselines beside the head), say the scores,
@@ -177,6 +180,8 @@ def score(
         tslib: a Time-Series-Library run: its pred.npy, true.npy, metrics.npy and ledger line.
         plot: draw the fan chart; None: if matplotlib imports (else a note to ``say``).
         progress: the sampling bar, as for ``evaluate_split``.
+        on_batch: also called with each batch and its forecast, as for ``evaluate_split``
+            (e.g. a diagnosis of the samples), after the run's own keeping.
         say: takes each progress line; None: silent.
     """
     scoring, say = scoring or Scoring(), say or silent
@@ -186,7 +191,7 @@ def score(
     plot = can_plot(say) if plot is None else plot
     scored = getattr(data, split)
     n, picked = _picked(len(scored), scoring.windows)
-    kept = _Kept(scored, picked or list(range(n)), model.config, scoring, tslib)
+    kept = _Kept(scored, picked or list(range(n)), model.config, scoring, tslib, on_batch)
     world = torchrun_rank_world()[1]
     spread = "" if world == 1 else f", across {world} processes"
     say(
@@ -271,7 +276,7 @@ def _evaluate(
 
 class _Kept:
     """The ``on_batch`` hook of a run: a few windows for the fan chart, every sample with
-    ``save_samples``, the point forecasts for TSLib's files."""
+    ``save_samples``, the point forecasts for TSLib's files; then the caller's hook."""
 
     def __init__(
         self,
@@ -280,6 +285,7 @@ class _Kept:
         config: ForecastConfig,
         scoring: Scoring,
         tslib: TSLibRun | None,
+        then: OnBatch | None,
     ) -> None:
         rank, world = torchrun_rank_world()
         mine = picked[rank::world]  # the windows evaluate_split gives this rank
@@ -292,6 +298,7 @@ class _Kept:
             else None
         )
         self.points = PointKeeper() if tslib is not None else None
+        self.then = then
 
     def __call__(self, b: WindowBatch, fc: Forecast) -> None:
         self.keeper(b, fc)
@@ -299,6 +306,8 @@ class _Kept:
             self.store(b, fc)
         if self.points is not None:
             self.points(b, fc)
+        if self.then is not None:
+            self.then(b, fc)
 
 
 def _write(
