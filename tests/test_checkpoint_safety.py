@@ -17,9 +17,10 @@ import pytest
 import torch
 from tiny import TINY
 
-from diffsample.forecast import ForecastConfig, ITransformerDiffusion
-from diffsample.forecast import model as model_module
-from diffsample.forecast.model import CONFIG_LIMITS, _state_shapes, _write_checkpoint
+from diffsample.forecast import ForecastConfig, ITransformerDiffusion, model_config
+from diffsample.forecast import checkpoint as checkpoint_module
+from diffsample.forecast.checkpoint import model_payload, write_checkpoint
+from diffsample.forecast.model_config import CONFIG_LIMITS, state_shapes
 
 NO_CUDA = not torch.cuda.is_available()
 
@@ -30,20 +31,20 @@ def tiny_model(**changes) -> ITransformerDiffusion:
 
 
 def _payload(model: ITransformerDiffusion) -> dict:
-    return {**model._checkpoint_payload(), "finished": True}
+    return {**model_payload(model.config, model.state_dict(), model.data_spec), "finished": True}
 
 
 @pytest.fixture
 def digests(monkeypatch) -> list[int]:
     """The checksum's calls, recorded: a refused layout must not reach it."""
     calls: list[int] = []
-    real = model_module._digest
+    real = checkpoint_module._digest
 
     def spy(payload):
         calls.append(1)
         return real(payload)
 
-    monkeypatch.setattr(model_module, "_digest", spy)
+    monkeypatch.setattr(checkpoint_module, "_digest", spy)
     return calls
 
 
@@ -123,7 +124,7 @@ def _patched_zip(raw: bytes, patch) -> bytes:
 def test_a_tensor_declaring_more_elements_than_its_storage_is_refused(tmp_path):
     """torch itself refuses to view past a storage's end when it unpickles: one line still."""
     buf = io.BytesIO()
-    torch.save({"format": model_module._FORMAT, "a": torch.arange(10.0)}, buf)
+    torch.save({"format": checkpoint_module.FORMAT, "a": torch.arange(10.0)}, buf)
     raw = buf.getvalue()
     before = zipfile.ZipFile(io.BytesIO(raw)).read("archive/data.pkl")
     size = b"K\x00K\n\x85"  # storage offset 0, then the shape (10,)
@@ -141,14 +142,14 @@ def test_a_tensor_declaring_more_elements_than_its_storage_is_refused(tmp_path):
 def no_real_build(monkeypatch):
     """``arm()``: from then on, building a backbone anywhere but on the meta device fails the
     test (before it allocates anything)."""
-    real = model_module.ITransformer
+    real = model_config.ITransformer
 
     def guarded(*args, **kwargs):
         if torch.get_default_device().type != "meta":
             raise AssertionError("a model was built before its config and weights were checked")
         return real(*args, **kwargs)
 
-    return lambda: monkeypatch.setattr(model_module, "ITransformer", guarded)
+    return lambda: monkeypatch.setattr(model_config, "ITransformer", guarded)
 
 
 def test_a_config_beyond_the_limits_is_refused_before_any_model_is_built(tmp_path, no_real_build):
@@ -157,7 +158,7 @@ def test_a_config_beyond_the_limits_is_refused_before_any_model_is_built(tmp_pat
     payload = _payload(tiny_model())
     payload["config"] = {**payload["config"], "d_model": 65536, "n_heads": 2}
     path = tmp_path / "wide.pt"
-    _write_checkpoint(path, payload)
+    write_checkpoint(path, payload)
     no_real_build()
     with pytest.raises(
         ValueError,
@@ -175,7 +176,7 @@ def test_a_config_within_the_limits_is_compared_with_the_weights_before_building
     payload = _payload(tiny_model())
     payload["config"] = {**payload["config"], "d_model": 4096, "d_ff": 16384, "n_layers": 64}
     path = tmp_path / "deep.pt"
-    _write_checkpoint(path, payload)
+    write_checkpoint(path, payload)
     no_real_build()
     with pytest.raises(ValueError) as info:
         ITransformerDiffusion.load(path)
@@ -188,7 +189,7 @@ def test_state_shapes_are_the_models_own():
     for changes in ({}, {"denoiser": "unet"}, {"history_stats": False, "n_time_features": 0}):
         model = tiny_model(**changes)
         own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-        assert _state_shapes(model.config) == own
+        assert state_shapes(model.config) == own
 
 
 @pytest.mark.parametrize("field", sorted(set(CONFIG_LIMITS) - {"unet_levels", "unet_channels"}))
@@ -223,7 +224,7 @@ def test_non_finite_weights_or_statistics_are_refused(tmp_path, key, bad):
     state = {k: v.clone() for k, v in payload["state_dict"].items()}
     state[key][0] = bad
     path = tmp_path / "nan.pt"
-    _write_checkpoint(path, {**payload, "state_dict": state})  # a valid checksum
+    write_checkpoint(path, {**payload, "state_dict": state})  # a valid checksum
     with pytest.raises(ValueError) as info:
         ITransformerDiffusion.load(path)
     assert str(info.value) == (
@@ -237,7 +238,7 @@ def test_integer_weights_are_refused(tmp_path):
     payload = _payload(tiny_model())
     state = dict(payload["state_dict"], res_std=torch.ones(3, dtype=torch.int64))
     path = tmp_path / "int.pt"
-    _write_checkpoint(path, {**payload, "state_dict": state})
+    write_checkpoint(path, {**payload, "state_dict": state})
     with pytest.raises(
         ValueError,
         match=r"int\.pt: state_dict\['res_std'\]: expected a floating-point tensor of weights, "

@@ -26,7 +26,7 @@ from diffsample.forecast import (
     TokenDenoiser,
     UNet1DDenoiser,
 )
-from diffsample.forecast.model import _write_checkpoint
+from diffsample.forecast.checkpoint import model_payload, write_checkpoint
 
 
 def tiny_model(**changes) -> ITransformerDiffusion:
@@ -407,7 +407,7 @@ def test_checkpoint_without_residual_scale_loads_uncalibrated(tmp_path):
     path = m.save(tmp_path / "model.pt")
     payload = torch.load(path, weights_only=True)
     del payload["state_dict"]["res_scale"]  # as written before the spread calibration existed
-    _write_checkpoint(path, payload)
+    write_checkpoint(path, payload)
     back = ITransformerDiffusion.load(path)
     assert torch.equal(back.res_scale, torch.ones(12, 3))
 
@@ -417,7 +417,7 @@ def test_a_0_2_checkpoint_loads_as_a_denoiser_of_z_alone(tmp_path):
     path = m.save(tmp_path / "model.pt")
     payload = torch.load(path, weights_only=True)
     del payload["config"]["history_stats"]  # 0.2.0 had no such field
-    _write_checkpoint(path, payload)
+    write_checkpoint(path, payload)
     back = ITransformerDiffusion.load(path)
     assert back.config.history_stats == "none" and back.config == m.config
     x, marks = inputs(B=3)
@@ -454,7 +454,7 @@ def test_the_history_stats_reach_the_denoiser_so_its_spread_can_follow_the_windo
 
 
 def test_history_stats_scale_leaves_out_the_level_and_old_booleans_read_as_before(tmp_path):
-    """"scale" conditions on the log std only, so shifting a window's history (its level)
+    """ "scale" conditions on the log std only, so shifting a window's history (its level)
     changes neither z nor the condition; "scale_level" sees the shift. True / False (0.3.0 to
     0.5.0 configs and checkpoints) read as "scale_level" / "none"."""
     x, marks = inputs(B=2)
@@ -472,7 +472,7 @@ def test_history_stats_scale_leaves_out_the_level_and_old_booleans_read_as_befor
     path = both.save(tmp_path / "model.pt")
     payload = torch.load(path, weights_only=True)
     payload["config"]["history_stats"] = True  # as 0.5.0 wrote it
-    _write_checkpoint(path, payload)
+    write_checkpoint(path, payload)
     back = ITransformerDiffusion.load(path)
     assert back.config == both.config
     kw = dict(n_samples=3, num_steps=2, time_features=marks, progress=False)
@@ -688,13 +688,13 @@ def test_save_load_round_trip_and_bad_files(tmp_path):
     payload = torch.load(path, weights_only=True)
     payload["config"]["d_model"] = 32
     mismatched = tmp_path / "mismatched.pt"
-    _write_checkpoint(mismatched, payload)  # a valid checksum: the config itself is wrong
+    write_checkpoint(mismatched, payload)  # a valid checksum: the config itself is wrong
     with pytest.raises(
         ValueError, match=r"mismatched\.pt: weights do not match the config.*shape mismatches"
     ):
         ITransformerDiffusion.load(mismatched)
     payload["config"]["d_model"] = 1.5
-    _write_checkpoint(mismatched, payload)
+    write_checkpoint(mismatched, payload)
     with pytest.raises(ValueError, match=r"mismatched\.pt: bad config: d_model: expected a pos"):
         ITransformerDiffusion.load(mismatched)
     with pytest.raises(FileNotFoundError):
@@ -754,7 +754,7 @@ def test_foreign_and_incomplete_checkpoints_get_one_line_errors(tmp_path):
         assert "weights_only" not in str(info.value)
 
     model = tiny_model()
-    payload = model._checkpoint_payload()
+    payload = model_payload(model.config, model.state_dict(), model.data_spec)
     for name, change, pattern in [
         ("noconfig", {"config": None}, r"holds no config \(the model's sizes\); not loaded$"),
         ("nochecksum", {"checksum": None}, r"has no checksum"),
@@ -766,7 +766,7 @@ def test_foreign_and_incomplete_checkpoints_get_one_line_errors(tmp_path):
         elif "checksum" in change:
             torch.save({**payload, "finished": True}, p)
         else:
-            _write_checkpoint(p, {**payload, **change, "finished": True})
+            write_checkpoint(p, {**payload, **change, "finished": True})
         with pytest.raises(ValueError, match=rf"^checkpoint: .*{name}\.pt {pattern}") as info:
             ITransformerDiffusion.load(p)
         assert "\n" not in str(info.value)

@@ -42,11 +42,7 @@ PACKAGES = {m for m, p in FILES.items() if p.name == "__init__.py"}
 KNOWN_CYCLES: set[frozenset[str]] = set()
 
 # Private names used outside their module: (the user, "the module it is taken from._name").
-KNOWN_PRIVATE_CROSSINGS: set[tuple[str, str]] = {
-    # the checkpoint format, owned by both the model and the trainer
-    ("diffsample.forecast.training", "diffsample.forecast.model._read_checkpoint"),
-    ("diffsample.forecast.training", "diffsample.forecast.model._write_checkpoint"),
-}
+KNOWN_PRIVATE_CROSSINGS: set[tuple[str, str]] = set()
 
 
 # ----------------------------------------------------------------------------------------------

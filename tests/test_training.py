@@ -23,8 +23,9 @@ from diffsample.forecast import (
     synthetic_dataset,
     train,
 )
+from diffsample.forecast import checkpoint as checkpoint_module
 from diffsample.forecast import training as training_module
-from diffsample.forecast.model import _read_checkpoint, _write_checkpoint
+from diffsample.forecast.checkpoint import read_checkpoint, write_checkpoint
 
 # 3 batches an epoch, 2 + 3 epochs: every path (stage change, lr decay, early-stopping state)
 # in well under a second a run
@@ -325,7 +326,7 @@ def test_a_diverging_run_stops_at_the_first_non_finite_loss(tmp_path, data, monk
 def test_a_non_finite_loss_later_keeps_the_last_good_checkpoint(tmp_path, data, monkeypatch, eager):
     """The poisoned batch is stage 2 epoch 2 batch 2. The per-epoch check (what a CUDA run
     does, to spare a host sync per batch) must name the same batch as the per-batch one."""
-    monkeypatch.setattr(training_module, "_eager_checks", lambda device: eager)
+    monkeypatch.setattr(training_module, "eager_checks", lambda run: eager)
     m = fresh_model()
     seen: list[float] = []
     _recording(m, "diffusion_loss", "denoiser", seen, poison=(BATCHES + 2, math.nan))
@@ -522,10 +523,10 @@ def test_resume_refuses_another_kind_of_device(tmp_path, data, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         train(fresh_model(), data, QUICK, checkpoint=path, progress=False)
     monkeypatch.undo()
-    payload = _read_checkpoint(path, map_location="cpu")
+    payload = read_checkpoint(path, map_location="cpu")
     del payload["checksum"]
     payload["run"] = {**payload["run"], "device_type": "cuda", "amp_dtype": "bfloat16"}
-    _write_checkpoint(path, payload)
+    write_checkpoint(path, payload)
     with pytest.raises(
         ValueError,
         match=r"^resume: .*model\.pt was trained on cuda with amp dtype bfloat16; this run is on cpu with None",
@@ -538,13 +539,13 @@ def test_a_field_the_saved_run_predates_counts_as_what_that_run_used(tmp_path):
     saved = {f.name: getattr(constant, f.name) for f in dataclasses.fields(constant)}
     del saved["diffusion_lr_decay"]  # a checkpoint of 0.2.0, before the field existed
     del saved["patience"]  # as if this field were new too: it counts as its default
-    training_module._same(tmp_path / "m.pt", "train config", saved, constant)
+    checkpoint_module._same(tmp_path / "m.pt", "train config", saved, constant)
     # 0.2.0 trained at a constant rate, so today's default decay does not match it
     assert TrainConfig().diffusion_lr_decay == 0.9
     with pytest.raises(
         ValueError, match=r"diffusion_lr_decay=1\.0 there, diffusion_lr_decay=0\.9 here"
     ):
-        training_module._same(
+        checkpoint_module._same(
             tmp_path / "m.pt",
             "train config",
             saved,
@@ -552,11 +553,11 @@ def test_a_field_the_saved_run_predates_counts_as_what_that_run_used(tmp_path):
         )
     # before diffusion_draws, stage 2 drew once per window: such a run resumes with 1, not 4
     del saved["diffusion_draws"]
-    training_module._same(
+    checkpoint_module._same(
         tmp_path / "m.pt", "train config", saved, dataclasses.replace(constant, diffusion_draws=1)
     )
     with pytest.raises(ValueError, match=r"diffusion_draws=1 there, diffusion_draws=4 here"):
-        training_module._same(
+        checkpoint_module._same(
             tmp_path / "m.pt",
             "train config",
             saved,
@@ -566,17 +567,17 @@ def test_a_field_the_saved_run_predates_counts_as_what_that_run_used(tmp_path):
 
 # ---------------------------------------------------------------- validation cap and progress
 def _spy_batches(monkeypatch, n_val):
-    """The window orders of the validation passes (the calls of ``_batches`` on the split of
+    """The window orders of the validation passes (the calls of ``batches`` on the split of
     ``n_val`` windows)."""
     orders = []
-    real = training_module._batches
+    real = training_module.batches
 
     def spy(split, order, batch_size):
         if len(split) == n_val:
             orders.append(order.clone())
         return real(split, order, batch_size)
 
-    monkeypatch.setattr(training_module, "_batches", spy)
+    monkeypatch.setattr(training_module, "batches", spy)
     return orders
 
 
