@@ -43,6 +43,23 @@ def fresh_model(seed=0, **changes) -> ITransformerDiffusion:
     return ITransformerDiffusion(dataclasses.replace(TINY, **changes))
 
 
+# ---------------------------------------------------------------- where the names live
+def test_the_moved_names_are_the_same_objects_where_they_were():
+    """Issue 17 split model.py and training.py by concept; every name still imports from the
+    old module, and it is the new module's object (not a copy that could drift)."""
+    from diffsample.forecast import calibration, model, model_config, train_config
+
+    for name in ("TrainConfig", "TrainResult", "NonFiniteLossError", "AmpMode", "resolve_amp"):
+        assert getattr(training_module, name) is getattr(train_config, name), name
+    assert training_module.fit_spread_scale is calibration.fit_spread_scale
+    for name in ("ForecastConfig", "DenoiserName", "ScheduleName", "HistoryStats", "CONFIG_LIMITS"):
+        assert getattr(model, name) is getattr(model_config, name), name
+    assert model.ITransformerDiffusion.__module__ == "diffsample.forecast.model"
+    # the checkpoint's legacy defaults cover fields of both configs, and only real ones
+    fields = {f.name for c in (TrainConfig, model.ForecastConfig) for f in dataclasses.fields(c)}
+    assert set(checkpoint_module.BEFORE_FIELD) <= fields
+
+
 # ---------------------------------------------------------------- config
 @pytest.mark.parametrize(
     ("change", "error", "pattern"),
