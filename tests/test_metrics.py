@@ -31,7 +31,7 @@ from diffsample.metrics import (
     quantile_crps,
     sample_quantiles,
 )
-from diffsample.metrics._layout import Layout, _blocks
+from diffsample.metrics._layout import Layout, range_blocks
 
 properscoring = pytest.importorskip("properscoring")
 
@@ -722,7 +722,7 @@ def test_blocks_cover_a_lane_range_in_order(shape, data):
     start = data.draw(st.integers(0, p))
     stop = data.draw(st.integers(start, p))
     positions = np.arange(p).reshape(shape)  # the slow twin: row-major positions
-    blocks = list(_blocks(tuple(shape), start, stop))
+    blocks = list(range_blocks(tuple(shape), start, stop))
     covered = [positions[b].reshape(-1) for b in blocks]
     got = np.concatenate(covered) if covered else np.array([], dtype=int)
     np.testing.assert_array_equal(got, np.arange(start, stop))
@@ -853,11 +853,13 @@ def test_cuda_matches_cpu():
     torch.testing.assert_close(
         sample_quantiles(x.cuda(), [0.1, 0.9]).cpu(), sample_quantiles(x, [0.1, 0.9])
     )
-    m_cpu, m_gpu = ForecastMetrics(), ForecastMetrics()
-    m_cpu.update(x, y)
-    m_gpu.update(x.cuda(), y.cuda())
+    m_cpu, m_gpu = ForecastMetrics(breakdown_dim=0), ForecastMetrics(breakdown_dim=0)
+    m_cpu.update(x, y, point=y.flip(0))
+    m_gpu.update(x.cuda(), y.cuda(), point=y.flip(0).cuda())
     for k, v in m_cpu.compute().items():
         assert m_gpu.compute()[k] == pytest.approx(v, rel=1e-5, abs=1e-6), k
+    for k, v in m_cpu.breakdown().items():  # per index of the 64 rows, summed on the device
+        assert m_gpu.breakdown()[k] == pytest.approx(v, rel=1e-5, abs=1e-6), k
 
 
 # ============================================================================================
@@ -1065,6 +1067,9 @@ def test_forecast_metrics_state_is_named_and_its_format_stable():
         "ae_median": (),
         "covered": (3,),
         "width": (3,),
+        "count_point": (),
+        "se_point": (),
+        "ae_point": (),
         "count_sum": (),
         "crps_sum": (),
         "abs_obs_sum": (),
@@ -1140,6 +1145,178 @@ def test_forecast_metrics_other_sample_dim_and_no_grad():
     b.update(x.movedim(0, 1).requires_grad_(), y)  # CSDI layout [B, S, H, N]
     _assert_same_metrics(a.compute(), b.compute())
     assert all(not t.requires_grad for t in b.state_dict().values())
+
+
+def _per_index(values, mask, dim):
+    """The slow twin of a breakdown: mask-weighted means of elementwise ``values`` [*E] over
+    every axis of E but ``dim`` -> [K]."""
+    v = torch.where(mask > 0, values.double() * mask, torch.zeros_like(values, dtype=torch.float64))
+    others = [d for d in range(values.dim()) if d != dim % values.dim()]
+    return v.sum(others) / mask.sum(others)
+
+
+@pytest.mark.parametrize("dim", [0, 1, -1])
+def test_forecast_metrics_breakdown_matches_the_elementwise_functions(dim):
+    x, y = _forecast_data(seed=100, S=11, B=4, H=5, N=3)
+    point = torch.randn(y.shape, generator=gen(101), dtype=torch.float64)
+    mask = (torch.rand(y.shape, generator=gen(102)) < 0.8).double()
+    m = ForecastMetrics(levels=(0.5, 0.8), breakdown_dim=dim)
+    m.update(x, y, mask=mask, point=point)
+    got = m.breakdown()
+    mean, med = x.mean(0), sample_quantiles(x, 0.5)
+    want = {
+        "crps": crps(x, y),
+        "mse_mean": (mean - y) ** 2,
+        "mae_mean": (mean - y).abs(),
+        "mse_median": (med - y) ** 2,
+        "mae_median": (med - y).abs(),
+    }
+    for level, name in ((0.5, "50"), (0.8, "80")):
+        want[f"coverage_{name}"] = coverage(x, y, level=level)
+        want[f"width_{name}"] = interval_width(x, level=level)
+    want.update(count=torch.ones_like(y), point_mse=(point - y) ** 2, point_mae=(point - y).abs())
+    assert list(got) == list(want)
+    others = [d for d in range(3) if d != dim % 3]
+    for k, v in want.items():
+        ref = mask.sum(others) if k == "count" else _per_index(v, mask, dim)
+        assert got[k] == pytest.approx(ref.tolist(), rel=1e-12, abs=1e-14), k
+    # the indices' sums are the headline's: with the counts as weights their mean is the score
+    total = m.compute()
+    counts = torch.tensor(got["count"], dtype=torch.float64)
+    for k in ("crps", "mse_mean", "coverage_80", "point_mae"):
+        per = torch.tensor(got[k], dtype=torch.float64)
+        assert float((per * counts).sum() / counts.sum()) == pytest.approx(total[k], rel=1e-12)
+
+
+def test_forecast_metrics_breakdown_does_not_depend_on_chunks_layout_or_batches(monkeypatch):
+    x, y = _forecast_data(seed=103, S=9, B=6, H=7, N=4)
+    point = y + 0.5
+    whole = ForecastMetrics(breakdown_dim=1)
+    whole.update(x, y, point=point)
+    want = whole.breakdown()
+    monkeypatch.setattr(_engine, "CPU_CHUNK_ELEMENTS", 9 * 5)  # 5 lanes: chunks cross steps
+    variants = {
+        "chunks of 5 lanes": (x, 0),
+        "H and N swapped in memory": (x.transpose(2, 3).contiguous().transpose(2, 3), 0),
+        "samples on axis 1": (x.movedim(0, 1), 1),
+    }
+    for name, (v, sd) in variants.items():
+        m = ForecastMetrics(breakdown_dim=1, sample_dim=sd)
+        m.update(v, y, point=point)
+        for k, col in m.breakdown().items():
+            assert col == pytest.approx(want[k], rel=1e-12, abs=1e-14), (name, k)
+    batched, halves = ForecastMetrics(breakdown_dim=1), []
+    for b0, b1 in ((0, 1), (1, 4), (4, 6)):
+        batched.update(x[:, b0:b1], y[b0:b1], point=point[b0:b1])
+        halves.append(ForecastMetrics(breakdown_dim=1))
+        halves[-1].update(x[:, b0:b1], y[b0:b1], point=point[b0:b1])
+    states = [h.state_dict() for h in halves]  # all_reduce by hand
+    fresh = ForecastMetrics(breakdown_dim=1)
+    fresh.load_state_dict({k: sum(st[k] for st in states) for k in states[0]})
+    for acc in (batched, sum(halves), fresh):
+        for k, col in acc.breakdown().items():
+            assert col == pytest.approx(want[k], rel=1e-12, abs=1e-14), k
+        _assert_same_metrics(acc.compute(), whole.compute())
+
+
+def test_forecast_metrics_sorts_each_lane_once(monkeypatch):
+    """Issue 17: the per-step scores came from a second accumulator that sorted each batch
+    three more times (crps, then coverage at each level)."""
+    sorted_lanes = []
+    real = _engine.sort_lanes
+
+    def counting(xs, **kw):
+        sorted_lanes.append(xs.shape[0])
+        return real(xs, **kw)
+
+    monkeypatch.setattr(_engine, "sort_lanes", counting)
+    x, y = _forecast_data(seed=104, S=8, B=5, H=6, N=3)
+    m = ForecastMetrics(breakdown_dim=1)
+    m.update(x, y, point=y)
+    assert sum(sorted_lanes) == 5 * 6 * 3 + 5 * 6  # the elements, then their sums over variates
+
+
+def test_forecast_metrics_point_and_breakdown_state():
+    x, y = _forecast_data(seed=105, S=7, B=3, H=4, N=2)
+    plain = ForecastMetrics()
+    plain.update(x, y)
+    assert "point_mse" not in plain.compute()  # no point given: no point columns
+    plain.update(x, y, point=y.mean(0))  # a point broadcast over the scored shape
+    got = plain.compute()
+    assert list(got)[-3:] == ["count", "point_mse", "point_mae"]
+    # the point counts only the elements of the update that had one
+    assert got["point_mse"] == pytest.approx(float(((y.mean(0) - y) ** 2).mean()), rel=1e-12)
+    with pytest.raises(ValueError, match="breakdown_dim: expected an axis to break"):
+        plain.breakdown()
+    m = ForecastMetrics(levels=(0.5, 0.8, 0.975), quantiles=(0.1, 0.5), breakdown_dim=-2)
+    assert m.breakdown() == {}
+    before = m.state_dict()
+    assert before["breakdown_count"].shape == (0,) and before["breakdown_covered"].shape == (0, 3)
+    m.update(x, y)
+    state = m.state_dict()
+    per_index = {k: tuple(v.shape) for k, v in state.items() if k.startswith("breakdown_")}
+    assert per_index == {
+        "breakdown_count": (4,),
+        "breakdown_crps": (4,),
+        "breakdown_se_mean": (4,),
+        "breakdown_ae_mean": (4,),
+        "breakdown_se_median": (4,),
+        "breakdown_ae_median": (4,),
+        "breakdown_covered": (4, 3),
+        "breakdown_width": (4, 3),
+        "breakdown_count_point": (4,),
+        "breakdown_se_point": (4,),
+        "breakdown_ae_point": (4,),
+    }
+    back = ForecastMetrics(levels=(0.5, 0.8, 0.975), quantiles=(0.1, 0.5), breakdown_dim=-2)
+    back.load_state_dict(before)  # an empty breakdown loads, and takes the next update's size
+    back.load_state_dict(state)
+    assert back.breakdown() == m.breakdown() and back.compute() == m.compute()
+    bad = {**state, "breakdown_width": torch.zeros(5, 3, dtype=torch.float64)}
+    with pytest.raises(ValueError, match=r"state\['breakdown_width'\]: expected shape \(4, 3\)"):
+        back.load_state_dict(bad)
+    # a state saved before update(point=) existed loads with no point sums
+    legacy = {k: v for k, v in plain.state_dict().items() if not k.endswith("_point")}
+    old = ForecastMetrics()
+    old.load_state_dict(legacy)
+    assert "point_mse" not in old.compute() and old.compute()["crps"] == got["crps"]
+
+
+def test_forecast_metrics_breakdown_and_point_bad_input():
+    x, y = _forecast_data(seed=106, S=5, B=3, H=4, N=2)
+    m = ForecastMetrics(breakdown_dim=1)
+    m.update(x, y)
+    with pytest.raises(
+        ValueError,
+        match=r"^samples: expected a breakdown axis of size 4 \(as accumulated so far\), got 6$",
+    ):
+        m.update(torch.zeros(5, 2, 6, 2), torch.zeros(2, 6, 2))
+    assert m.compute()["count"] == y.numel()  # nothing half-written
+    other = ForecastMetrics(breakdown_dim=1)
+    other.update(x[:, :, :3], y[:, :3])
+    with pytest.raises(ValueError, match="other: expected a breakdown axis of size 4"):
+        m.merge(other)
+    with pytest.raises(
+        ValueError,
+        match=r"^breakdown_dim: expected an axis of the scored shape \(3, 4, 2\) \(samples "
+        r"without their sample axis\), in -3\.\.2, got int 3$",
+    ):
+        ForecastMetrics(breakdown_dim=3).update(x, y)
+    with pytest.raises(TypeError, match=r"^breakdown_dim: expected an integer, got str '1'$"):
+        ForecastMetrics(breakdown_dim="1")  # type: ignore[arg-type]
+    with pytest.raises(
+        ValueError,
+        match=r"^point: expected a shape that broadcasts to the scored shape \(3, 4, 2\), "
+        r"got a torch.float64 tensor of shape \(3, 5, 2\)$",
+    ):
+        m.update(x, y, point=torch.zeros(3, 5, 2, dtype=torch.float64))
+    with pytest.raises(TypeError, match=r"^point: expected a torch.Tensor"):
+        m.update(x, y, point=[0.0])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"^point: expected finite values"):
+        ForecastMetrics(nan_policy="raise").update(x, y, point=torch.full_like(y, math.nan))
+    assert ForecastMetrics(breakdown_dim=1) != m and m.config["breakdown_dim"] == 1
+    with pytest.raises(ValueError, match="different configs"):
+        m.merge(ForecastMetrics())
 
 
 # ============================================================================================
