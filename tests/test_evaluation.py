@@ -23,7 +23,7 @@ from diffsample.forecast import (
     report,
 )
 from diffsample.forecast.evaluation import StepMetrics
-from diffsample.metrics import ForecastMetrics, coverage, crps
+from diffsample.metrics import ForecastMetrics, _engine, coverage, crps
 
 TINY = dataclasses.replace(
     TINY_BASE, n_variates=7, n_layers=2, d_ff=16, dropout=0.1, unet_channels=(32, 64)
@@ -122,12 +122,62 @@ def test_evaluate_split_is_the_metrics_of_one_forecast_call(model, data):
     assert sum(ev.per_step["crps"]) / 12 == pytest.approx(ev.metrics["crps"], rel=1e-5)
 
 
-def test_step_metrics_checks_its_inputs():
-    m = StepMetrics()
-    assert m.compute() == {}
+def test_each_batch_is_sorted_once_and_the_steps_add_up_to_the_headline(model, data, monkeypatch):
+    """Issue 17: a second accumulator (StepMetrics) scored every batch again for the per-step
+    table, sorting its samples three more times (crps, then coverage at each level)."""
+    sorted_lanes = []
+    real = _engine.sort_lanes
+
+    def counting(xs, **kw):
+        sorted_lanes.append(xs.shape[0])
+        return real(xs, **kw)
+
+    monkeypatch.setattr(_engine, "sort_lanes", counting)
+    ev = evaluate_split(model, data.test, n_samples=4, num_steps=2, batch_size=4, max_windows=6)
+    # every element once, and every sum over the variates once: [W, H, N] + [W, H]
+    assert sum(sorted_lanes) == 6 * 12 * 7 + 6 * 12
+    # one accumulator: the steps' sums are the headline's, to float64 round-off (the sample
+    # mean of the per-step table was another float32 mean than the headline's)
+    for k in ("mse_mean", "mae_mean", "crps", "coverage_90", "point_mse"):
+        assert sum(ev.per_step[k]) / 12 == pytest.approx(ev.metrics[k], rel=1e-12), k
+
+
+def test_step_metrics_is_a_deprecated_view_of_the_one_accumulator():
+    g = torch.Generator().manual_seed(7)
+    x, y = torch.randn(9, 5, 6, 3, generator=g), torch.randn(5, 6, 3, generator=g)
+    point = torch.randn(5, 6, 3, generator=g)
+    with pytest.warns(DeprecationWarning, match=r"ForecastMetrics\(breakdown_dim=1\)"):
+        m = StepMetrics(levels=(0.5, 0.8))
+    assert m.compute() == {} and math.isnan(m.overall("crps"))
+    m.update(x[:, :2], y[:2])
+    assert "point_mse" not in m.compute() and math.isnan(m.overall("point_mse"))
+    m.update(x[:, 2:], y[2:], point[2:])
+    ref = ForecastMetrics(levels=(0.5, 0.8), breakdown_dim=1)
+    ref.update(x, y)
+    by_step = ref.breakdown()
+    got = m.compute()
+    assert list(got) == ["step", "point_mse", "point_mae", "mse_mean", "mae_mean", "crps",
+                         "coverage_50", "coverage_80"]  # fmt: skip
+    assert got["step"] == (1.0, 2.0, 3.0, 4.0, 5.0, 6.0)
+    for k in ("mse_mean", "mae_mean", "crps", "coverage_50", "coverage_80"):
+        assert got[k] == pytest.approx(by_step[k], rel=1e-12), k
+        assert m.overall(k) == pytest.approx(ref.compute()[k], rel=1e-12), k
+    # the point columns average the windows that had a point
+    err = point[2:].double() - y[2:].double()
+    assert got["point_mse"] == pytest.approx((err**2).mean((0, 2)).tolist(), rel=1e-12)
+    assert m.overall("point_mae") == pytest.approx(float(err.abs().mean()), rel=1e-12)
+    with pytest.warns(DeprecationWarning):
+        back = StepMetrics(levels=(0.5, 0.8))
+    back.load_state_dict(m.state_dict())
+    assert back.compute() == got
     with pytest.raises(ValueError, match=r"^samples, obs: expected \[S, B, H, N\]"):
         m.update(torch.zeros(3, 2, 4, 5), torch.zeros(2, 4, 6))
-    with pytest.raises(ValueError, match=r"^levels\[0\]: expected a finite number in \(0, 1\)"):
+    with pytest.raises(TypeError, match=r"^state: expected a StepMetrics.state_dict\(\)"):
+        m.load_state_dict([])  # type: ignore[arg-type]
+    with (
+        pytest.warns(DeprecationWarning),
+        pytest.raises(ValueError, match=r"^levels\[0\]: expected a finite number in \(0, 1\)"),
+    ):
         StepMetrics(levels=(1.0,))
 
 

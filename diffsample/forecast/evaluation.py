@@ -4,12 +4,13 @@ Dimensions: S samples, B windows per forecast call, W windows scored, H horizon,
 V interval levels.
 
     for each batch of B windows:  Forecast(samples [S, B, H, N], point [B, H, N]) = model.forecast(...)
-                                   ForecastMetrics.update(samples, y)    float64 sums, nothing kept
-                                   StepMetrics.update(samples, y, point) float64 sums [H] per score
+                                   ForecastMetrics.update(samples, y, point=point)
+                                       float64 sums, overall and [H] per horizon step, from
+                                       one sort of the samples; nothing kept
                                    on_batch(batch, forecast)             the caller's hook
     Evaluation(metrics, sampler, steps, samples, windows, seconds, scoring_seconds, per_step)
 
-The backbone's point_mse and point_mae are StepMetrics' overall means. Windows keep their index
+The backbone's point_mse and point_mae are scored by the same accumulator. Windows keep their index
 in the split as the key of their noise, so the scores do not depend on the batch size (up to
 the float round-off of the denoiser's kernels). One progress bar covers the whole split
 (windows done, samples per second, time left), not one per batch.
@@ -20,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
@@ -35,7 +37,7 @@ from .._utils import (
 )
 from ..distributed import Ranks
 from ..memory import check_fits
-from ..metrics import ForecastMetrics, coverage, crps
+from ..metrics import ForecastMetrics
 from ..samplers import SAMPLERS, Sampler
 from .baselines import residual_baselines
 from .data import ForecastDataset, ForecastSplit, WindowBatch
@@ -103,9 +105,10 @@ class Evaluation:
         samples: S samples per window.
         windows: windows scored.
         seconds: wall time of the forecast calls (backbone and sampling), device synchronised.
-        scoring_seconds: wall time of the metrics (both accumulators).
+        scoring_seconds: wall time of the metrics.
         per_step: column name -> H values, the scores of each horizon step averaged over
-            windows and variates (:meth:`StepMetrics.compute`); empty if not computed.
+            windows and variates (:func:`step_table` of the accumulator's per-step
+            breakdown); empty if not computed.
         peak_memory_bytes: on CUDA, the most device memory allocated during the evaluation
             (sampling and scoring); None on other devices.
     """
@@ -153,28 +156,53 @@ class Evaluation:
         }
 
 
-class StepMetrics:
-    """Scores per horizon step, streaming: float64 sums ``[H]`` over windows and variates.
+# the per-step table's columns, in the order of 0.4.0's StepMetrics (then coverage_<p>)
+STEP_COLUMNS = ("point_mse", "point_mae", "mse_mean", "mae_mean", "crps")
 
-    Computed with the public elementwise scores (:func:`diffsample.crps`,
-    :func:`diffsample.metrics.coverage`), so each column agrees with the headline metric of the
-    same name averaged over the steps (for equal counts per step, as here).
+
+def step_table(metrics: ForecastMetrics) -> dict[str, tuple[float, ...]]:
+    """The per-horizon-step table of an accumulator with ``breakdown_dim`` on the horizon:
+    ``step`` (1..H), ``point_mse``, ``point_mae`` (if a point was scored), ``mse_mean``,
+    ``mae_mean``, ``crps``, ``coverage_<p>`` per level; empty before the first update."""
+    by_step = metrics.breakdown()
+    if not by_step:
+        return {}
+    horizon = len(by_step["crps"])
+    out: dict[str, tuple[float, ...]] = {"step": tuple(float(h + 1) for h in range(horizon))}
+    wanted = [*STEP_COLUMNS, *(k for k in by_step if k.startswith("coverage_"))]
+    out.update({k: by_step[k] for k in wanted if k in by_step})
+    return out
+
+
+class StepMetrics:
+    """Scores per horizon step, streaming. Deprecated: use ``ForecastMetrics(breakdown_dim=1)``
+    (its ``breakdown()``), which :func:`evaluate_split` uses; this wrapper over it stays because
+    0.4.0 exported it, with the same columns and results.
 
     Columns of :meth:`compute`: ``step`` (1..H), ``point_mse``, ``point_mae`` (the backbone's
     point forecast), ``mse_mean``, ``mae_mean`` (the mean of the samples), ``crps`` (exact,
-    ecdf), ``coverage_<p>`` per interval level (p in percent).
+    ecdf), ``coverage_<p>`` per interval level (p in percent), each averaged over windows and
+    variates.
 
     Args:
         levels: central interval levels, each in (0, 1).
     """
 
     def __init__(self, *, levels: Sequence[float] = (0.5, 0.9)) -> None:
-        self._levels = tuple(
+        warnings.warn(
+            "StepMetrics is deprecated: use diffsample.metrics.ForecastMetrics(breakdown_dim=1) "
+            "and its breakdown()",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        levels = tuple(
             check_number(f"levels[{i}]", v, minimum=0.0, maximum=1.0, open_min=True, open_max=True)
             for i, v in enumerate(levels)
         )
-        self._sums: dict[str, torch.Tensor] = {}  # column -> [H] float64, on the data's device
-        self._count = 0  # windows x variates per step
+        # the median is the only quantile level needed: no quantile CRPS is reported
+        self._metrics = ForecastMetrics(
+            levels=levels, quantiles=(0.5,), variate_dim=None, breakdown_dim=1
+        )
 
     def update(
         self, samples: torch.Tensor, obs: torch.Tensor, point: torch.Tensor | None = None
@@ -193,57 +221,26 @@ class StepMetrics:
                 f"samples, obs: expected [S, B, H, N] and [B, H, N], got "
                 f"{tuple(samples.shape)} and {tuple(obs.shape)}"
             )
-        y = obs.double()
-
-        def per_step(x: torch.Tensor) -> torch.Tensor:
-            return x.double().sum((0, 2))  # [B, H, N] -> [H]
-
-        parts = {
-            "mse_mean": per_step((samples.mean(0) - y) ** 2),
-            "mae_mean": per_step((samples.mean(0) - y).abs()),
-            "crps": per_step(crps(samples, obs)),
-        }
-        for level in self._levels:
-            parts[f"coverage_{100 * level:g}"] = per_step(coverage(samples, obs, level=level))
-        if point is not None:
-            err = point.double() - y  # [B, H, N]
-            parts.update(point_mse=per_step(err**2), point_mae=per_step(err.abs()))
-        for k, v in parts.items():
-            self._sums[k] = self._sums[k] + v if k in self._sums else v
-        self._count += obs.shape[0] * obs.shape[2]
+        self._metrics.update(samples, obs, point=point)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """The additive state (copies): each column's float64 sums ``[H]`` and ``count`` (windows
-        x variates per step); sum them across processes and load the result."""
-        state = {k: v.clone() for k, v in sorted(self._sums.items())}
-        return {**state, "count": torch.tensor(float(self._count), dtype=torch.float64)}
+        """The additive state (copies, :meth:`ForecastMetrics.state_dict`); sum them across
+        processes and load the result."""
+        return self._metrics.state_dict()
 
     def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
         """Replace the state by ``state`` (a :meth:`state_dict`, e.g. summed over ranks)."""
-        if not isinstance(state, Mapping) or "count" not in state:
+        if not isinstance(state, Mapping):
             raise TypeError(expected("state", "a StepMetrics.state_dict()", state))
-        self._count = round(float(state["count"]))
-        self._sums = {k: v.clone() for k, v in state.items() if k != "count"}
+        self._metrics.load_state_dict(dict(state))
 
     def overall(self, column: str) -> float:
         """A column's mean over every step, window and variate (NaN before the first update)."""
-        if column not in self._sums:
-            return math.nan
-        total = self._sums[column].sum()
-        return float(total) / (self._count * self._sums[column].shape[0])
+        return self._metrics.compute().get(column, math.nan)
 
     def compute(self) -> dict[str, tuple[float, ...]]:
         """Column name -> H values (means per step); empty before the first update."""
-        if not self._sums:
-            return {}
-        horizon = next(iter(self._sums.values())).shape[0]
-        out: dict[str, tuple[float, ...]] = {"step": tuple(float(h + 1) for h in range(horizon))}
-        order = ["point_mse", "point_mae", "mse_mean", "mae_mean", "crps"]
-        order += [k for k in self._sums if k.startswith("coverage_")]
-        for k in order:
-            if k in self._sums:
-                out[k] = tuple((self._sums[k] / self._count).cpu().tolist())
-        return out
+        return step_table(self._metrics)
 
 
 def check_evaluation_args(
@@ -455,6 +452,96 @@ def evaluate_split(
             any is drawn, :func:`sampling_bytes`).
         TypeError: an argument of the wrong kind.
     """
+    run = _check_run(
+        model,
+        split,
+        n_samples=n_samples,
+        num_steps=num_steps,
+        sampler=sampler,
+        batch_size=batch_size,
+        max_windows=max_windows,
+        windows=windows,
+        seed=seed,
+        on_batch=on_batch,
+        group=group,
+    )
+    device, ranks = run.device, run.ranks
+    split = split.to(device)
+    mine = ranks.shard(run.windows, device)  # [~n / world] positions: all of them for one process
+    if run.picked is not None:
+        mine = run.picked.to(device)[mine]  # the split indices at those positions
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    metrics, seconds, scoring = _score_windows(
+        model, split, mine, run, seed=seed, progress=progress, on_batch=on_batch
+    )
+    t0 = time.perf_counter()
+    if ranks.group is not None:  # the sums of every rank's windows, on every rank
+        state = metrics.state_dict()
+        ranks.sum_(list(state.values()))
+        metrics.load_state_dict(state)
+    scores = metrics.compute()  # ends with point_mse, point_mae
+    per_step = step_table(metrics)
+    scoring += time.perf_counter() - t0
+    seconds, scoring = ranks.max(seconds), ranks.max(scoring)
+    return Evaluation(
+        metrics=scores,
+        sampler=run.name,
+        steps=run.num_steps,
+        samples=run.n_samples,
+        windows=run.windows,
+        seconds=seconds,
+        scoring_seconds=scoring,
+        per_step=per_step,
+        peak_memory_bytes=int(torch.cuda.max_memory_allocated(device))
+        if device.type == "cuda"
+        else None,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class _Run:
+    """One :func:`evaluate_split` call, checked.
+
+    Attributes:
+        name: the sampler's name, or the forecaster's.
+        num_steps: K (0 for a forecaster other than the diffusion one).
+        n_samples: S.
+        batch_size: windows per forecast call.
+        windows: n windows scored, over every rank.
+        picked: the split indices given as ``windows=`` ``[n]``, or None (the first n).
+        device: the model's.
+        ranks: the processes sharing the windows.
+        sampling: the sampler's keywords for the forecast calls (none for other forecasters).
+    """
+
+    name: str
+    num_steps: int
+    n_samples: int
+    batch_size: int
+    windows: int
+    picked: torch.Tensor | None
+    device: torch.device
+    ranks: Ranks
+    sampling: Mapping[str, Any]
+
+
+def _check_run(
+    model: ITransformerDiffusion | Forecaster,
+    split: object,
+    *,
+    n_samples: object,
+    num_steps: object,
+    sampler: str | Sampler,
+    batch_size: object,
+    max_windows: object,
+    windows: object,
+    seed: int,
+    on_batch: object,
+    group: Any,
+) -> _Run:
+    """Every check of :func:`evaluate_split`, in order, before any window is sampled (the
+    memory check included); distributed, the ranks' arguments are compared."""
     diffusion = isinstance(model, ITransformerDiffusion)
     if not diffusion and not isinstance(model, Forecaster):
         raise TypeError(
@@ -464,15 +551,14 @@ def evaluate_split(
         )
     if not isinstance(split, ForecastSplit):
         raise TypeError(expected("split", "a ForecastSplit (e.g. load_dataset(...).test)", split))
+    t_steps = model.config.num_train_steps if isinstance(model, ITransformerDiffusion) else None
     n_samples, num_steps, batch_size, max_windows = check_evaluation_args(
         n_samples=n_samples,
         num_steps=num_steps,
         sampler=sampler,
         batch_size=batch_size,
         max_windows=max_windows,
-        num_train_steps=model.config.num_train_steps
-        if isinstance(model, ITransformerDiffusion)
-        else None,
+        num_train_steps=t_steps,
     )
     if on_batch is not None and not callable(on_batch):
         raise TypeError(expected("on_batch", "a callable or None", on_batch))
@@ -502,62 +588,47 @@ def evaluate_split(
         what=f"{n_samples} samples x {per_call} windows x [{H}, {N}] (H, N)",
         hint="lower n_samples or batch_size",
     )
-    split = split.to(device)
-    mine = ranks.shard(n, device)  # [~n / world] positions: all of them for one process
-    if picked is not None:
-        mine = picked.to(device)[mine]  # the split indices at those positions
-    metrics, steps = ForecastMetrics(), StepMetrics()
+    sampling = {"sampler": sampler, "num_steps": num_steps} if diffusion else {}
+    return _Run(name, num_steps, n_samples, batch_size, n, picked, device, ranks, sampling)
+
+
+def _score_windows(
+    model: ITransformerDiffusion | Forecaster,
+    split: ForecastSplit,
+    mine: torch.Tensor,
+    run: _Run,
+    *,
+    seed: int,
+    progress: bool | None,
+    on_batch: Callable[[WindowBatch, Forecast], None] | None,
+) -> tuple[ForecastMetrics, float, float]:
+    """Forecast and score this rank's windows ``mine [m]`` under one progress bar: the
+    accumulator (this rank's sums), the forecast calls' seconds and the scoring seconds."""
+    metrics = ForecastMetrics(breakdown_dim=1)  # [B, H, N]: the table per horizon step
     seconds, scoring = 0.0, 0.0
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
     bar = progress_bar(
         total=mine.numel(),
         unit="window",
         desc=f"sampling {split.name}",
-        progress=progress if ranks.main else False,
+        progress=progress if run.ranks.main else False,
     )
     try:
-        sampling = {"sampler": sampler, "num_steps": num_steps} if diffusion else {}
         batches = forecast_windows(
-            model, split, mine, n_samples, batch_size=batch_size, seed=seed, **sampling
+            model, split, mine, run.n_samples, batch_size=run.batch_size, seed=seed, **run.sampling
         )
         for b, fc, sampled in batches:  # the one bar is this loop's
             t1 = time.perf_counter()
-            metrics.update(fc.samples, b.y)
-            steps.update(fc.samples, b.y, fc.point)
-            if device.type == "cuda":  # the metrics' kernels too
-                torch.cuda.synchronize(device)
+            metrics.update(fc.samples, b.y, point=fc.point)
+            if run.device.type == "cuda":  # the metrics' kernels too
+                torch.cuda.synchronize(run.device)
             seconds, scoring = seconds + sampled, scoring + time.perf_counter() - t1
             if on_batch is not None:
                 on_batch(b, fc)
             bar.update(b.x.shape[0])
-            bar.set_postfix_str(f"{bar.n * n_samples / max(seconds, 1e-9):.0f} samples/s")
+            bar.set_postfix_str(f"{bar.n * run.n_samples / max(seconds, 1e-9):.0f} samples/s")
     finally:
         bar.close()
-    t0 = time.perf_counter()
-    if ranks.group is not None:  # the sums of every rank's windows, on every rank
-        states = metrics.state_dict(), steps.state_dict()
-        ranks.sum_([v for state in states for v in state.values()])
-        metrics.load_state_dict(states[0])
-        steps.load_state_dict(states[1])
-    scores = dict(metrics.compute())
-    scores.update(point_mse=steps.overall("point_mse"), point_mae=steps.overall("point_mae"))
-    per_step = steps.compute()
-    scoring += time.perf_counter() - t0
-    seconds, scoring = ranks.max(seconds), ranks.max(scoring)
-    return Evaluation(
-        metrics=scores,
-        sampler=name,
-        steps=num_steps,
-        samples=n_samples,
-        windows=n,
-        seconds=seconds,
-        scoring_seconds=scoring,
-        per_step=per_step,
-        peak_memory_bytes=int(torch.cuda.max_memory_allocated(device))
-        if device.type == "cuda"
-        else None,
-    )
+    return metrics, seconds, scoring
 
 
 def _device_of(model: ITransformerDiffusion | Forecaster) -> torch.device:
