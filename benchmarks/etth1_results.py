@@ -26,7 +26,6 @@ import json
 import os
 import statistics
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -38,33 +37,19 @@ from diffsample.forecast import (
     ForecastDataset,
     ITransformerDiffusion,
     TrainConfig,
-    evaluate_split,
     load_dataset,
-    train,
 )
 from diffsample.forecast.baselines import residual_baselines
-from diffsample.forecast.evaluation import evaluate_baselines
 from diffsample.forecast.report import machine_info, write_json
+from diffsample.forecast.run import Scoring, score_checkpoint, train_and_score
 from diffsample.metrics import quantile_crps
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = {
-    "lookback": 24,
-    "horizon": 12,
-    "d_model": 16,
-    "n_heads": 2,
-    "d_ff": 16,
-    "denoiser_width": 16,
-    "denoiser_layers": 1,
-    "denoiser_heads": 2,
-    "num_train_steps": 50,
-}
-TINY_TRAIN = {
-    "batch_size": 16,
-    "point_epochs": 1,
-    "diffusion_epochs": 1,
-    "max_batches_per_epoch": 2,
-}
+# fmt: off
+TINY = {"lookback": 24, "horizon": 12, "d_model": 16, "n_heads": 2, "d_ff": 16, "denoiser_width": 16,
+        "denoiser_layers": 1, "denoiser_heads": 2, "num_train_steps": 50}
+TINY_TRAIN = {"batch_size": 16, "point_epochs": 1, "diffusion_epochs": 1, "max_batches_per_epoch": 2}
+# fmt: on
 # ProbTS's long-term table, ETTh1 96 -> 96 (Zhang et al., 2024): raw units, 19 levels, each
 # window over its own sum |y|; its point models' CRPS is their NMAE
 PROBTS_ETTH1 = {"iTransformer": 0.321, "PatchTST": 0.328, "CSDI": 0.437, "TimeGrad": 0.455}
@@ -145,43 +130,38 @@ def probts(model: ITransformerDiffusion, data: ForecastDataset, S: int, seed: in
 
 
 def run_seed(args: argparse.Namespace, data: ForecastDataset, seed: int) -> dict[str, Any]:
+    """Train (or reuse a finished run's model.pt) and score with the command's pipeline:
+    the head and its baselines on the same windows, results.json and the per-step CSV in
+    ``--out/seed<seed>/``, the sample mean's shift from an on_batch hook."""
     config = ForecastConfig(
         **{**args.model, "n_variates": data.n_variates, "n_time_features": data.n_marks}
     )
-    path = None if args.checkpoints is None else args.checkpoints / f"seed{seed}.pt"
-    t0 = time.perf_counter()
-    if path is not None and path.is_file():
-        model = ITransformerDiffusion.load(path)
-    else:
-        torch.manual_seed(seed)
-        model = ITransformerDiffusion(config)
-        train(model, data, TrainConfig(**{**args.train, "seed": seed}), progress=False)
-        if path is not None:
-            model.save(path)
-    seconds = time.perf_counter() - t0
-    shift = Shift()
-    kw = {"n_samples": args.samples, "seed": seed, "windows": args.windows}
-    ev = evaluate_split(
-        model,
-        data.test,
+    scoring = Scoring(
+        n_samples=args.samples,
         num_steps=args.steps,
         sampler=args.sampler,
-        on_batch=shift,
-        progress=False,
-        **kw,
+        seed=seed,
+        windows=args.windows,
     )
-    baselines = evaluate_baselines(model, data, "test", **kw)
+    shift, out = Shift(), args.out / f"seed{seed}"
+    if args.reuse and (out / "model.pt").is_file():
+        r = score_checkpoint(out / "model.pt", results=out / "results.json", scoring=scoring,
+                             progress=False, on_batch=shift)  # fmt: skip
+    else:
+        tc = TrainConfig(**{**args.train, "seed": seed})
+        r = train_and_score(data, config, tc, out, scoring=scoring, overwrite=True,
+                            progress=False, on_batch=shift)  # fmt: skip
     return {
         "seed": seed,
-        "train_seconds": round(seconds, 1),
-        "sampling_seconds": round(ev.seconds, 1),
+        "train_seconds": None if r.training is None else round(r.training.seconds, 1),
+        "sampling_seconds": round(r.evaluation.seconds, 1),
         "scores": {
-            "diffusion head": ev.as_dict(),
-            **{k: v.as_dict() for k, v in baselines.items()},
+            "diffusion head": r.evaluation.as_dict(),
+            **{k: v.as_dict() for k, v in (r.baselines or {}).items()},
         },
-        "probts": probts(model, data, args.samples, seed),
+        "probts": probts(r.model, data, args.samples, seed),
         "diagnosis": shift.summary(),
-        "res_scale": float(model.res_scale.mean()),
+        "res_scale": float(r.model.res_scale.mean()),
     }
 
 
@@ -203,33 +183,16 @@ def markdown(record: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for m in methods:
-        col = {
-            k: mean_sd([s["scores"][m][k] for s in seeds])
-            for k in ("crps", "coverage_50", "coverage_90", "mse_mean", "point_mse")
-        }
-        pt = mean_sd([s["probts"][m] for s in seeds])
-        lines.append(
-            f"| {m} | {col['crps']} | {col['coverage_50']} | {col['coverage_90']} | {col['mse_mean']} | {col['point_mse']} | {pt} |"
-        )
-    lines.append(
-        f"| point forecast (NMAE) | - | - | - | - | - | {mean_sd([s['probts']['point (NMAE)'] for s in seeds])} |"
-    )
-    gain = [
-        100 * (1 - s["scores"]["diffusion head"]["crps"] / b)
-        for s, b in zip(seeds, best, strict=True)
-    ]
-    lines += [
-        "",
-        f"Head's CRPS below the best baseline, per seed: {', '.join(f'{g:.1f}%' for g in gain)}.",
-        "",
-    ]
+        cols = ("crps", "coverage_50", "coverage_90", "mse_mean", "point_mse")
+        cells = [mean_sd([s["scores"][m][k] for s in seeds]) for k in cols]
+        lines.append(f"| {m} | {' | '.join(cells)} | {mean_sd([s['probts'][m] for s in seeds])} |")
+    nmae = mean_sd([s["probts"]["point (NMAE)"] for s in seeds])
+    lines.append(f"| point forecast (NMAE) | - | - | - | - | - | {nmae} |")
+    head = [s["scores"]["diffusion head"]["crps"] for s in seeds]
+    gain = ", ".join(f"{100 * (1 - h / b):.1f}%" for h, b in zip(head, best, strict=True))
+    lines += ["", f"Head's CRPS below the best baseline, per seed: {gain}.", ""]
     d = [s["diagnosis"] for s in seeds]
-    for key in (
-        "shift_by_quarter",
-        "spread_ratio_by_quarter",
-        "shift_by_variate",
-        "spread_ratio_by_variate",
-    ):
+    for key in d[0]:  # shift and spread ratio, by horizon quarter and by variate
         cells = [statistics.fmean(x[key][i] for x in d) for i in range(len(d[0][key]))]
         lines.append(f"- {key.replace('_', ' ')}: " + ", ".join(f"{c:+.3f}" for c in cells))
     return "\n".join(lines) + "\n"
@@ -242,12 +205,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--samples", type=int, default=100)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--sampler", default="dpmpp_2m")
-    p.add_argument("--windows", type=int, default=None, help="only the first W test windows")
+    p.add_argument("--windows", type=int, default=None, help="W test windows, spread evenly")
     p.add_argument("--model", nargs="*", default=[], help="ForecastConfig field=value")
     p.add_argument("--train", nargs="*", default=[], help="TrainConfig field=value")
     p.add_argument("--tiny", action="store_true", help="a tiny model, for smoke tests")
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--checkpoints", type=Path, default=None, help="save each seed's model; reuse")
+    p.add_argument("--reuse", action="store_true", help="score a seed's finished model.pt again")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
     if args.threads:
@@ -255,31 +218,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.model = {**(TINY if args.tiny else {}), **overrides(args.model)}
     args.train = {**(TINY_TRAIN if args.tiny else {}), **overrides(args.train)}
     data = load(args.data, args.model.get("lookback", 96), args.model.get("horizon", 96))
-    args.windows = None if args.windows is None else list(range(min(args.windows, len(data.test))))
     args.out.mkdir(parents=True, exist_ok=True)
-    if args.checkpoints is not None:
-        args.checkpoints.mkdir(parents=True, exist_ok=True)
-    meta = {
-        "data": args.data,
-        "source": data.source,
-        "windows": len(data.test) if args.windows is None else len(args.windows),
-        "samples": args.samples,
-        "steps": args.steps,
-        "sampler": args.sampler,
-        "model_overrides": args.model,
-        "train_overrides": args.train,
-        "machine": machine_info("cpu"),
-        "probts_published_etth1": PROBTS_ETTH1,
-        "command": "python benchmarks/etth1_results.py "
-        + " ".join(sys.argv[1:] if argv is None else argv),
-    }
+    n_test = len(data.test) if args.windows is None else min(args.windows, len(data.test))
+    command = "python benchmarks/etth1_results.py " + " ".join(
+        sys.argv[1:] if argv is None else argv
+    )
+    settings = {k: vars(args)[k] for k in ("data", "samples", "steps", "sampler", "model", "train")}
+    meta = {**settings, "source": data.source, "windows": n_test, "command": command,
+            "machine": machine_info("cpu"), "probts_published_etth1": PROBTS_ETTH1}  # fmt: skip
     record: dict[str, Any] = {"meta": meta, "seeds": []}
     for seed in args.seeds:
         record["seeds"].append(run_seed(args, data, seed))
-        s = record["seeds"][-1]["scores"]
-        print(
-            f"seed {seed}: " + ", ".join(f"{k} {v['crps']:.4f}" for k, v in s.items()), flush=True
-        )
+        crps = {k: round(v["crps"], 4) for k, v in record["seeds"][-1]["scores"].items()}
+        print(f"seed {seed}: CRPS {crps}", flush=True)
         write_json(args.out / "results.json", record)  # after every seed, atomically
         tmp = args.out / "results.md.tmp"
         tmp.write_text(markdown(record))
