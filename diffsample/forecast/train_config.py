@@ -152,8 +152,9 @@ class NonFiniteLossError(RuntimeError):
     """A training or validation loss became NaN or infinite: the run diverged and stopped.
 
     Nothing was written for the epoch it happened in; a checkpoint from an earlier epoch stays
-    as it was (unfinished, so ``ITransformerDiffusion.load`` refuses it by default). The
-    model's weights in memory are those of the failed epoch: do not use them.
+    as it was (unfinished, so ``ITransformerDiffusion.load`` refuses it by default). The model
+    in memory is left with the best weights so far of the stage that failed (those of that
+    checkpoint), not with the failed epoch's.
 
     Attributes:
         stage: 1 (point forecast) or 2 (diffusion).
