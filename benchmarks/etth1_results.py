@@ -91,6 +91,7 @@ class Shift:
             "shift": r.mean(0).sum(0),
             "spread2": r.pow(2).mean(0).sum(0),
             "error2": (b.y - fc.point).double().pow(2).sum(0),
+            "mean_var": fc.samples.double().var(0).sum(0) / fc.samples.shape[0],  # MC noise
         }
         for k, v in parts.items():
             self.sums[k] = self.sums.get(k, 0) + v.cpu()
@@ -101,6 +102,7 @@ class Shift:
         H = s["shift"].shape[0]
         quarters = [slice(i * H // 4, (i + 1) * H // 4) for i in range(4)]
         return {
+            "mc_noise_of_sample_mean": [float(s["mean_var"].mean())],  # in its MSE, at this S
             "shift_by_variate": s["shift"].mean(0).tolist(),
             "shift_by_quarter": [float(s["shift"][q].mean()) for q in quarters],
             "spread_ratio_by_variate": (s["spread2"].mean(0) / s["error2"].mean(0)).sqrt().tolist(),

@@ -102,7 +102,8 @@ def test_train_and_score_says_a_line_per_stage_in_order(trained):
         "stage 1 epoch 1/1: train_point_mse",
         "stage 2 epoch 1/1: train_diffusion_loss",
         "trained in ",
-        "sampling the test set: 5 windows x 4 samples, dpmpp_2m 2 steps, 256 windows per call",
+        "sampling the test set: 5 windows x 4 samples, dpmpp_2m 2 steps (logsnr grid), 256 windows "
+        "per call",
         "sampled in ",
         f"test set of {SOURCE}: 5 windows x 4 samples",
         "results: ",

@@ -198,6 +198,7 @@ def _scoring(a: argparse.Namespace, *, batch_size: int) -> Scoring:
         n_samples=a.samples,
         num_steps=a.steps,
         sampler=a.sampler,
+        spacing=a.spacing,
         seed=a.seed,
         windows=a.windows,
         batch_size=batch_size,

@@ -22,6 +22,7 @@ from .. import __version__
 from .._utils import choices_of
 from ..distributed import torchrun_rank_world
 from ..samplers import SAMPLERS
+from ..schedules import Spacing
 from .flags import COMMANDS, DEMO, DESCRIPTION, MODEL_FLAGS, TRAIN_FLAGS, TSL_DATA
 from .model import ForecastConfig
 from .scoring import SPLITS, Scoring
@@ -281,6 +282,13 @@ def _sampling(q: argparse.ArgumentParser) -> argparse._ArgumentGroup:
         choices=choices_of(SAMPLERS),
         default=_SCORING["sampler"],
         help="the sampler",
+    )
+    g.add_argument(
+        "--spacing",
+        choices=typing.get_args(Spacing),
+        default=_SCORING["spacing"],
+        help="the grid of the sampling steps (logsnr ends at t = 0; trailing, before 0.6.0, "
+        "jumps from t = T / K - 1 to the clean residual and narrows the samples)",
     )
     g.add_argument(
         "--windows",

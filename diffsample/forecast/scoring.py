@@ -25,6 +25,7 @@ import torch
 
 from .._utils import check_bool, check_choice
 from ..distributed import torchrun_rank_world
+from ..schedules import Spacing
 from .data import ForecastDataset, ForecastSplit, WindowBatch
 from .evaluation import Evaluation, check_evaluation_args, evaluate_baselines, evaluate_split
 from .model import Forecast, ForecastConfig, ITransformerDiffusion
@@ -73,6 +74,8 @@ class Scoring:
         n_samples: S, samples per window.
         num_steps: K, sampling steps (at most the model's T, checked before any work).
         sampler: a name in :data:`diffsample.SAMPLERS`.
+        spacing: the grid of the K steps (``NoiseSchedule.timesteps``); "logsnr" ends at
+            t = 0 (the trailing grid's last jump returns a contracted posterior mean).
         seed: keys the sampling noise, with each window's index in the split.
         windows: score this many windows spread evenly over the split's period, not its first
             ones; None: all.
@@ -86,6 +89,7 @@ class Scoring:
     n_samples: int = 100
     num_steps: int = 10
     sampler: str = "dpmpp_2m"
+    spacing: Spacing = "logsnr"
     seed: int = 0
     windows: int | None = None
     batch_size: int = 256
@@ -112,6 +116,7 @@ class Scoring:
             ("windows", windows),
         ):
             object.__setattr__(self, name, value)
+        check_choice("spacing", self.spacing, Spacing)
         check_bool("baselines", self.baselines)
         check_bool("save_samples", self.save_samples)
 
@@ -196,7 +201,8 @@ def score(
     spread = "" if world == 1 else f", across {world} processes"
     say(
         f"sampling the {split} set: {n} windows x {scoring.n_samples} samples, {scoring.sampler} "
-        f"{scoring.num_steps} steps, {scoring.batch_size} windows per call{spread}"
+        f"{scoring.num_steps} steps ({scoring.spacing} grid), {scoring.batch_size} windows per "
+        f"call{spread}"
     )
     if kept.store is not None:
         mib = kept.store.samples.numel() * kept.store.samples.element_size() / 2**20
@@ -254,6 +260,7 @@ def _evaluate(
         n_samples=scoring.n_samples,
         num_steps=scoring.num_steps,
         sampler=scoring.sampler,
+        spacing=scoring.spacing,
         batch_size=scoring.batch_size,
         windows=picked,
         seed=scoring.seed,
