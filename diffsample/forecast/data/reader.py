@@ -278,47 +278,65 @@ def _checked_lines(lines: Iterable[str | bytes], at: _Where, label: str) -> Iter
 
 def _parse(lines: Iterable[str | bytes], ett: bool, label: str) -> Table:
     """``parse_table`` of the lines of a file (str, or UTF-8 bytes), their endings dropped."""
-    p = label
+    header, rows, lines_of = _rows(lines, ett, label)
+    di = header.index("date")
+    vcols = [j for j in range(len(header)) if j != di]
+    names = tuple(header[j] for j in vcols)
+    dates = _dates(rows, di, lines_of, label)  # [n]
+    cells = [[row[j] for j in vcols] for row in rows]  # [n][N] strings
+    values = _values(cells, names, lines_of, label)  # [n, N]
+    return Table(
+        columns=names, dates=dates, values=values, lines=np.array(lines_of, dtype=np.int64)
+    )
+
+
+def _rows(
+    lines: Iterable[str | bytes], ett: bool, label: str
+) -> tuple[list[str], list[list[str]], list[int]]:
+    """``(header, rows, lines_of)``: the checked header, the data rows as cells (blank lines
+    skipped, each as long as the header) and the 1-based line of each row, for messages."""
     rows: list[list[str]] = []
-    lines_of: list[int] = []  # the 1-based line of each row, for messages
+    lines_of: list[int] = []
     at = _Where()
-    header: list[str] | None = None
     header_line = 0
     for row in csv.reader(_checked_lines(lines, at, label)):
-        line = at.line
         if not row or (not row[0].strip() and all(not c.strip() for c in row)):
             continue
-        if header is None:
-            header = [c.strip() for c in row]
-            header_line = line
-            if len(header) > MAX_COLUMNS:
-                raise ValueError(
-                    f"{p}: line {line} (header): {len(header)} columns; expected at most "
-                    f"{MAX_COLUMNS} (the reader's limit, MAX_COLUMNS)"
-                )
-            _check_header(header, header_line, ett=ett, label=p)
-            at.header = header
+        if at.header is None:
+            at.header = _header(row, at.line, ett, label)  # names the columns from here on
+            header_line = at.line
             continue
-        if len(row) != len(header):
-            _wrong_cell_count(row, line, header, p)
+        if len(row) != len(at.header):
+            _wrong_cell_count(row, at.line, at.header, label)
         rows.append(row)
-        lines_of.append(line)
-    if header is None:
-        raise ValueError(f"{p}: the file is empty; expected a header line with a 'date' column")
+        lines_of.append(at.line)
+    if at.header is None:
+        raise ValueError(f"{label}: the file is empty; expected a header line with a 'date' column")
     if not rows:
-        raise ValueError(f"{p}: no data rows after the header on line {header_line}")
+        raise ValueError(f"{label}: no data rows after the header on line {header_line}")
+    return at.header, rows, lines_of
 
-    n_cols = len(header)
-    di = header.index("date")
-    vcols = [j for j in range(n_cols) if j != di]
-    names = tuple(header[j] for j in vcols)
 
+def _header(row: list[str], line: int, ett: bool, label: str) -> list[str]:
+    """The header row's names, stripped and checked (``_check_header``)."""
+    header = [c.strip() for c in row]
+    if len(header) > MAX_COLUMNS:
+        raise ValueError(
+            f"{label}: line {line} (header): {len(header)} columns; expected at most "
+            f"{MAX_COLUMNS} (the reader's limit, MAX_COLUMNS)"
+        )
+    _check_header(header, line, ett=ett, label=label)
+    return header
+
+
+def _dates(rows: list[list[str]], di: int, lines_of: list[int], label: str) -> np.ndarray:
+    """The ``date`` cells (column ``di``) as ``[n]`` datetime64[s], strictly increasing."""
     parsed: list[datetime] = []
     for row, line in zip(rows, lines_of, strict=True):
         dt = parse_date(row[di])
         if dt is None:
             raise ValueError(
-                f"{p}: line {line}, column 'date': cannot parse {row[di]!r} as a timestamp; "
+                f"{label}: line {line}, column 'date': cannot parse {row[di]!r} as a timestamp; "
                 f"expected ISO 8601 such as '2016-07-01 00:00:00' (or 'YYYY/MM/DD HH:MM:SS')"
             )
         parsed.append(dt)
@@ -327,36 +345,39 @@ def _parse(lines: Iterable[str | bytes], ett: bool, label: str) -> Table:
     if not later.all():
         k = int(np.argmin(later)) + 1
         raise ValueError(
-            f"{p}: line {lines_of[k]}, column 'date': {rows[k][di]!r} is not later than the "
+            f"{label}: line {lines_of[k]}, column 'date': {rows[k][di]!r} is not later than the "
             f"previous row's {rows[k - 1][di]!r}; expected strictly increasing timestamps (sort "
             f"the file by date)"
         )
+    return dates
 
-    cells = [[row[j] for j in vcols] for row in rows]  # [n][N] strings
+
+def _values(
+    cells: list[list[str]], names: tuple[str, ...], lines_of: list[int], label: str
+) -> np.ndarray:
+    """The variate cells ``[n][N]`` as ``[n, N]`` float64, every one finite."""
     # one vectorised conversion for the common, clean file; the cell-by-cell walk below runs
     # only to say where a bad cell is
     try:
         values: np.ndarray | None = np.array(cells, dtype=np.float64)  # [n, N]
     except ValueError:
         values = None
-    if values is None or not np.isfinite(values).all():
-        for row, line in zip(cells, lines_of, strict=True):
-            for name, cell in zip(names, row, strict=True):
-                try:
-                    v = float(cell)
-                except ValueError:
-                    v = math.nan
-                if not math.isfinite(v):
-                    what = "an empty cell" if not cell.strip() else repr(cell)
-                    raise ValueError(
-                        f"{p}: line {line}, column {name!r}: {what}; expected a finite number "
-                        f"(missing values are not filled in; clean or impute the file first)"
-                    )
-        # every cell is finite to float() although numpy's parser refused one: use float()'s
-        values = np.array([[float(c) for c in row] for row in cells], dtype=np.float64)
-    return Table(
-        columns=names, dates=dates, values=values, lines=np.array(lines_of, dtype=np.int64)
-    )
+    if values is not None and np.isfinite(values).all():
+        return values
+    for row, line in zip(cells, lines_of, strict=True):
+        for name, cell in zip(names, row, strict=True):
+            try:
+                v = float(cell)
+            except ValueError:
+                v = math.nan
+            if not math.isfinite(v):
+                what = "an empty cell" if not cell.strip() else repr(cell)
+                raise ValueError(
+                    f"{label}: line {line}, column {name!r}: {what}; expected a finite number "
+                    f"(missing values are not filled in; clean or impute the file first)"
+                )
+    # every cell is finite to float() although numpy's parser refused one: use float()'s
+    return np.array([[float(c) for c in row] for row in cells], dtype=np.float64)
 
 
 def _wrong_cell_count(row: list[str], line: int, header: list[str], label: str) -> None:
