@@ -36,6 +36,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +89,9 @@ def measure(
     return best, peak, out, sorted({str(w.message) for w in seen})
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, torch.device]:
+    """The flags (``--tiny`` sets every size small) and the device, refused where the full
+    report cannot run."""
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -110,11 +113,73 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         p.error("--device cuda: no CUDA device here; pass --tiny (or --device cpu)")
     if device.type != "cuda" and not a.tiny:
         p.error(f"--device {device}: the full report is for a CUDA device; pass --tiny on a CPU")
+    return a, device
 
+
+@dataclass
+class Bench:
+    """What every mode samples: the model, its condition z of the synthetic windows, the grid,
+    and the sizes; ``modes`` collects each mode's record as it is measured."""
+
+    a: argparse.Namespace
+    device: torch.device
+    model: ITransformerDiffusion
+    weights: str  # where the weights come from
+    history: torch.Tensor  # [B, L, N]
+    tf: torch.Tensor  # [B, L, F]
+    target: torch.Tensor  # [B, H, N]
+    z: torch.Tensor  # [B, N, Dz]
+    grid: torch.Tensor  # [K] DDIM timesteps
+    modes: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def rows(self) -> int:
+        """M = S * B, the rows sampled."""
+        return self.a.samples * self.a.windows
+
+    @property
+    def event(self) -> tuple[int, int]:
+        """E = (H, N), one window's forecast."""
+        return self.model.config.horizon, self.model.config.n_variates
+
+    def folded(self, **kw: Any) -> torch.Tensor:
+        """sample_many over the B windows: ``[S, B, H, N]``."""
+        m = self.model
+        return sample_many(
+            "ddim", m.denoiser, self.event, self.a.samples, cond={"z": self.z}, schedule=m.schedule,
+            timesteps=self.grid, prediction=m.config.prediction, seed=0,
+            progress=False, **kw,
+        )  # fmt: skip
+
+    def seed_loop(self) -> torch.Tensor:
+        """The seed repository's loop over --loop-samples samples: ``[S', B, H, N]``."""
+        m, device, x_shape = self.model, self.device, (self.a.windows, *self.event)
+        gen = torch.Generator(device=device).manual_seed(0)
+        return torch.stack([
+            sample_ddim(m.denoiser, torch.randn(*x_shape, generator=gen, device=device), m.schedule,
+                        self.grid, cond={"z": self.z}, prediction=m.config.prediction,
+                        progress=False)
+            for _ in range(self.a.loop_samples)
+        ])  # fmt: skip
+
+    def record(self, name: str, fn: Callable[[], Any], *, scale: float = 1.0, **info: Any) -> Any:
+        """Time ``fn`` (best of --repeats; the seed loop once), keep its record, print its line."""
+        sec, peak, out, warned = measure(
+            fn, self.device, 1 if name == "seed_loop" else self.a.repeats
+        )
+        self.modes[name] = {"seconds": sec * scale, "peak_mib": peak, **info}
+        self.modes[name]["rows_per_s"] = round(self.rows / self.modes[name]["seconds"], 1)
+        if warned:
+            self.modes[name]["warnings"] = warned
+        print(f"  {name:16s} {sec * scale:9.3f} s", flush=True)
+        return out
+
+
+def set_up(a: argparse.Namespace, device: torch.device) -> Bench:
+    """The model and the synthetic windows (seeded), and z from the backbone once."""
     model, weights = build_model(a.checkpoint, device)
     c = model.config
-    B, S, K = a.windows, a.samples, a.steps
-    M, E = S * B, (c.horizon, c.n_variates)
+    B = a.windows
     g = torch.Generator().manual_seed(7)
     history = torch.randn(B, c.lookback, c.n_variates, generator=g).to(device)  # [B, L, N]
     tf = torch.randn(B, c.lookback, c.n_time_features, generator=g).to(device)  # [B, L, F]
@@ -122,62 +187,49 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with torch.no_grad():
         _, z = model(history, tf if c.n_time_features else None)  # z [B, N, D]
         z = model.condition(history, z)  # [B, N, Dz]: what forecast() hands the denoiser
-    den, sch, grid = model.denoiser, model.schedule, model.schedule.timesteps(K)
+    grid = model.schedule.timesteps(a.steps)
+    return Bench(a, device, model, weights, history, tf, target, z, grid)
+
+
+def sampling_modes(bench: Bench) -> tuple[int, int]:
+    """The seed loop and the five sample_many modes; returns ``(chunk, rows)``: the default
+    chunk and the rows per call of the fixed-chunk modes."""
+    a, device, modes = bench.a, bench.device, bench.modes
+    S, M, E = a.samples, bench.rows, bench.event
     bf16 = (device.type == "cuda" and torch.cuda.is_bf16_supported()) or device.type == "cpu"
-    print(f"{machine()} | B={B} S={S} DDIM-{K} rows={M} | weights: {weights}", flush=True)
-
-    def folded(**kw: Any) -> torch.Tensor:
-        return sample_many(
-            "ddim", den, E, S, cond={"z": z}, schedule=sch, timesteps=grid,
-            prediction=c.prediction, seed=0, progress=False, **kw,
-        )  # fmt: skip
-
-    def seed_loop() -> torch.Tensor:
-        gen = torch.Generator(device=device).manual_seed(0)
-        return torch.stack([
-            sample_ddim(den, torch.randn(B, *E, generator=gen, device=device), sch, grid,
-                        cond={"z": z}, prediction=c.prediction, progress=False)
-            for _ in range(a.loop_samples)
-        ])  # fmt: skip
-
-    modes: dict[str, dict[str, Any]] = {}
-
-    def record(name: str, fn: Callable[[], Any], *, scale: float = 1.0, **info: Any) -> Any:
-        sec, peak, out, warned = measure(fn, device, 1 if name == "seed_loop" else a.repeats)
-        modes[name] = {"seconds": sec * scale, "peak_mib": peak, **info}
-        modes[name]["rows_per_s"] = round(M / modes[name]["seconds"], 1)
-        if warned:
-            modes[name]["warnings"] = warned
-        print(f"  {name:16s} {sec * scale:9.3f} s", flush=True)
-        return out
-
-    record(
-        "seed_loop", seed_loop, scale=S / a.loop_samples,
+    bench.record(
+        "seed_loop", bench.seed_loop, scale=S / a.loop_samples,
         extrapolated=f"timed on {a.loop_samples} of {S} samples and scaled by {S / a.loop_samples:g}",
     )  # fmt: skip
-    chunk = plan_chunk(den, E, S, cond={"z": z}, device=device)
-    ref = record("eager_fp32", folded, chunk=chunk)
+    chunk = plan_chunk(bench.model.denoiser, E, S, cond={"z": bench.z}, device=device)
+    ref = bench.record("eager_fp32", bench.folded, chunk=chunk)
     if bf16:
-        out = record("eager_bf16", lambda: folded(autocast=torch.bfloat16), chunk=chunk)
+        out = bench.record("eager_bf16", lambda: bench.folded(autocast=torch.bfloat16), chunk=chunk)
         modes["eager_bf16"]["max_abs_diff_vs_fp32"] = float((out - ref).abs().max())
     rows = min(a.graph_rows, M)
-    base = record("eager_rows", lambda: folded(max_batch=rows), chunk=rows)
+    base = bench.record("eager_rows", lambda: bench.folded(max_batch=rows), chunk=rows)
     per_call = "each call warms up on its first chunk (eager) and captures, then replays"
-    out = record(
-        "graph_rows", lambda: folded(max_batch=rows, graph=True), chunk=rows, note=per_call
+    out = bench.record(
+        "graph_rows", lambda: bench.folded(max_batch=rows, graph=True), chunk=rows, note=per_call
     )
     modes["graph_rows"]["max_abs_diff_vs_eager"] = float((out - base).abs().max())
     if bf16:
-        record(
-            "graph_rows_bf16", lambda: folded(max_batch=rows, graph=True, autocast=torch.bfloat16),
+        bench.record(
+            "graph_rows_bf16",
+            lambda: bench.folded(max_batch=rows, graph=True, autocast=torch.bfloat16),
             chunk=rows, note=per_call,
         )  # fmt: skip
+    return chunk, rows
 
-    # the share of time outside the denoiser: K calls per chunk of the denoiser alone
-    # (with the denoiser's prepare_cond hook, if it has one, as sample_many calls it)
+
+def outside_share(bench: Bench, chunk: int) -> float:
+    """The share of eager_fp32's time outside the denoiser: K calls per chunk of the denoiser
+    alone (with its prepare_cond hook, if it has one, as sample_many calls it)."""
+    B, M, E = bench.a.windows, bench.rows, bench.event
+    den, device = bench.model.denoiser, bench.device
     with torch.no_grad():
         prepare = getattr(den, "prepare_cond", None)
-        cond = prepare(z=z) if callable(prepare) else {"z": z}  # each [B, ...]
+        cond = prepare(z=bench.z) if callable(prepare) else {"z": bench.z}  # each [B, ...]
     rows_idx = torch.arange(chunk, device=device) % B  # [chunk]
     cond_rows = {k: v[rows_idx] for k, v in cond.items()}  # each [chunk, ...]
 
@@ -185,14 +237,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         x = torch.randn(chunk, *E, generator=torch.Generator().manual_seed(0)).to(device)
         with torch.no_grad():
             for _ in range(math.ceil(M / chunk)):
-                for t in grid.tolist():
+                for t in bench.grid.tolist():
                     den(x, torch.full((1,), t, device=device).expand(chunk), **cond_rows)
 
-    den_s, _, _, _ = measure(denoiser_only, device, a.repeats)
-    outside = max(0.0, 1.0 - den_s / modes["eager_fp32"]["seconds"])
-    modes["eager_fp32"]["denoiser_seconds"] = den_s
-    modes["eager_fp32"]["share_outside_denoiser"] = round(outside, 3)
+    den_s, _, _, _ = measure(denoiser_only, device, bench.a.repeats)
+    eager = bench.modes["eager_fp32"]
+    outside = max(0.0, 1.0 - den_s / eager["seconds"])
+    eager["denoiser_seconds"] = den_s
+    eager["share_outside_denoiser"] = round(outside, 3)
+    return outside
 
+
+def scored_modes(bench: Bench, rows: int) -> tuple[str, float, float]:
+    """The whole test set (backbone, sampling, CRPS) eager fp32 and in the fastest sampling
+    mode: ``(fastest, mean CRPS, mean CRPS fast)``."""
+    modes = bench.modes
+    S, K = bench.a.samples, bench.a.steps
     sampling = [m for m in modes if m != "seed_loop"]
     fastest = min(sampling, key=lambda m: modes[m]["seconds"])
     fast_kw: dict[str, Any] = {
@@ -205,33 +265,47 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     def full_test_set(**kw: Any) -> torch.Tensor:
         """Backbone, S samples per window, CRPS per element, all on the device: mean CRPS."""
-        fc = model.forecast(history, S, time_features=tf, num_steps=K, progress=False, **kw)
-        return crps(fc.samples, target).mean()  # [S, B, H, N] against [B, H, N]
+        fc = bench.model.forecast(
+            bench.history, S, time_features=bench.tf, num_steps=K, progress=False, **kw
+        )
+        return crps(fc.samples, bench.target).mean()  # [S, B, H, N] against [B, H, N]
 
-    score = record("full_test_set", full_test_set, mode="eager_fp32")
-    score_fast = record("full_test_set_fast", lambda: full_test_set(**fast_kw), mode=fastest)
-    loop_s = modes["seed_loop"]["seconds"]
+    score = bench.record("full_test_set", full_test_set, mode="eager_fp32")
+    score_fast = bench.record("full_test_set_fast", lambda: full_test_set(**fast_kw), mode=fastest)
+    return fastest, float(score), float(score_fast)
+
+
+def report_dict(
+    bench: Bench, outside: float, fastest: str, score: float, score_fast: float
+) -> dict[str, Any]:
+    """The JSON report; adds each mode's speed-up over the seed loop."""
+    modes, device, c = bench.modes, bench.device, bench.model.config
+    a, loop_s = bench.a, modes["seed_loop"]["seconds"]
     for r in modes.values():
         r["speedup_vs_loop"] = round(loop_s / r["seconds"], 2)
-    report = {
+    return {
         "card": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "machine": machine(),
         "device": str(device),
         "torch": torch.__version__,
-        "weights": weights,
+        "weights": bench.weights,
         "data": "synthetic windows at ETTh1 test-set shapes (timing; the CRPS is not a result)",
-        "config": {"windows": B, "samples": S, "steps": K, "rows": M, "sampler": "ddim",
-                   "prediction": c.prediction, "denoiser": c.denoiser, "tiny": a.tiny},
+        "config": {"windows": a.windows, "samples": a.samples, "steps": a.steps, "rows": bench.rows,
+                   "sampler": "ddim", "prediction": c.prediction, "denoiser": c.denoiser,
+                   "tiny": a.tiny},
         "full_test_set_seconds": modes["full_test_set"]["seconds"],
         "full_test_set_fast_seconds": modes["full_test_set_fast"]["seconds"],
         "full_test_set_fast_mode": fastest,
         "ratio_seed_loop_to_full_test_set": round(loop_s / modes["full_test_set"]["seconds"], 1),
         "seed_loop_seconds_extrapolated": loop_s,
         "share_outside_denoiser": round(outside, 3),
-        "mean_crps": float(score),
-        "mean_crps_fast": float(score_fast),
+        "mean_crps": score,
+        "mean_crps_fast": score_fast,
         "modes": modes,
     }  # fmt: skip
+
+
+def print_table(modes: dict[str, dict[str, Any]], outside: float) -> None:
     print("\n| mode | seconds | peak MiB | rows/s | x loop |\n|---|---|---|---|---|")
     for name, r in modes.items():
         label = f"{name} (extrapolated)" if name == "seed_loop" else name
@@ -241,6 +315,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"| {r['speedup_vs_loop']} |"
         )
     print(f"share of eager_fp32 time outside the denoiser: {outside:.1%}")
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    a, device = parse_args(argv)
+    bench = set_up(a, device)
+    sizes = f"B={a.windows} S={a.samples} DDIM-{a.steps} rows={bench.rows}"
+    print(f"{machine()} | {sizes} | weights: {bench.weights}", flush=True)
+    chunk, rows = sampling_modes(bench)
+    outside = outside_share(bench, chunk)
+    fastest, score, score_fast = scored_modes(bench, rows)
+    report = report_dict(bench, outside, fastest, score, score_fast)
+    print_table(bench.modes, outside)
     if a.out is not None:
         atomic_write(a.out, lambda f: f.write(json.dumps(report, indent=2).encode()))
     return report
