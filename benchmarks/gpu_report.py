@@ -36,7 +36,6 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -116,21 +115,26 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, torch.device
     return a, device
 
 
-@dataclass
 class Bench:
-    """What every mode samples: the model, its condition z of the synthetic windows, the grid,
-    and the sizes; ``modes`` collects each mode's record as it is measured."""
+    """What every mode samples: the flags (B = a.windows, S = a.samples, K = a.steps), the
+    model, the synthetic windows, z from the backbone and the grid; ``modes`` collects each
+    mode's record as it is measured. (A plain class: tests load this file without registering
+    it in sys.modules, which a dataclass needs.)"""
 
-    a: argparse.Namespace
-    device: torch.device
-    model: ITransformerDiffusion
-    weights: str  # where the weights come from
-    history: torch.Tensor  # [B, L, N]
-    tf: torch.Tensor  # [B, L, F]
-    target: torch.Tensor  # [B, H, N]
-    z: torch.Tensor  # [B, N, Dz]
-    grid: torch.Tensor  # [K] DDIM timesteps
-    modes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    def __init__(
+        self,
+        a: argparse.Namespace,
+        device: torch.device,
+        model: ITransformerDiffusion,
+        weights: str,
+        windows: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+        z: torch.Tensor,
+    ) -> None:
+        self.a, self.device, self.model, self.weights = a, device, model, weights
+        self.history, self.tf, self.target = windows  # [B, L, N], [B, L, F], [B, H, N]
+        self.z = z  # [B, N, Dz]
+        self.grid = model.schedule.timesteps(a.steps)  # [K] DDIM timesteps
+        self.modes: dict[str, dict[str, Any]] = {}
 
     @property
     def rows(self) -> int:
@@ -187,8 +191,7 @@ def set_up(a: argparse.Namespace, device: torch.device) -> Bench:
     with torch.no_grad():
         _, z = model(history, tf if c.n_time_features else None)  # z [B, N, D]
         z = model.condition(history, z)  # [B, N, Dz]: what forecast() hands the denoiser
-    grid = model.schedule.timesteps(a.steps)
-    return Bench(a, device, model, weights, history, tf, target, z, grid)
+    return Bench(a, device, model, weights, (history, tf, target), z)
 
 
 def sampling_modes(bench: Bench) -> tuple[int, int]:
