@@ -18,27 +18,24 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import torch
 
-from ._utils import check_bool, check_choice, check_int, check_number, check_tensor, expected
+from ._utils import check_choice, check_int, check_number, check_tensor, expected
+from .diffusers_config import DiffusersBetaSchedule as DiffusersBetaSchedule
+from .diffusers_config import (
+    beta_schedule,
+    config_field,
+    diffusers_config,
+    laplace_betas,
+    trained_betas,
+)
 
 __all__ = ["NoiseSchedule", "Spacing"]
 
 Spacing = Literal["trailing", "leading", "linspace", "range", "logsnr"]
-# diffusers' beta_schedule values that NoiseSchedule.from_diffusers reads
-DiffusersBetaSchedule = Literal[
-    "linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid", "laplace"
-]
-# diffusers' defaults (DDPMScheduler, DDIMScheduler, DPMSolverMultistepScheduler) for a field
-# missing from a hand-written config
-_DIFFUSERS_DEFAULTS: dict[str, Any] = {
-    "num_train_timesteps": 1000,
-    "beta_start": 0.0001,
-    "beta_end": 0.02,
-}
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -205,37 +202,17 @@ class NoiseSchedule:
                 ``beta_schedule``, a ``trained_betas`` of another length than
                 ``num_train_timesteps``, or betas outside (0, 1).
         """
-        config = _diffusers_config(scheduler_or_config)
-        for flag, why in (
-            (
-                "rescale_betas_zero_snr",
-                "zero terminal SNR makes alpha_bar = 0 at the last step, and a NoiseSchedule "
-                "needs every alpha_bar in (0, 1)",
-            ),
-            (
-                "use_flow_sigmas",
-                "flow-matching sigmas replace the betas' variance-preserving process",
-            ),
-        ):
-            value = config.get(flag)
-            if value is not None and check_bool(flag, value):
-                raise ValueError(f"{flag}: expected False, got True: {why}")
-        T = check_int("num_train_timesteps", _field(config, "num_train_timesteps"))
+        config = diffusers_config(scheduler_or_config)
+        T = check_int("num_train_timesteps", config_field(config, "num_train_timesteps"))
         trained = config.get("trained_betas")
         if trained is not None:
-            betas = _trained_betas(trained, T)
-            return cls.from_betas(betas, name="diffusers:trained_betas")
-        if "beta_schedule" not in config:
-            raise ValueError(
-                "beta_schedule: expected it (or trained_betas) in the config, got neither among "
-                f"{sorted(config)[:12]}: not a DDPM-style (variance-preserving) scheduler config"
-            )
-        kind = check_choice("beta_schedule", config["beta_schedule"], DiffusersBetaSchedule)
-        start, end = _field(config, "beta_start"), _field(config, "beta_end")
+            return cls.from_betas(trained_betas(trained, T), name="diffusers:trained_betas")
+        kind = beta_schedule(config)
+        start, end = config_field(config, "beta_start"), config_field(config, "beta_end")
         if kind == "squaredcos_cap_v2":  # betas_for_alpha_bar(T): max_beta 0.999, s = 0.008
             sch = cls.cosine(T, s=0.008, max_beta=0.999)
         elif kind == "laplace":
-            sch = cls.from_betas(_laplace_betas(T))
+            sch = cls.from_betas(laplace_betas(T))
         else:
             builder = {"linear": cls.linear, "scaled_linear": cls.scaled_linear}.get(
                 kind, cls.sigmoid
@@ -407,56 +384,3 @@ def _check_beta_range(beta_start: float, beta_end: float) -> tuple[float, float]
     lo = check_number("beta_start", beta_start, minimum=0, maximum=1, open_min=True, open_max=True)
     hi = check_number("beta_end", beta_end, minimum=0, maximum=1, open_min=True, open_max=True)
     return lo, hi
-
-
-def _diffusers_config(scheduler_or_config: object) -> Mapping[str, Any]:
-    """The config mapping of a diffusers scheduler (its ``.config``) or the mapping itself."""
-    config = getattr(scheduler_or_config, "config", scheduler_or_config)
-    if not isinstance(config, Mapping):
-        raise TypeError(
-            expected(
-                "scheduler_or_config",
-                "a diffusers scheduler (with a .config mapping) or its config (a dict or "
-                "FrozenDict)",
-                scheduler_or_config,
-            )
-        )
-    return config
-
-
-def _field(config: Mapping[str, Any], name: str) -> Any:
-    """``config[name]``, or diffusers' default where the field is missing or None."""
-    value = config.get(name)
-    return _DIFFUSERS_DEFAULTS[name] if value is None else value
-
-
-def _trained_betas(trained: object, T: int) -> torch.Tensor:
-    """diffusers' ``trained_betas`` (a list, numpy array or tensor) as ``[T]`` float64."""
-    want = f"a 1-D sequence of {T} floats in (0, 1) (num_train_timesteps = {T})"
-    if isinstance(trained, (str, bytes)):
-        raise TypeError(expected("trained_betas", want, trained))
-    try:
-        betas = torch.as_tensor(trained, dtype=torch.float64)
-    except (TypeError, ValueError, RuntimeError):
-        raise TypeError(expected("trained_betas", want, trained)) from None
-    if betas.ndim != 1 or betas.numel() != T:
-        raise ValueError(expected("trained_betas", want, betas))
-    bad = ~((betas > 0) & (betas < 1))
-    if bool(bad.any()):
-        i = int(bad.nonzero()[0])
-        raise ValueError(
-            f"trained_betas: expected {want}, got trained_betas[{i}] = {float(betas[i])!r}"
-        )
-    return betas
-
-
-def _laplace_betas(T: int) -> torch.Tensor:
-    """diffusers' ``betas_for_alpha_bar(T, alpha_transform_type="laplace")`` in float64:
-    f(t) = sqrt(sigmoid(lambda(t))), lambda(t) = -sign(1/2 - t) log(1 - 2|1/2 - t| + 1e-6) / 2,
-    betas = min(1 - f(t_{i+1}) / f(t_i), 0.999) with t_i = i / T."""
-    t = torch.arange(T + 1, dtype=torch.float64) / T  # [T + 1]
-    half = 0.5 - t
-    # copysign, not sign: math.copysign(1, 0.0) = 1 where torch.sign(0) = 0
-    lmb = -0.5 * torch.copysign(torch.ones_like(t), half) * torch.log(1 - 2 * half.abs() + 1e-6)
-    f = torch.sigmoid(lmb).sqrt()
-    return torch.clamp(1 - f[1:] / f[:-1], max=0.999)
