@@ -12,7 +12,8 @@ Both are elementwise over R, like ``crps``: the caller reduces, batch after batc
 carry the sample axis first by default (``[S, *E]``). Memory: chunks of C vectors are gathered
 (one strided copy per block of R, so any memory layout) into a contiguous buffer, and every
 temporary holds at most ``MV_CHUNK_ELEMENTS`` elements (or one vector's S x D or S x S values
-where those are larger), whatever n.
+where those are larger), whatever n. The checks, the vectors and their chunks are
+:mod:`diffsample.metrics._vectors`'s; this module holds the two scores' arithmetic.
 
 The energy score's pairwise distances come from a Gram matrix of the centred samples in float64
 (one batched matmul per chunk): centring removes the cancellation of |a|^2 + |b|^2 - 2 a.b
@@ -25,23 +26,28 @@ differences instead (exact zero-distance gradients), about 2.5x slower on a CPU.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Callable, Sequence
 
 import torch
 
-from diffsample._utils import check_choice, check_number, check_tensor, describe, expected
 from diffsample._utils import check_finite as check_all_finite
+from diffsample._utils import check_number, check_tensor, describe, expected
 
-from ._checks import NanPolicy, check_finite, normalise_dim
+from ._checks import NanPolicy
 from ._engine import Scratch
 from ._kernels import abs_max, pow2_exponents
-from ._layout import check_operands, compute_dtype, range_blocks
+from ._vectors import MultivariateEstimator as MultivariateEstimator
+from ._vectors import (
+    Vectors,
+    assemble,
+    buffer,
+    checked_vectors,
+    kept_samples,
+    scratch_for,
+    undefined_where,
+)
 
 __all__ = ["MultivariateEstimator", "energy_score", "variogram_score"]
-
-MultivariateEstimator = Literal["ecdf", "fair"]
 
 # Elements of a temporary per chunk. CPU: 2^20 (8 MiB of float64), as crps's chunks. Smaller
 # chunks ran from cache and took 0.6-0.8x the time on one thread, but every torch op is a
@@ -52,194 +58,9 @@ MV_CHUNK_ELEMENTS = 1 << 20
 MV_CUDA_CHUNK_ELEMENTS = 1 << 24
 
 
-# --------------------------------------------------------------------------------------------
-# Vectors: the operands seen as n vectors of length D
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Vectors:
-    """Validated operands of a multivariate score.
-
-    Attributes:
-        x: samples as a view ``[S, *R', *V]`` (R' is R, or (1,) where R is empty).
-        y: observations as a view ``[*R', *V]``.
-        shape: R, the result's shape.
-        rows: R', the shape the vectors are cut along.
-        d: D, the length of a vector.
-        dtype: the result's dtype (float64 if any input is, else float32).
-        needs_grad: a gradient is wanted (autograd on and an input requires one).
-    """
-
-    x: torch.Tensor
-    y: torch.Tensor
-    shape: tuple[int, ...]
-    rows: tuple[int, ...]
-    d: int
-    dtype: torch.dtype
-    needs_grad: bool
-
-    @property
-    def n_samples(self) -> int:
-        return self.x.shape[0]
-
-    @property
-    def n(self) -> int:
-        """The number of vectors scored, prod(R)."""
-        return math.prod(self.shape)
-
-    def chunks(
-        self, per_chunk: int, dtype: torch.dtype, scratch: Scratch | None
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Vectors in chunks of at most ``per_chunk``, in row-major order of R, as contiguous
-        samples ``[C, S, D]`` and observations ``[C, D]`` in ``dtype``.
-
-        Without a gradient each chunk is copied (and cast) in one pass into buffers that the
-        next chunk reuses (``scratch`` on a CPU: fresh allocations per chunk left hundreds of
-        MiB of freed heap resident); with one, pieces are concatenated (differentiable).
-        """
-        s, n_event = self.n_samples, self.x.dim() - 1 - len(self.rows)  # S, len(V)
-        for start in range(0, self.n, per_chunk):
-            stop = min(self.n, start + per_chunk)
-            pieces = []
-            for b in range_blocks(self.rows, start, stop):
-                every_sample: tuple[int | slice, ...] = (slice(None), *b)
-                xb = self.x[every_sample]  # [S, *k, *V]
-                pieces.append((xb.movedim(0, xb.dim() - 1 - n_event), self.y[b]))  # [*k, S, *V]
-            if self.needs_grad:
-                xs = torch.cat([x.reshape(-1, s, self.d) for x, _ in pieces])  # [C, S, D]
-                ys = torch.cat([y.reshape(-1, self.d) for _, y in pieces])  # [C, D]
-                yield xs.to(dtype), ys.to(dtype)
-                continue
-            xs = _buffer(scratch, "x", (stop - start, s, self.d), dtype, self.x.device)
-            ys = _buffer(scratch, "y", (stop - start, self.d), dtype, self.x.device)
-            row = 0
-            for x, y in pieces:
-                c = y.numel() // self.d
-                xs[row : row + c].view(x.shape).copy_(x)
-                ys[row : row + c].view(y.shape).copy_(y)
-                row += c
-            yield xs, ys
-
-    def budget(self) -> int:
-        """Elements of a temporary per chunk on this device."""
-        return MV_CUDA_CHUNK_ELEMENTS if self.x.device.type == "cuda" else MV_CHUNK_ELEMENTS
-
-
-def _buffer(
-    scratch: Scratch | None,
-    name: str,
-    shape: tuple[int, ...],
-    dtype: torch.dtype,
-    device: torch.device,
-) -> torch.Tensor:
-    """A contiguous tensor to write into: a reused per-call buffer on a CPU, else a new one."""
-    if scratch is not None:
-        return scratch.get(name, shape, dtype)
-    return torch.empty(shape, dtype=dtype, device=device)
-
-
-def _scratch(v: _Vectors) -> Scratch | None:
-    """Reused buffers for the CPU route without a gradient (results never alias them)."""
-    return Scratch() if v.x.device.type == "cpu" and not v.needs_grad else None
-
-
-def _event_axes(event_dims: object, shape: tuple[int, ...]) -> tuple[int, ...]:
-    """``event_dims`` (an int or a sequence of distinct ints, axes of E) as sorted axes."""
-    what = f"the scored shape {shape} (samples without the sample axis)"
-    want = f"an axis or a non-empty sequence of axes of {what}"
-    if isinstance(event_dims, str):
-        raise TypeError(expected("event_dims", want, event_dims))
-    dims = list(event_dims) if isinstance(event_dims, Sequence) else [event_dims]
-    if not dims:
-        raise ValueError(expected("event_dims", want, event_dims))
-    axes = [normalise_dim("event_dims", d, len(shape), what) for d in dims]
-    if len(set(axes)) != len(axes):
-        raise ValueError(expected("event_dims", f"distinct axes of {what}", event_dims))
-    return tuple(sorted(axes))
-
-
-def _vectors(
-    samples: torch.Tensor, obs: torch.Tensor, sample_dim: int, event_dims: object
-) -> _Vectors:
-    sd, shape = check_operands(samples, obs, sample_dim)
-    check_tensor("obs", obs)  # required here (check_operands allows None)
-    if not shape:
-        raise ValueError(
-            expected("samples", "an event axis beside the sample axis (shape [S, *E])", samples)
-        )
-    events = _event_axes(event_dims, shape)
-    rest = [a for a in range(len(shape)) if a not in events]
-    d = math.prod(shape[a] for a in events)
-    if d == 0:
-        raise ValueError(
-            f"event_dims: expected event axes holding at least one element, got {event_dims!r} "
-            f"of the scored shape {shape}"
-        )
-    x = samples.movedim(sd, 0).permute(0, *(1 + a for a in rest), *(1 + a for a in events))
-    y = obs.expand(shape).permute(*rest, *events)  # [*R, *V]
-    out_shape = tuple(shape[a] for a in rest)
-    if not rest:  # a single vector: give R one axis of size 1 for the chunking
-        x, y = x.unsqueeze(1), y.unsqueeze(0)
-    grad = torch.is_grad_enabled() and (samples.requires_grad or obs.requires_grad)
-    return _Vectors(
-        x=x,
-        y=y,
-        shape=out_shape,
-        rows=out_shape or (1,),
-        d=d,
-        dtype=compute_dtype(samples, obs),
-        needs_grad=grad,
-    )
-
-
-def _checked(
-    samples: torch.Tensor,
-    obs: torch.Tensor,
-    sample_dim: int,
-    event_dims: object,
-    estimator: object,
-    nan_policy: object,
-) -> _Vectors:
-    """The checks both scores share, in the order ``crps`` makes them."""
-    check_choice("estimator", estimator, MultivariateEstimator)
-    check_choice("nan_policy", nan_policy, NanPolicy)
-    v = _vectors(samples, obs, sample_dim, event_dims)
-    if estimator == "fair" and v.n_samples < 2:
-        raise ValueError(
-            f"samples: expected at least 2 samples along sample_dim={sample_dim} for "
-            f"estimator='fair', got {describe(samples)}"
-        )
-    if nan_policy == "raise":
-        check_finite("samples", samples)
-        check_finite("obs", obs)
-    return v
-
-
-def _assemble(v: _Vectors, parts: list[torch.Tensor]) -> torch.Tensor:
-    """Per-chunk results [C] (in order) -> the result of shape R in the result dtype."""
-    if not parts:
-        return torch.empty(v.shape, dtype=v.dtype, device=v.x.device)
-    flat = parts[0] if len(parts) == 1 else torch.cat(parts)  # [n]
-    return flat.reshape(v.shape).to(v.dtype)
-
-
-def _valid(xs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """nan_policy='omit': samples with a NaN anywhere in their vector are dropped.
-
-    Returns the samples with dropped vectors zeroed ``[C, S, D]``, the 0/1 weights of the kept
-    samples ``[C, S]`` in the samples' dtype, and their count ``[C]``.
-    """
-    valid = ~torch.isnan(xs).any(-1)  # [C, S]
-    kept = torch.where(valid[..., None], xs, torch.zeros_like(xs))
-    v = valid.to(xs.dtype)
-    return kept, v, v.sum(-1)
-
-
-def _undefined(out: torch.Tensor, n: torch.Tensor, y: torch.Tensor, *, fair: bool) -> torch.Tensor:
-    """nan_policy='omit': NaN where no sample (or, for 'fair', one) is left or obs has a NaN."""
-    bad = (n < (2 if fair else 1)) | torch.isnan(y).any(-1)
-    return torch.where(bad, torch.full_like(out, math.nan), out)
+def _budget(v: Vectors) -> int:
+    """Elements of a temporary per chunk on the vectors' device."""
+    return MV_CUDA_CHUNK_ELEMENTS if v.x.device.type == "cuda" else MV_CHUNK_ELEMENTS
 
 
 # --------------------------------------------------------------------------------------------
@@ -303,15 +124,15 @@ def energy_score(
         >>> energy_score(samples, torch.zeros(32, 96, 7), event_dims=(-2, -1)).shape
         torch.Size([32])
     """
-    v = _checked(samples, obs, sample_dim, event_dims, estimator, nan_policy)
+    v = checked_vectors(samples, obs, sample_dim, event_dims, estimator, nan_policy)
     s, d = v.n_samples, v.d
-    per_chunk = max(1, v.budget() // (s * d + s * s))
+    per_chunk = max(1, _budget(v) // (s * d + s * s))
     fair, omit = estimator == "fair", nan_policy == "omit"
     # float64 from float32 values cannot overflow a squared distance; float64 inputs beyond
     # ~1e150 could, and are scaled by a power of two (the score is homogeneous of degree 1)
     f64 = torch.finfo(torch.float64).max
     limit = math.sqrt(f64 / (64 * d)) if v.dtype == torch.float64 else None
-    scratch = _scratch(v)
+    scratch = scratch_for(v)
     parts = []
     for xs, ys in v.chunks(per_chunk, torch.float64, scratch):  # [C, S, D], [C, D]
         k = None if limit is None else pow2_exponents(_vector_abs_max(xs, ys), limit)
@@ -322,7 +143,7 @@ def energy_score(
         xs, ys = xs * scale[:, None, None], ys * scale[:, None]
         out = _energy(xs, ys, fair=fair, omit=omit, grad=v.needs_grad, scratch=scratch)
         parts.append(out / scale)
-    return _assemble(v, parts)
+    return assemble(v, parts)
 
 
 def _vector_abs_max(xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
@@ -347,21 +168,21 @@ def _energy(
     w: torch.Tensor | None = None
     n = torch.full((c,), float(s), dtype=xs.dtype, device=xs.device)  # [C]
     if omit:
-        xs, w, n = _valid(xs)
+        xs, w, n = kept_samples(xs)
     if grad:
         err = torch.linalg.vector_norm(xs - ys[:, None, :], dim=-1)  # [C, S]
         dist = torch.cdist(xs, xs, compute_mode="donot_use_mm_for_euclid_dist")  # [C, S, S]
     else:
-        diff = _buffer(scratch, "diff", (c, s, d), xs.dtype, xs.device)
+        diff = buffer(scratch, "diff", (c, s, d), xs.dtype, xs.device)
         err = torch.linalg.vector_norm(torch.sub(xs, ys[:, None, :], out=diff), dim=-1)
-        dist = _distances(xs, w, diff, _buffer(scratch, "gram", (c, s, s), xs.dtype, xs.device))
+        dist = _distances(xs, w, diff, buffer(scratch, "gram", (c, s, s), xs.dtype, xs.device))
     if w is None:
         first, pairs = err.sum(-1), dist.sum((-2, -1))
     else:
         first = (err * w).sum(-1)
         pairs = torch.einsum("ci,cij,cj->c", w, dist, w)
     out = first / n - 0.5 * pairs / (n * (n - 1) if fair else n * n)
-    return _undefined(out, n, ys, fair=fair) if omit else out
+    return undefined_where(out, n, ys, fair=fair) if omit else out
 
 
 def _distances(
@@ -454,19 +275,19 @@ def variogram_score(
         torch.Size([32, 24])
     """
     order = check_number("p", p, minimum=0.0, open_min=True)
-    v = _checked(samples, obs, sample_dim, event_dims, estimator, nan_policy)
+    v = checked_vectors(samples, obs, sample_dim, event_dims, estimator, nan_policy)
     s, d = v.n_samples, v.d
     upper = _upper_weights(pair_weights, d, v)  # [D, D]: w_ij + w_ji above the diagonal
-    if d * s * d <= v.budget():
-        per_chunk, rows = max(1, v.budget() // (s * d * d)), d
+    if d * s * d <= _budget(v):
+        per_chunk, rows = max(1, _budget(v) // (s * d * d)), d
     else:
-        per_chunk, rows = 1, max(1, v.budget() // (s * d))
+        per_chunk, rows = 1, max(1, _budget(v) // (s * d))
     fair, omit = estimator == "fair", nan_policy == "omit"
     # |x_i - x_j|^p, averaged over S, then squared: 2 max|x| raised to 2p, times S, must stay
     # finite in the computation dtype; vectors beyond are scaled by a power of two
     # (VS_p(aX, ay) = a^(2p) VS_p(X, y)).
     limit = 0.5 * (torch.finfo(v.dtype).max / (4 * s)) ** (1 / (2 * order))
-    scratch = _scratch(v)
+    scratch = scratch_for(v)
     parts = []
     for xs, ys in v.chunks(per_chunk, v.dtype, scratch):  # [C, S, D], [C, D]
         k = pow2_exponents(_vector_abs_max(xs, ys), limit)
@@ -477,10 +298,10 @@ def variogram_score(
             xs, ys, upper, order, rows, fair=fair, omit=omit, grad=v.needs_grad, scratch=scratch
         )
         parts.append(out if k is None else out * torch.exp2(2 * order * k.double()))
-    return _assemble(v, parts)
+    return assemble(v, parts)
 
 
-def _upper_weights(pair_weights: object, d: int, v: _Vectors) -> torch.Tensor:
+def _upper_weights(pair_weights: object, d: int, v: Vectors) -> torch.Tensor:
     """The pair weights folded onto the strict upper triangle, w_ij + w_ji for i < j: [D, D]."""
     device = v.x.device
     if pair_weights is None:
@@ -529,7 +350,7 @@ def _variogram(
     w: torch.Tensor | None = None
     n = torch.full((c,), float(s), dtype=xs.dtype, device=xs.device)  # [C]
     if omit:
-        xs, w, n = _valid(xs)
+        xs, w, n = kept_samples(xs)
     total = torch.zeros(c, dtype=torch.float64, device=xs.device)
     power: Callable[[torch.Tensor], torch.Tensor] = (
         (lambda t: t.abs().pow(p)) if grad else (lambda t: t.abs_().pow_(p))
@@ -541,7 +362,7 @@ def _variogram(
             dx = xs[:, :, a:b, None] - xs[:, :, None, a:]  # [C, S, K, D - a]
         else:
             shape = (c, s, b - a, d - a)
-            dx = _buffer(scratch, "dx", shape, xs.dtype, xs.device)
+            dx = buffer(scratch, "dx", shape, xs.dtype, xs.device)
             torch.sub(xs[:, :, a:b, None], xs[:, :, None, a:], out=dx)
         dy = ys[:, a:b, None] - ys[:, None, a:]  # [C, K, D - a]
         if grad:  # 0^p has no derivative for p <= 1: keep the zero-weight pairs off 0
@@ -562,4 +383,4 @@ def _variogram(
             var = dev.sum(1).double() / n[:, None, None]
             term = term - var / (n[:, None, None] - 1)
         total = total + (term * upper[a:b, a:]).sum((1, 2))
-    return _undefined(total, n, ys, fair=fair) if omit else total
+    return undefined_where(total, n, ys, fair=fair) if omit else total
