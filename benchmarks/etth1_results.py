@@ -118,7 +118,8 @@ def probts(model: ITransformerDiffusion, data: ForecastDataset, S: int, seed: in
     for the head, the baselines and the point forecast (NMAE); the same keyed samples as the
     full run."""
     test = data.test
-    b = test.windows(torch.arange(0, len(test), model.config.horizon))
+    # ProbTS's rolling test: ceil((len - 1) / H) windows H apart, the last one left out
+    b = test.windows(torch.arange(0, len(test) - 1, model.config.horizon))
     y = data.scaler.inverse_transform(b.y)  # [W, H, N] raw
     kw = {"time_features": b.x_mark, "window_ids": b.index, "seed": seed}
     fcs = {"diffusion head": model.forecast(b.x, S, progress=False, **kw)}
