@@ -6,7 +6,6 @@ import argparse
 import contextlib
 import dataclasses
 import errno
-import inspect
 import io
 import json
 import math
@@ -26,9 +25,9 @@ from diffsample._utils import atomic_write
 from diffsample.forecast import (
     ForecastConfig,
     ITransformerDiffusion,
+    SamplingConfig,
     TrainConfig,
     cli,
-    evaluate_split,
     load_samples,
     outputs,
     report,
@@ -36,7 +35,7 @@ from diffsample.forecast import (
 )
 from diffsample.forecast import run as pipeline
 from diffsample.forecast.cli import main
-from diffsample.forecast.flags import MODEL_FLAGS, TRAIN_FLAGS
+from diffsample.forecast.flags import MODEL_FLAGS, SAMPLING_FLAGS, TRAIN_FLAGS
 
 # a tiny model on the synthetic data: about a second of training
 TINY = [
@@ -136,19 +135,14 @@ def test_every_config_field_has_a_flag_whose_default_is_the_library_default():
     assert TrainConfig(**{f: getattr(args, f) for f in TRAIN_FLAGS}) == TrainConfig()
     built = ForecastConfig(**{f: cli._field_value(args, f) for f in MODEL_FLAGS})
     assert built == ForecastConfig()
-    ev = {k: v.default for k, v in inspect.signature(evaluate_split).parameters.items()}
-    assert (args.samples, args.steps, args.sampler) == (
-        ev["n_samples"],
-        ev["num_steps"],
-        ev["sampler"],
-    )
-    s = (
-        pipeline.Scoring()
-    )  # the defaults of the pipeline the command calls are evaluate_split's too
-    assert (s.n_samples, s.num_steps, s.sampler, s.seed, s.batch_size) == (
-        ev["n_samples"], ev["num_steps"], ev["sampler"], ev["seed"], ev["batch_size"]
-    )  # fmt: skip
-    assert cli._parser().parse_args(["evaluate", "m.pt"]).batch_size == 256
+    # the sampling flags are SamplingConfig's fields (its seed is train's --seed, which keys
+    # the sampling noise too), with its defaults; the pipeline's Scoring holds the same config
+    assert set(SAMPLING_FLAGS) == {f.name for f in dataclasses.fields(SamplingConfig)} - {"seed"}
+    assert cli._scoring(args, batch_size=256).sampling == SamplingConfig()
+    assert pipeline.Scoring() == cli._scoring(args, batch_size=256)
+    e = cli._parser().parse_args(["evaluate", "m.pt"])
+    assert (e.batch_size, e.seed, e.windows) == (256, SamplingConfig().seed, None)
+    assert cli._scoring(e, batch_size=e.batch_size) == pipeline.Scoring()
     # the demo is train with a preset: valid configs, one thread, the synthetic data
     demo = cli._parser().parse_args(["demo"])
     TrainConfig(**{f: getattr(demo, f) for f in TRAIN_FLAGS})
@@ -206,8 +200,10 @@ def test_every_flag_has_help_that_shows_its_default(command):
 
 def test_choices_come_from_the_library(monkeypatch):
     from diffsample.forecast.model import DenoiserName, ScheduleName
+    from diffsample.forecast.sampling_config import AutocastMode
     from diffsample.forecast.training import AmpMode
     from diffsample.prediction import Prediction
+    from diffsample.schedules import Spacing
 
     train = _choices("train")
     assert train["sampler"] == tuple(SAMPLERS)
@@ -215,8 +211,82 @@ def test_choices_come_from_the_library(monkeypatch):
     assert train["prediction"] == typing.get_args(Prediction)
     assert train["schedule"] == typing.get_args(ScheduleName)
     assert train["amp"] == typing.get_args(AmpMode)
+    assert train["spacing"] == typing.get_args(Spacing)
+    assert train["autocast"] == typing.get_args(AutocastMode)
     monkeypatch.setitem(SAMPLERS, "ddim_again", sample_ddim)
     assert "ddim_again" in _choices("evaluate")["sampler"]
+
+
+def test_the_sampling_flags_build_the_sampling_config():
+    a = cli._parser().parse_args(
+        "train --out x --samples 8 --steps 4 --sampler ddim --spacing trailing --seed 3 --eta 0.5 "
+        "--clip_x0 2 --clip-eps rederive --autocast bf16 --graph --max_batch 64 "
+        "--memory_budget 1048576 --windows 5".split()
+    )
+    s = cli._scoring(a, batch_size=16)
+    assert s.sampling == SamplingConfig(
+        n_samples=8, num_steps=4, sampler="ddim", spacing="trailing", seed=3, eta=0.5,
+        clip_x0=2.0, clip_eps="rederive", autocast="bf16", graph=True, max_batch=64,
+        memory_budget=2**20,
+    )  # fmt: skip
+    assert type(s.sampling.memory_budget) is int  # bytes; a fraction reads as a float
+    assert (s.windows, s.batch_size) == (5, 16)
+    a = cli._parser().parse_args(
+        ["evaluate", "m.pt", "--memory_budget", "0.5", "--clip_eps", "none", "--no-graph"]
+    )
+    s = cli._scoring(a, batch_size=a.batch_size).sampling
+    assert (s.memory_budget, s.clip_eps, s.graph) == (0.5, None, False)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--autocast", "fp32"], "argument --autocast: invalid choice: 'fp32'"),
+        (
+            ["--clip_eps", "x"],
+            "argument --clip_eps: invalid choice: 'x' (choose from raw, rederive",
+        ),
+        (["--memory_budget", "lots"], "argument --memory_budget: invalid number value: 'lots'"),
+        (["--eta", "0.5"], "eta: expected None with sampler 'dpmpp_2m' (which has no eta"),
+        (["--sampler", "ddim", "--clip_x0", "1"], "clip_eps: expected 'raw' or 'rederive' with"),
+        (["--memory_budget", "2.0"], "memory_budget: expected a finite number in (0, 1]"),
+        (["--max_batch", "0"], "max_batch: expected a positive integer, got int 0"),
+    ],
+)
+def test_bad_sampling_flags_are_one_line_before_training(tmp_path, monkeypatch, extra, message):
+    _no_training(monkeypatch)
+    rc, _, stderr = _run(_bad_train(tmp_path, *extra))
+    assert rc == 2 and message in _one_line(stderr), stderr
+    assert not (tmp_path / "r").exists()
+
+
+def _evaluate_samples(run, out: Path, *extra: str) -> tuple[str, dict, np.ndarray]:
+    """A small `evaluate` of the shared run's model on the CPU: what it printed, its results
+    and its samples."""
+    out.mkdir()
+    argv = ["evaluate", str(run[0] / "model.pt"), "--device", "cpu", "--samples", "4",
+            "--steps", "2", "--windows", "6", "--no-progress", "--no-baselines",
+            "--save-samples", "--out", str(out), *extra]  # fmt: skip
+    rc, stdout, stderr = _run(argv)
+    assert (rc, stderr) == (0, ""), stderr
+    results = json.loads((out / "eval_test.json").read_text())
+    return stdout, results, np.load(out / "eval_test_samples.npz")["samples"]
+
+
+def test_graph_and_autocast_from_the_command_on_a_cpu(run, tmp_path):
+    """--graph needs CUDA: elsewhere one note, eager sampling (sample_many's documented
+    fallback, said up front instead of a warning), the same samples; --autocast runs the
+    denoiser under CPU autocast: other samples, recorded."""
+    _, plain, eager = _evaluate_samples(run, tmp_path / "a")
+    stdout, graphed, samples = _evaluate_samples(run, tmp_path / "b", "--graph")
+    note = "note: --graph: CUDA graphs need a CUDA device; sampling eagerly on cpu"
+    assert stdout.splitlines().count(note) == 1
+    assert np.array_equal(samples, eager) and graphed["sampling"] == plain["sampling"]
+    assert graphed["sampling"]["graph"] is False  # what ran
+    stdout, bf16, samples = _evaluate_samples(run, tmp_path / "c", "--autocast", "bf16")
+    assert "dpmpp_2m 2 steps (logsnr grid), 256 windows per call, autocast bf16" in stdout
+    assert bf16["sampling"] == {**plain["sampling"], "autocast": "bf16"}
+    assert np.isfinite(samples).all() and not np.array_equal(samples, eager)
 
 
 # ------------------------------------------------------------------------------------ train
@@ -243,6 +313,9 @@ def test_train_prints_a_line_per_stage_and_writes_its_outputs(run):
     assert r["data"]["source"] == "synthetic(n_steps=6000, n_variates=7, seed=0)"
     assert r["data"] == ITransformerDiffusion.load(out / "model.pt").data_spec
     assert r["config"]["d_model"] == 16 and r["train"]["point_epochs"] == 1
+    # the head's SamplingConfig, beside the trainer's settings
+    assert r["sampling"] == SamplingConfig(n_samples=4, num_steps=2).as_dict()
+    assert list(r)[list(r).index("train") + 1] == "sampling"
     assert [h["stage"] for h in r["history"]] == [1, 2]
     assert r["scores"]["windows"] == 6 and 0 < r["scores"]["crps"]
     assert r["seconds"]["training"] > 0 and r["seconds"]["sampling"] > 0
@@ -288,7 +361,7 @@ def _bad_train(tmp_path: Path, *extra: str) -> list[str]:
     [
         (["--samples", "0"], "n_samples: expected a positive integer, got int 0"),
         (["--steps", "-1"], "num_steps: expected a positive integer, got int -1"),
-        (["--windows", "0"], "max_windows: expected a positive integer, got int 0"),
+        (["--windows", "0"], "windows: expected a positive integer, got int 0"),
         (["--batch_size", "0"], "batch_size: expected a positive integer, got int 0"),
         (["--learning_rate", "-1"], "point_lr: expected a finite number > 0, got float -1.0"),
         (["--n_heads", "3"], "n_heads"),

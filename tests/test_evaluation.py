@@ -17,11 +17,13 @@ from diffsample._utils import atomic_write
 from diffsample.forecast import (
     Evaluation,
     ITransformerDiffusion,
+    SamplingConfig,
     evaluate_split,
     evaluation,
     load_dataset,
     report,
 )
+from diffsample.forecast.baselines import residual_baselines
 from diffsample.forecast.evaluation import StepMetrics
 from diffsample.metrics import ForecastMetrics, _engine, coverage, crps
 
@@ -315,6 +317,75 @@ def test_steps_beyond_t_and_samples_beyond_memory_are_refused_before_sampling(
     # the largest call counts: fewer windows than the batch size need less
     with pytest.raises(AssertionError, match="sampling started"):
         evaluate_split(model, data.test, n_samples=1000, batch_size=16, max_windows=6)
+
+
+def test_a_sampling_config_is_the_loose_keywords_at_once(model, data):
+    """evaluate_split(sampling=SamplingConfig(...)) scores as the loose keywords do; a loose
+    keyword may repeat the config, not contradict it; the record keeps the config."""
+    kw = dict(max_windows=5, batch_size=3, progress=False)
+    loose = evaluate_split(
+        model, data.test, n_samples=4, num_steps=2, sampler="ddim", spacing="trailing", seed=7,
+        **kw,
+    )  # fmt: skip
+    config = SamplingConfig(n_samples=4, num_steps=2, sampler="ddim", spacing="trailing", seed=7)
+    given = evaluate_split(model, data.test, sampling=config, **kw)
+    assert given.metrics == loose.metrics and given.per_step == loose.per_step
+    assert given.sampling == loose.sampling == config
+    assert given.as_dict().keys() == loose.as_dict().keys()  # the JSON form is unchanged
+    again = evaluate_split(model, data.test, sampling=config, n_samples=4, sampler="ddim", **kw)
+    assert again.metrics == loose.metrics
+    with pytest.raises(
+        ValueError,
+        match=r"^sampler, sampling: expected sampler left out or equal to sampling\.sampler, "
+        r"got sampler='dpmpp_2m' and sampling\.sampler='ddim'$",
+    ):
+        evaluate_split(model, data.test, sampling=config, sampler="dpmpp_2m", **kw)
+    # eta 0 is DDIM's own default: the same samples, now reachable from evaluate_split
+    eta0 = evaluate_split(model, data.test, sampling=dataclasses.replace(config, eta=0.0), **kw)
+    assert eta0.metrics == loose.metrics
+    eta1 = evaluate_split(model, data.test, sampling=dataclasses.replace(config, eta=1.0), **kw)
+    assert eta1.metrics["crps"] != loose.metrics["crps"]
+
+
+def test_a_baseline_gets_the_samples_and_seed_of_the_config(model, data):
+    (name, baseline), *_ = residual_baselines(model, data).items()
+    calls = []
+    real = baseline.forecast
+
+    def spy(*args, **kwargs):
+        calls.append((args[1], sorted(kwargs)))
+        return real(*args, **kwargs)
+
+    baseline.forecast = spy  # type: ignore[method-assign]
+    config = SamplingConfig(n_samples=3, num_steps=2, seed=4, sampler="ddim")
+    ev = evaluate_split(baseline, data.test, sampling=config, max_windows=4, progress=False)
+    assert (ev.sampler, ev.steps, ev.samples, ev.spacing, ev.sampling) == (name, 0, 3, None, None)
+    assert calls == [(3, ["progress", "seed", "time_features", "window_ids"])]
+    with pytest.raises(TypeError, match=r"^seed: expected an int for a forecaster other than"):
+        evaluate_split(baseline, data.test, seed=(4, 1), max_windows=4)
+    assert len(calls) == 1  # refused before any forecast
+
+
+def test_the_split_modules_names_still_import_from_evaluation():
+    """evaluation.py was split by concept (issue 17): every name it held imports from it."""
+    from diffsample.forecast import evaluation_checks, evaluation_record, sampling_config
+
+    homes = {
+        evaluation_checks: ("PEAK_COPIES", "check_evaluation_args", "check_sampling_memory",
+                            "check_windows", "sampling_bytes"),
+        evaluation_record: ("STEP_COLUMNS", "Evaluation", "Forecaster", "StepMetrics",
+                            "step_table"),
+        sampling_config: ("check_num_steps",),
+    }  # fmt: skip
+    for home, names in homes.items():
+        for name in names:
+            assert getattr(evaluation, name) is getattr(home, name), name
+    assert set(evaluation.__all__) >= {n for names in homes.values() for n in names} - {
+        "check_windows"
+    }
+    assert evaluation.check_evaluation_args(
+        n_samples=4, num_steps=3, sampler="ddim", batch_size=2, max_windows=None
+    ) == (4, 3, 2, None)
 
 
 # ------------------------------------------------------------------------------------ report

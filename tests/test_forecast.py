@@ -23,6 +23,7 @@ from diffsample.forecast import (
     ForecastConfig,
     ITransformer,
     ITransformerDiffusion,
+    SamplingConfig,
     TokenDenoiser,
     UNet1DDenoiser,
 )
@@ -517,6 +518,45 @@ def test_forecast_identical_across_max_batch_and_test_batches():
         x, 5, time_features=marks, num_steps=4, window_ids=ids, seed=4, progress=False
     ).samples
     assert not torch.allclose(other, ref)
+
+
+def test_forecast_takes_a_sampling_config_or_its_loose_keywords():
+    m = tiny_model()
+    for p in m.denoiser.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    x, marks = inputs(B=4)
+    kw = dict(time_features=marks, window_ids=torch.arange(10, 14), progress=False)
+    loose = m.forecast(
+        x, 5, sampler="ddim", num_steps=3, spacing="trailing", seed=(2, 1), max_batch=7,
+        eta=0.5, clip_x0=4.0, clip_eps="raw", **kw,
+    )  # fmt: skip
+    config = SamplingConfig(
+        n_samples=5, num_steps=3, sampler="ddim", spacing="trailing", seed=(2, 1), max_batch=7,
+        eta=0.5, clip_x0=4.0, clip_eps="raw",
+    )  # fmt: skip
+    given = m.forecast(x, sampling=config, **kw)
+    assert torch.equal(given.samples, loose.samples) and torch.equal(given.point, loose.point)
+    assert torch.equal(m.forecast(x, 5, sampling=config, eta=0.5, **kw).samples, loose.samples)
+    assert not torch.equal(
+        m.forecast(x, sampling=dataclasses.replace(config, eta=0.0), **kw).samples, loose.samples
+    )  # eta reaches the sampler
+    with pytest.raises(
+        ValueError,
+        match=r"^eta, sampling: expected eta left out or equal to sampling\.eta, got eta=0\.0 "
+        r"and sampling\.eta=0\.5$",
+    ):
+        m.forecast(x, sampling=config, eta=0.0, **kw)
+    with pytest.raises(ValueError, match=r"^n_samples, sampling: expected n_samples left out"):
+        m.forecast(x, 6, sampling=config, **kw)
+    assert m.forecast(x, num_steps=2, **kw).samples.shape == (100, 4, 12, 3)  # S defaults to 100
+    # autocast as sample_many takes it (a dtype) or as the config names it: the same samples,
+    # and not the full-precision ones (the denoiser ran in bf16)
+    bf16 = m.forecast(x, 3, num_steps=2, autocast=torch.bfloat16, **kw).samples
+    named = m.forecast(x, sampling=SamplingConfig(3, 2, autocast="bf16"), **kw).samples
+    assert torch.equal(bf16, named)
+    assert not torch.equal(bf16, m.forecast(x, 3, num_steps=2, **kw).samples)
+    with pytest.raises(TypeError, match=r"^sampling: expected a SamplingConfig or None"):
+        m.forecast(x, sampling={"n_samples": 3}, **kw)
 
 
 def test_backbone_runs_once_per_window_not_per_sample():

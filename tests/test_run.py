@@ -11,7 +11,14 @@ import pytest
 import torch
 from tiny import QUICK, TINY
 
-from diffsample.forecast import ITransformerDiffusion, load_dataset, load_samples, report, scoring
+from diffsample.forecast import (
+    ITransformerDiffusion,
+    evaluate_split,
+    load_dataset,
+    load_samples,
+    report,
+    scoring,
+)
 from diffsample.forecast import run as pipeline
 from diffsample.forecast.outputs import RunLock
 from diffsample.forecast.run import (
@@ -232,6 +239,34 @@ def test_score_writes_the_samples_and_leaves_out_what_is_turned_off(trained, tmp
         score(result.model, result.data, "dev", results=tmp_path / "y.json")
 
 
+def test_score_records_its_sampling_config_and_samples_eagerly_off_cuda(trained, tmp_path):
+    """results.json records the head's SamplingConfig; graph=True on a CPU is one note and the
+    eager samples (sample_many's documented fallback), and the record says what ran."""
+    _, result, _, _ = trained
+    asked = dataclasses.replace(SMALL.sampling, sampler="ddim", eta=0.0, graph=True)
+    lines: list[str] = []
+    r = score(
+        result.model,
+        result.data,
+        results=tmp_path / "g.json",
+        scoring=Scoring(sampling=asked, windows=5, baselines=False),
+        plot=False,
+        say=lines.append,
+    )
+    ran = dataclasses.replace(asked, graph=False)
+    assert lines[0] == "note: --graph: CUDA graphs need a CUDA device; sampling eagerly on cpu"
+    assert lines[1] == (
+        "sampling the test set: 5 windows x 4 samples, ddim 2 steps (logsnr grid), 256 windows "
+        "per call, eta 0.0"
+    )
+    record = json.loads((tmp_path / "g.json").read_text())
+    assert record["sampling"] == ran.as_dict() and r.evaluation.sampling == ran
+    # eta 0 is DDIM's default: the same samples as the loose keywords of evaluate_split
+    plain = evaluate_split(result.model, result.data.test, n_samples=4, num_steps=2,
+                           sampler="ddim", seed=3, windows=report.spread_windows(289, 5))  # fmt: skip
+    assert r.evaluation.metrics == plain.metrics
+
+
 def test_only_rank_0_writes(trained, tmp_path, monkeypatch):
     _, result, _, _ = trained
     monkeypatch.setattr(scoring, "torchrun_rank_world", lambda: (1, 2))
@@ -251,7 +286,7 @@ def test_only_rank_0_writes(trained, tmp_path, monkeypatch):
         ({"n_samples": 0}, ValueError, "n_samples: expected a positive integer, got int 0"),
         ({"num_steps": 1.5}, TypeError, "num_steps: expected"),
         ({"sampler": "euler"}, ValueError, "sampler: expected one of"),
-        ({"windows": 0}, ValueError, "max_windows: expected a positive integer, got int 0"),
+        ({"windows": 0}, ValueError, "windows: expected a positive integer, got int 0"),
         ({"batch_size": -1}, ValueError, "batch_size: expected a positive integer"),
         ({"baselines": "yes"}, TypeError, "baselines: expected True or False"),
         ({"save_samples": 1}, TypeError, "save_samples: expected True or False"),

@@ -23,6 +23,7 @@ from .evaluation import Evaluation, evaluate_split
 from .forecast import LoadedSamples, load_samples, save_samples, window_dates
 from .itransformer import ITransformer
 from .model import Forecast, ForecastConfig, ITransformerDiffusion
+from .sampling_config import SamplingConfig
 from .training import NonFiniteLossError, TrainConfig, TrainResult, train
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "ITransformerDiffusion",
     "LoadedSamples",
     "NonFiniteLossError",
+    "SamplingConfig",
     "StandardScaler",
     "TokenDenoiser",
     "TrainConfig",

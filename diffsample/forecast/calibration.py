@@ -21,12 +21,22 @@ import torch
 from .._utils import check_int, expected
 from ..distributed import Ranks
 from .data import ForecastDataset, ForecastSplit
-from .evaluation import check_num_steps, check_sampling_memory, forecast_windows, sampling_bytes
+from .evaluation import check_sampling_memory, forecast_windows, sampling_bytes
 from .model import ITransformerDiffusion
 from .model_config import ForecastConfig
+from .sampling_config import SamplingConfig, check_num_steps, resolve_sampling
 from .train_config import TrainConfig
 
-__all__ = ["calibrate", "check_calibration", "fit_spread_scale"]
+__all__ = [
+    "CALIBRATION_SAMPLING",
+    "calibrate",
+    "calibration_sampling",
+    "check_calibration",
+    "fit_spread_scale",
+]
+
+# fit_spread_scale's sampling without a config: the defaults, 16 samples per window
+CALIBRATION_SAMPLING = SamplingConfig(n_samples=16)
 
 
 @torch.no_grad()
@@ -34,13 +44,14 @@ def fit_spread_scale(
     model: ITransformerDiffusion,
     split: ForecastSplit,
     *,
-    n_samples: int = 16,
-    num_steps: int = 10,
-    sampler: str = "dpmpp_2m",
+    n_samples: int | None = None,
+    num_steps: int | None = None,
+    sampler: str | None = None,
     max_windows: int | None = None,
     batch_size: int = 256,
-    seed: int = 0,
+    seed: int | None = None,
     group: Any = None,
+    sampling: SamplingConfig | None = None,
 ) -> torch.Tensor:
     """The spread calibration ``[H, N]`` of a trained model, matched on the windows of a split.
 
@@ -57,49 +68,38 @@ def fit_spread_scale(
     Args:
         model: a trained forecaster (both stages).
         split: the windows to match (the training or the validation split; never the test split).
-        n_samples: S samples per window (>= 2).
-        num_steps: K sampling steps.
-        sampler: a name in :data:`diffsample.SAMPLERS`.
+        n_samples: S samples per window (>= 2); None: ``sampling``'s, else 16.
+        num_steps: K sampling steps; None: ``sampling``'s (default 10).
+        sampler: a name in :data:`diffsample.SAMPLERS`; None: ``sampling``'s (default
+            "dpmpp_2m").
         max_windows: score this many evenly spaced windows of ``split``; None: all.
         batch_size: windows per forecast call.
-        seed: keys the sampling noise (with each window's index).
+        seed: keys the sampling noise (with each window's index); None: ``sampling``'s
+            (default 0).
         group: as for :func:`~diffsample.forecast.evaluate_split`: under torchrun (or given a
             process group) each rank samples its share of the windows and the sums are added
             up; False: this process alone.
+        sampling: every sampling setting at once (a :class:`SamplingConfig`); the loose
+            keywords may repeat its values, not contradict them. Without it: the defaults
+            with 16 samples.
 
     Returns:
         ``[H, N]`` float32, positive, on the model's device (the same on every rank).
     """
-    if not isinstance(model, ITransformerDiffusion):
-        raise TypeError(expected("model", "an ITransformerDiffusion", model))
-    if not isinstance(split, ForecastSplit):
-        raise TypeError(expected("split", "a ForecastSplit (e.g. data.val)", split))
-    n_samples = check_int("n_samples", n_samples, minimum=2)
-    batch_size = check_int("batch_size", batch_size)
-    if max_windows is not None:
-        max_windows = check_int("max_windows", max_windows)
-    check_num_steps(num_steps, model.config.num_train_steps)
-    if len(split) == 0:
-        raise ValueError("split: expected at least one window, got an empty split")
-    device = next(model.parameters()).device
-    ranks = Ranks.resolve(group, device)
-    split = split.to(device)
-    n = len(split) if max_windows is None else min(max_windows, len(split))
-    idx = torch.linspace(0, len(split) - 1, n, device=device).round().long()  # [W]
-    idx = idx[ranks.shard(n, device)]  # this rank's share (all of them for one process)
-    c = model.config
-    true_ms = torch.zeros(c.horizon, c.n_variates, dtype=torch.float64, device=device)
-    sample_ms = torch.zeros_like(true_ms)
-    batches = forecast_windows(
-        model,
-        split,
-        idx,
-        n_samples,
-        batch_size=batch_size,
-        sampler=sampler,
+    s = resolve_sampling(
+        sampling,
+        default=CALIBRATION_SAMPLING,
+        n_samples=n_samples,
         num_steps=num_steps,
+        sampler=sampler,
         seed=seed,
     )
+    split, idx, ranks = _check_fit(model, split, s, max_windows=max_windows, group=group)
+    batch_size = check_int("batch_size", batch_size)
+    c = model.config
+    true_ms = torch.zeros(c.horizon, c.n_variates, dtype=torch.float64, device=idx.device)
+    sample_ms = torch.zeros_like(true_ms)
+    batches = forecast_windows(model, split, idx, s.n_samples, batch_size=batch_size, sampling=s)
     for b, fc, _ in batches:
         scale = model.res_std * model.res_scale  # [H, N]: undo the scale in use, if any
         r_true = (b.y - fc.point - model.res_mean) / model.res_std  # [B, H, N]
@@ -108,6 +108,37 @@ def fit_spread_scale(
         sample_ms += r.double().pow(2).mean(0).sum(0)
     ranks.sum_([true_ms, sample_ms])
     return (true_ms / sample_ms.clamp_min(1e-12)).sqrt().float()
+
+
+def _check_fit(
+    model: object, split: object, s: SamplingConfig, *, max_windows: object, group: Any
+) -> tuple[ForecastSplit, torch.Tensor, Ranks]:
+    """The checks of :func:`fit_spread_scale`; the split on the model's device, this rank's
+    share of the evenly spaced windows ``[W / world]``, and the ranks sharing them."""
+    if not isinstance(model, ITransformerDiffusion):
+        raise TypeError(expected("model", "an ITransformerDiffusion", model))
+    if not isinstance(split, ForecastSplit):
+        raise TypeError(expected("split", "a ForecastSplit (e.g. data.val)", split))
+    check_int("n_samples", s.n_samples, minimum=2)
+    if max_windows is not None:
+        max_windows = check_int("max_windows", max_windows)
+    check_num_steps(s.num_steps, model.config.num_train_steps)
+    if len(split) == 0:
+        raise ValueError("split: expected at least one window, got an empty split")
+    device = next(model.parameters()).device
+    ranks = Ranks.resolve(group, device)
+    split = split.to(device)
+    n = len(split) if max_windows is None else min(max_windows, len(split))
+    idx = torch.linspace(0, len(split) - 1, n, device=device).round().long()  # [W]
+    return split, idx[ranks.shard(n, device)], ranks  # this rank's share (all for one process)
+
+
+def calibration_sampling(config: TrainConfig) -> SamplingConfig:
+    """The sampling of the calibration ``train`` runs: ``config``'s calibration samples and
+    steps, its seed, the rest the defaults (DPM-Solver++(2M) on the log-SNR grid)."""
+    return SamplingConfig(
+        n_samples=config.calibration_samples, num_steps=config.calibration_steps, seed=config.seed
+    )
 
 
 def _batch_size(config: TrainConfig) -> int:
@@ -134,11 +165,9 @@ def calibrate(
     scale = fit_spread_scale(
         model,
         _held(config, train, val),
-        n_samples=config.calibration_samples,
-        num_steps=config.calibration_steps,
+        sampling=calibration_sampling(config),
         max_windows=config.calibration_windows,
         batch_size=_batch_size(config),
-        seed=config.seed,
         group=group,
     )
     model.set_residual_scale(scale)

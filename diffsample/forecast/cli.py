@@ -9,7 +9,7 @@
 
 Flags take Time-Series-Library's names (``--seq_len``, ``--d_model``, ``--learning_rate``, ...),
 with ``-`` or ``_`` alike; every default shown is the library's (ForecastConfig, TrainConfig,
-Scoring). The results go beside the checkpoint: a JSON file (configuration, data,
+SamplingConfig, Scoring). The results go beside the checkpoint: a JSON file (configuration, data,
 machine, versions, wall times, scores), a per-horizon-step CSV, the samples (with
 --save-samples) and a fan chart PNG (with matplotlib), in that order. A bad argument (a
 mistyped flag value too) or an output that cannot be written ends the command before any
@@ -39,13 +39,13 @@ import torch
 from .._utils import check_int, expected
 from ..distributed import local_device, torchrun_rank_world
 from .data import ForecastDataset, Protocol, load_dataset
-from .evaluation import check_num_steps
-from .flags import COMMANDS, MODEL_FLAGS, TRAIN_FLAGS, TSL_DATA
+from .flags import COMMANDS, MODEL_FLAGS, SAMPLING_FLAGS, TRAIN_FLAGS, TSL_DATA
 from .model import ForecastConfig
 from .outputs import check_out_arg
 from .parser import parser as _parser
 from .parser import who
 from .run import Scoring, score_checkpoint, train_and_score
+from .sampling_config import SamplingConfig, check_num_steps
 from .training import TrainConfig
 from .training import train as train  # re-exported: tests/test_tslib.py patches cli.train
 from .tslib import TSLibRun, given_flags, is_tslib
@@ -108,7 +108,9 @@ def _train_and_score(
     device = _device(a.device)
     out = check_out_arg(a.out)
     scoring = _scoring(a, batch_size=Scoring.batch_size)
-    check_num_steps(a.steps, a.num_train_steps, name="--steps", t_name="--diffusion_steps")
+    check_num_steps(
+        scoring.sampling.num_steps, a.num_train_steps, name="--steps", t_name="--diffusion_steps"
+    )
     tc = TrainConfig(**{field: getattr(a, field) for field in TRAIN_FLAGS})
     data = load_dataset(
         source, lookback=a.lookback, horizon=a.horizon, protocol=protocol, download=a.download
@@ -193,13 +195,12 @@ def _device(name: str) -> torch.device:
 
 
 def _scoring(a: argparse.Namespace, *, batch_size: int) -> Scoring:
-    """The sampling flags as a checked :class:`~diffsample.forecast.scoring.Scoring`."""
+    """The sampling flags as a checked :class:`~diffsample.forecast.scoring.Scoring`: a
+    :class:`~diffsample.forecast.SamplingConfig` of the flags named after its fields
+    (``--seed`` keys the noise), and the scoring's own."""
+    sampling = SamplingConfig(seed=a.seed, **{field: getattr(a, field) for field in SAMPLING_FLAGS})
     return Scoring(
-        n_samples=a.samples,
-        num_steps=a.steps,
-        sampler=a.sampler,
-        spacing=a.spacing,
-        seed=a.seed,
+        sampling=sampling,
         windows=a.windows,
         batch_size=batch_size,
         baselines=a.baselines,

@@ -11,7 +11,15 @@ from __future__ import annotations
 
 from .data import Protocol
 
-__all__ = ["COMMANDS", "DEMO", "DESCRIPTION", "MODEL_FLAGS", "TRAIN_FLAGS", "TSL_DATA"]
+__all__ = [
+    "COMMANDS",
+    "DEMO",
+    "DESCRIPTION",
+    "MODEL_FLAGS",
+    "SAMPLING_FLAGS",
+    "TRAIN_FLAGS",
+    "TSL_DATA",
+]
 
 COMMANDS = ("demo", "train", "evaluate")
 
@@ -146,6 +154,56 @@ TRAIN_FLAGS: dict[str, tuple[str, tuple[str, ...], str]] = {
         "windows of the calibration, evenly spaced; none: all",
     ),
 }
+# SamplingConfig field -> (flag, other spellings, help); its seed is --seed (train's seeds the
+# sampling noise too, TrainConfig.seed; evaluate's is its own)
+SAMPLING_FLAGS: dict[str, tuple[str, tuple[str, ...], str]] = {
+    "n_samples": ("--samples", (), "S, samples per window"),
+    "num_steps": ("--steps", (), "K, sampling steps"),
+    "sampler": ("--sampler", (), "the sampler"),
+    "spacing": (
+        "--spacing",
+        (),
+        "the grid of the sampling steps (logsnr ends at t = 0; trailing, before 0.6.0, "
+        "jumps from t = T / K - 1 to the clean residual and narrows the samples)",
+    ),
+    "eta": (
+        "--eta",
+        (),
+        "DDIM's eta (0: deterministic, 1: DDPM-like noise), for --sampler ddim; none: the "
+        "sampler's default",
+    ),
+    "clip_x0": ("--clip_x0", (), "clamp each x0 estimate to [-C, C]; none: no clipping"),
+    "clip_eps": (
+        "--clip_eps",
+        (),
+        "with --clip_x0, the eps of DDIM's update: the network's (raw) or re-derived from "
+        "the clipped x0 (rederive); needed for ddim, no effect on the others",
+    ),
+    "autocast": (
+        "--autocast",
+        (),
+        "run the denoiser (only) under torch.autocast in bf16 or fp16; the samples and the "
+        "update stay float32. On a CPU it is CPU autocast (slower there, no gain)",
+    ),
+    "graph": (
+        "--graph",
+        (),
+        "capture the sampling loop as a CUDA graph and replay it (faster at small batches; "
+        "CUDA only: on another device a note and eager sampling) (default: off)",
+    ),
+    "max_batch": (
+        "--max_batch",
+        (),
+        "rows (samples x windows) per denoiser call at most; none: as the memory budget allows",
+    ),
+    "memory_budget": (
+        "--memory_budget",
+        (),
+        "memory of one denoiser call's rows: bytes (an integer) or a fraction of the free "
+        "device memory (a number in (0, 1]); none: a share of free memory (on a CPU, a "
+        "cache-sized working set)",
+    ),
+}
 # the demo: the train command on the synthetic data, sized for about half a minute on a CPU
 DEMO = {
     "lookback": 96,
@@ -159,8 +217,8 @@ DEMO = {
     "diffusion_epochs": 8,
     "diffusion_lr": 2e-3,
     "max_batches_per_epoch": 60,
-    "samples": 32,
-    "steps": 10,
+    "n_samples": 32,
+    "num_steps": 10,
     "windows": 256,
     # one thread: a model this small gains little from a second, and on a busy machine an idle
     # OpenMP thread spins (measured: 26 s with one thread, 139 s with two, on a loaded 2-core CPU)

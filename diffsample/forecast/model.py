@@ -48,6 +48,7 @@ from .forecast import check_freq as _check_freq
 from .forecast import check_start as _check_start
 from .model_config import CONFIG_LIMITS as CONFIG_LIMITS
 from .model_config import DenoiserName, ForecastConfig, HistoryStats, ScheduleName, networks
+from .sampling_config import EXTRA_FIELDS, SamplingConfig, resolve_sampling
 
 __all__ = [
     "DenoiserName",
@@ -231,41 +232,45 @@ class ITransformerDiffusion(nn.Module):
     def forecast(
         self,
         history: torch.Tensor,
-        n_samples: int,
+        n_samples: int | None = None,
         *,
         time_features: torch.Tensor | None = None,
-        sampler: str | Sampler = "dpmpp_2m",
-        num_steps: int = 10,
-        spacing: Spacing = "logsnr",
+        sampler: str | Sampler | None = None,
+        num_steps: int | None = None,
+        spacing: Spacing | None = None,
         max_batch: int | None = None,
         memory_budget: int | float | None = None,
-        seed: int = 0,
+        seed: int | tuple[int, ...] | None = None,
         window_ids: torch.Tensor | Sequence[int] | None = None,
         progress: bool | None = None,
         start: object = None,
         freq: str | None = None,
+        sampling: SamplingConfig | None = None,
         **sampler_kwargs: Any,
     ) -> Forecast:
         """Probabilistic forecast: ``n_samples`` samples per window, in the data's (scaled) units.
 
+        The sampling settings come as one :class:`~diffsample.forecast.SamplingConfig`
+        (``sampling=``, whose docs give the defaults and why) or as loose keywords (None: the
+        config's); a loose keyword beside ``sampling`` may repeat it, not contradict it.
+
         Args:
             history: ``[B, L, N]``.
-            n_samples: S.
+            n_samples: S (default 100).
             time_features: ``[B, L, F]`` for the history, if the model uses them.
-            sampler: a name in :data:`diffsample.SAMPLERS` ("dpmpp_2m", the default,
-                "dpmpp_3m" and "ddim" are deterministic given the noise; "ddpm") or a sampler function.
-            num_steps: K sampling steps. The default, DPM-Solver++(2M) with 10 steps, scored
-                ETTh1 as well as DDIM-50 at a fifth of the cost (docs/results.md).
-            spacing: the grid of the K steps (:meth:`NoiseSchedule.timesteps`). "logsnr"
-                (the default since 0.6.0) ends at t = 0; "trailing" (before) ends at
-                t = T / K - 1 and then jumps to the clean residual in one step, which returns
-                the denoiser's posterior mean there: at 10 steps the samples' spread was 0.72
-                (ETTh2) and 0.79 (ETTh1) of the true errors' on the test windows, 1.08 and
-                1.00 with "logsnr" (DDIM-50: 1.01 and 0.97; docs/results.md).
+            sampler: a name in :data:`diffsample.SAMPLERS` (default "dpmpp_2m"; it, "dpmpp_3m"
+                and "ddim" are deterministic given the noise) or a sampler function.
+            num_steps: K sampling steps (default 10: DPM-Solver++(2M) with 10 steps scored
+                ETTh1 as well as DDIM-50 at a fifth of the cost, docs/results.md).
+            spacing: the grid of the K steps (:meth:`NoiseSchedule.timesteps`), default
+                "logsnr" (since 0.6.0), which ends at t = 0; "trailing" ends at t = T / K - 1
+                and jumps to the clean residual, the denoiser's posterior mean there: at 10
+                steps the samples' spread was 0.72 (ETTh2) and 0.79 (ETTh1) of the true
+                errors', 1.08 and 1.00 with "logsnr" (DDIM-50: 1.01, 0.97; docs/results.md).
             max_batch: see :func:`diffsample.sample_many`.
             memory_budget: see :func:`diffsample.sample_many`.
-            seed: keys the noise with ``window_ids``: the same window id and seed give the same
-                samples in any test batch and at any chunking.
+            seed: keys the noise with ``window_ids`` (default 0; an int or a tuple key): the
+                same window id and seed give the same samples in any batch and chunking.
             window_ids: ``[B]`` integer ids keying each window's noise. Default 0..B-1; pass
                 global indices.
             progress: see :func:`diffsample.sample_many`.
@@ -274,10 +279,11 @@ class ITransformerDiffusion(nn.Module):
                 unknown. :func:`~diffsample.forecast.forecast.window_dates` gives them for
                 windows of a split.
             freq: the step between forecast steps, a pandas alias (``"h"``, ``"15min"``).
-            **sampler_kwargs: passed to :func:`diffsample.sample_many`: its own ``graph=True``
-                (CUDA graphs) and ``autocast=torch.bfloat16`` (the denoiser in bf16), or the
-                sampler's, e.g. ``eta`` for DDIM or ``clip_x0``. A ``device`` must be the
-                model's own (move the model with ``.to`` instead).
+            sampling: every sampling setting at once.
+            **sampler_kwargs: the config's other fields, loose: ``graph=True`` (CUDA graphs),
+                ``autocast=torch.bfloat16`` or ``"bf16"`` (the denoiser in bf16), ``eta``
+                (DDIM), ``clip_x0``, ``clip_eps``; the rest go to :func:`diffsample.sample_many`
+                as they are (e.g. ``variance``). A ``device`` must be the model's own.
 
         Returns:
             :class:`~diffsample.forecast.forecast.Forecast` ``(samples [S, B, H, N], point
@@ -285,6 +291,17 @@ class ITransformerDiffusion(nn.Module):
             names of the data the model trained on (``fc.in_data_units()`` maps to the data's
             units), ``window_ids`` when given, and ``start`` / ``freq``.
         """
+        s = resolve_sampling(
+            sampling,
+            n_samples=n_samples,
+            sampler=sampler,
+            num_steps=num_steps,
+            spacing=spacing,
+            max_batch=max_batch,
+            memory_budget=memory_budget,
+            seed=seed,
+            **{k: sampler_kwargs.pop(k) for k in EXTRA_FIELDS if k in sampler_kwargs},
+        )
         was_training = self.training
         self.eval()
         try:
@@ -303,20 +320,18 @@ class ITransformerDiffusion(nn.Module):
                 check_finite("time_features", time_features)
             c = self.config
             r = sample_many(
-                sampler,
+                s.sampler,
                 self.denoiser,
                 (c.horizon, c.n_variates),
-                n_samples,
+                s.n_samples,
                 cond={"z": self.condition(history, z)},  # [B, N, Dz]
                 cond_ids=window_ids,
-                max_batch=max_batch,
-                memory_budget=memory_budget,
-                seed=seed,
                 dtype=y_det.dtype,
                 progress=progress,
                 schedule=self.schedule,
-                timesteps=self.schedule.timesteps(num_steps, spacing),
+                timesteps=self.schedule.timesteps(s.num_steps, s.spacing),
                 prediction=c.prediction,
+                **s.sample_many_kwargs(),
                 **sampler_kwargs,
             )  # [S, B, H, N]
             # a broadcast takes its operands' memory layout; a permuted one (from the backbone

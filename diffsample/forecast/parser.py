@@ -2,7 +2,8 @@
 
 Each config field's flag takes its type, choices and default from the dataclass
 (:class:`~diffsample.forecast.model.ForecastConfig`,
-:class:`~diffsample.forecast.training.TrainConfig`, :class:`~diffsample.forecast.scoring.Scoring`),
+:class:`~diffsample.forecast.training.TrainConfig`,
+:class:`~diffsample.forecast.sampling_config.SamplingConfig`),
 so every default shown is the library's; each flag has its ``-`` and ``_`` spellings; a bad
 flag is one line on stderr and exit status 2, not argparse's usage block. With
 :mod:`diffsample.forecast.cli` (and TSLib's flags in :mod:`diffsample.forecast.tslib`), the only
@@ -22,10 +23,10 @@ from .. import __version__
 from .._utils import choices_of
 from ..distributed import torchrun_rank_world
 from ..samplers import SAMPLERS
-from ..schedules import Spacing
-from .flags import COMMANDS, DEMO, DESCRIPTION, MODEL_FLAGS, TRAIN_FLAGS, TSL_DATA
+from .flags import COMMANDS, DEMO, DESCRIPTION, MODEL_FLAGS, SAMPLING_FLAGS, TRAIN_FLAGS, TSL_DATA
 from .model import ForecastConfig
-from .scoring import SPLITS, Scoring
+from .sampling_config import SamplingConfig, Scoring
+from .scoring import SPLITS
 from .training import TrainConfig
 from .tslib import TSLIB_DEFAULTS, add_flags
 
@@ -97,26 +98,66 @@ def _optional(kind: Callable[[str], Any]) -> Callable[[str], Any]:
 
 
 def _add_field(
-    q: argparse._ActionsContainer, cls: type, field: str, spec: tuple[str, tuple[str, ...], str]
+    q: argparse._ActionsContainer,
+    cls: type,
+    field: str,
+    spec: tuple[str, tuple[str, ...], str],
+    *,
+    choices: tuple[str, ...] | None = None,
 ) -> None:
-    """A flag for a config field: its type, choices and default read from the dataclass."""
+    """A flag for a config field: its type, choices and default read from the dataclass
+    (``choices``: a registry's names, for a field that also takes an object)."""
     flag, aliases, help_text = spec
     hint = typing.get_type_hints(cls)[field]
     default = next(f.default for f in dataclasses.fields(cls) if f.name == field)
     kw: dict[str, Any] = {"dest": field, "default": default, "help": help_text}
-    metavar = flag[2:].upper()
+    kw.update(_kind(hint, flag[2:].upper()) if choices is None else {"choices": choices})
+    q.add_argument(*spellings(flag, *aliases), **kw)
+
+
+def _kind(hint: Any, metavar: str) -> dict[str, Any]:
+    """How argparse reads a value of type ``hint``: a switch, choices, a list, or a type
+    (``X | None`` also takes "none")."""
     args = [t for t in typing.get_args(hint) if t is not type(None)]
     if hint is bool:  # --flag / --no-flag
-        kw.update(action=argparse.BooleanOptionalAction)
-    elif typing.get_origin(hint) is typing.Literal:
-        kw.update(choices=choices_of(hint))
-    elif typing.get_origin(hint) is tuple:  # tuple[int, ...]
-        kw.update(type=args[0], nargs="+", metavar="C")
-    elif len(args) == 1 and type(None) in typing.get_args(hint):  # int | None, float | None
-        kw.update(type=_optional(args[0]), metavar=f"{metavar}|none")
-    else:
-        kw.update(type=hint, metavar=metavar)
-    q.add_argument(*spellings(flag, *aliases), **kw)
+        return {"action": argparse.BooleanOptionalAction}
+    if typing.get_origin(hint) is typing.Literal:
+        return {"choices": choices_of(hint)}
+    if typing.get_origin(hint) is tuple:  # tuple[int, ...]
+        return {"type": args[0], "nargs": "+", "metavar": "C"}
+    if type(None) not in typing.get_args(hint):
+        return {"type": hint, "metavar": metavar}
+    if len(args) == 1 and typing.get_origin(args[0]) is typing.Literal:  # Literal[...] | None
+        names = choices_of(args[0])
+        return {"type": _optional(_one_of(names)), "metavar": "{" + ",".join(names) + "}|none"}
+    return {"type": _optional(_number(args)), "metavar": f"{metavar}|none"}
+
+
+def _one_of(names: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in names:
+            raise argparse.ArgumentTypeError(
+                f"invalid choice: {text!r} (choose from {', '.join(names)}, none)"
+            )
+        return text
+
+    return parse
+
+
+def _number(types: list[Any]) -> Callable[[str], Any]:
+    """The reader of a number field: int, float, or int-else-float for ``int | float`` (an
+    integer means bytes, a fraction a share, as for ``memory_budget``); other members of the
+    union (a DynamicThreshold) are the API's only."""
+    if int in types and float in types:
+
+        def number(text: str) -> int | float:
+            try:
+                return int(text)
+            except ValueError:
+                return float(text)
+
+        return number
+    return int if int in types else float
 
 
 def who() -> str:
@@ -125,8 +166,9 @@ def who() -> str:
     return "diffsample" if rank == 0 else f"diffsample (rank {rank})"
 
 
-# Scoring's defaults (the flags show them)
+# Scoring's and SamplingConfig's defaults (the flags show them)
 _SCORING = {f.name: f.default for f in dataclasses.fields(Scoring)}
+_SAMPLING = {f.name: f.default for f in dataclasses.fields(SamplingConfig)}
 
 
 def parser(*, tslib: bool = False) -> argparse.ArgumentParser:
@@ -217,7 +259,7 @@ def _evaluate_command(sub: _Commands) -> None:
         action="store_true",
         help="also score the checkpoint of a run that has not finished (its best weights so far)",
     )
-    g.add_argument("--seed", type=int, default=TrainConfig.seed, help="keys the sampling noise")
+    g.add_argument("--seed", type=int, default=_SAMPLING["seed"], help="keys the sampling noise")
 
 
 def _data_flags(q: argparse.ArgumentParser, data_help: str) -> argparse._ArgumentGroup:
@@ -272,28 +314,14 @@ def _model_and_training(q: argparse.ArgumentParser) -> None:
 
 
 def _sampling(q: argparse.ArgumentParser) -> argparse._ArgumentGroup:
-    g = q.add_argument_group("sampling and scoring")
-    g.add_argument(
-        "--samples", type=int, default=_SCORING["n_samples"], help="S, samples per window"
-    )
-    g.add_argument("--steps", type=int, default=_SCORING["num_steps"], help="K, sampling steps")
-    g.add_argument(
-        "--sampler",
-        choices=choices_of(SAMPLERS),
-        default=_SCORING["sampler"],
-        help="the sampler",
-    )
-    g.add_argument(
-        "--spacing",
-        choices=typing.get_args(Spacing),
-        default=_SCORING["spacing"],
-        help="the grid of the sampling steps (logsnr ends at t = 0; trailing, before 0.6.0, "
-        "jumps from t = T / K - 1 to the clean residual and narrows the samples)",
-    )
+    g = q.add_argument_group("sampling and scoring (SamplingConfig, Scoring)")
+    for field, spec in SAMPLING_FLAGS.items():
+        names = choices_of(SAMPLERS) if field == "sampler" else None  # a name, or a function
+        _add_field(g, SamplingConfig, field, spec, choices=names)
     g.add_argument(
         "--windows",
         type=_optional(int),
-        default=None,
+        default=_SCORING["windows"],
         help="score N windows spread evenly over the split's period; none: all",
     )
     g.add_argument(
@@ -305,7 +333,7 @@ def _sampling(q: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     g.add_argument(
         "--baselines",
         action=argparse.BooleanOptionalAction,
-        default=True,
+        default=_SCORING["baselines"],
         help="also score the same backbone with Gaussian residuals (sigma fitted on the "
         "training and on the validation windows) and with bootstrapped training residual "
         "windows, on the same windows, into the same files",

@@ -7,8 +7,9 @@ What the ``diffsample`` command runs, as plain functions of the data, the config
     score_checkpoint(checkpoint)                        # a saved model on its own data
     score(model, data, "test", results=path)            # a model in hand; no path checks
 
-(:class:`Scoring`, :class:`RunResult` and :func:`score` live in
-:mod:`diffsample.forecast.scoring` and import from here too.)
+(:class:`Scoring` and :class:`SamplingConfig` live in :mod:`diffsample.forecast.sampling_config`,
+:class:`RunResult` and :func:`score` in :mod:`diffsample.forecast.scoring`; all import from here
+too.)
 
 Every check comes before any work (a bad setting or an output that cannot be written fails in
 a second, not after the training it would follow), and the outputs are guarded as
@@ -38,16 +39,18 @@ import torch
 from .._utils import check_choice
 from ..distributed import local_device, torchrun_rank_world
 from .data import ForecastDataset, Protocol, check_data_spec, load_dataset, reload_data
-from .evaluation import check_num_steps, check_sampling_memory, sampling_bytes
+from .evaluation import check_sampling_memory, sampling_bytes
 from .model import ForecastConfig, ITransformerDiffusion
 from .outputs import RunLock, check_fresh_start, check_out_arg, check_writable_files, refuse_inputs
 from .report import OutputFiles, check_output_file, prepare_output_dir
-from .scoring import SPLITS, OnBatch, RunResult, Say, Scoring, can_plot, score, silent
+from .sampling_config import SamplingConfig, Scoring, check_num_steps
+from .scoring import SPLITS, OnBatch, RunResult, Say, can_plot, score, silent
 from .training import TrainConfig, check_train_settings, train
 from .tslib import TSLibRun
 
 __all__ = [
     "RunResult",
+    "SamplingConfig",
     "Scoring",
     "check_scoring_memory",
     "checkpoint_data",
@@ -103,7 +106,10 @@ def train_and_score(
     scoring, say = scoring or Scoring(), say or silent
     device, out = local_device(torch.device(device)), check_out_arg(out)
     check_num_steps(
-        scoring.num_steps, config.num_train_steps, name="--steps", t_name="--diffusion_steps"
+        scoring.sampling.num_steps,
+        config.num_train_steps,
+        name="--steps",
+        t_name="--diffusion_steps",
     )
     _check_sized(config, data)
     check_train_settings(train_config, config, data, device=device, world=torchrun_rank_world()[1])
@@ -268,7 +274,10 @@ def score_checkpoint(
         )
         c = model.config
         check_num_steps(
-            scoring.num_steps, c.num_train_steps, name="--steps", t_name=f"the model in {path}"
+            scoring.sampling.num_steps,
+            c.num_train_steps,
+            name="--steps",
+            t_name=f"the model in {path}",
         )
         data = checkpoint_data(
             model,
@@ -356,7 +365,7 @@ def check_scoring_memory(
         ValueError: they do not fit, naming the flag to lower.
     """
     device = torch.device(device)
-    S = scoring.n_samples
+    S = scoring.sampling.n_samples
     n = n_split if scoring.windows is None else min(scoring.windows, n_split)
     per_call = min(scoring.batch_size, -(-n // torchrun_rank_world()[1]))
     H, N = config.horizon, config.n_variates

@@ -1,7 +1,7 @@
-"""Scoring a split the way the ``diffsample`` command does: the settings, and :func:`score`.
+"""Scoring a split the way the ``diffsample`` command does: :func:`score`.
 
-:class:`Scoring` holds how a split is sampled and scored and what is kept (checked when
-built); :func:`score` samples and scores a split with the head's baselines beside it (Gaussian
+:class:`Scoring` (:mod:`diffsample.forecast.sampling_config`, and importable from here) holds
+how a split is sampled and scored and what is kept, checked when built; :func:`score` samples and scores a split with the head's baselines beside it (Gaussian
 residuals with train- or validation-fitted sigma, bootstrapped training residuals: the same
 windows, samples and seed), says the scores, then writes the files named after the results
 file, each atomically and in order of worth: results JSON, per-step CSV, samples, TSLib's
@@ -23,11 +23,10 @@ from typing import Any
 
 import torch
 
-from .._utils import check_bool, check_choice
+from .._utils import check_choice
 from ..distributed import torchrun_rank_world
-from ..schedules import Spacing
 from .data import ForecastDataset, ForecastSplit, WindowBatch
-from .evaluation import Evaluation, check_evaluation_args, evaluate_baselines, evaluate_split
+from .evaluation import Evaluation, evaluate_baselines, evaluate_split
 from .model import Forecast, ForecastConfig, ITransformerDiffusion
 from .report import (
     OutputFiles,
@@ -41,6 +40,7 @@ from .report import (
     write_json,
     write_per_step_csv,
 )
+from .sampling_config import SamplingConfig, Scoring
 from .training import TrainConfig, TrainResult
 from .tslib import PointKeeper, TSLibRun
 
@@ -63,62 +63,6 @@ SPLITS = ("test", "val", "train")  # the ForecastDataset attributes a model can 
 MISSING_MATPLOTLIB = (
     "note: no fan chart: matplotlib is not installed (pip install 'diffsample[plot]')"
 )
-
-
-# ---------------------------------------------------------------------------------------- settings
-@dataclasses.dataclass(frozen=True)
-class Scoring:
-    """How a split is sampled and scored, and what is kept; checked when built.
-
-    Attributes:
-        n_samples: S, samples per window.
-        num_steps: K, sampling steps (at most the model's T, checked before any work).
-        sampler: a name in :data:`diffsample.SAMPLERS`.
-        spacing: the grid of the K steps (``NoiseSchedule.timesteps``); "logsnr" ends at
-            t = 0 (the trailing grid's last jump returns a contracted posterior mean).
-        seed: keys the sampling noise, with each window's index in the split.
-        windows: score this many windows spread evenly over the split's period, not its first
-            ones; None: all.
-        batch_size: windows per forecast call.
-        baselines: also score the Gaussian (train and validation sigma) and bootstrap baselines
-            of the same backbone on the same windows, into the same files.
-        save_samples: also write every sample, ``[S, W, H, N]`` float32 (``.npz``), kept in
-            memory until then; not under torchrun (each rank keeps only its own).
-    """
-
-    n_samples: int = 100
-    num_steps: int = 10
-    sampler: str = "dpmpp_2m"
-    spacing: Spacing = "logsnr"
-    seed: int = 0
-    windows: int | None = None
-    batch_size: int = 256
-    baselines: bool = True
-    save_samples: bool = False
-
-    def __post_init__(self) -> None:
-        if self.save_samples and torchrun_rank_world()[1] > 1:
-            raise ValueError(
-                "--save-samples: not available under torchrun (the samples stay on the rank that "
-                "drew them; only the metric sums are combined): evaluate in one process to keep them"
-            )
-        n_samples, num_steps, batch_size, windows = check_evaluation_args(
-            n_samples=self.n_samples,
-            num_steps=self.num_steps,
-            sampler=self.sampler,
-            batch_size=self.batch_size,
-            max_windows=self.windows,
-        )
-        for name, value in (
-            ("n_samples", n_samples),
-            ("num_steps", num_steps),
-            ("batch_size", batch_size),
-            ("windows", windows),
-        ):
-            object.__setattr__(self, name, value)
-        check_choice("spacing", self.spacing, Spacing)
-        check_bool("baselines", self.baselines)
-        check_bool("save_samples", self.save_samples)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,12 +142,8 @@ def score(
     n, picked = _picked(len(scored), scoring.windows)
     kept = _Kept(scored, picked or list(range(n)), model.config, scoring, tslib, on_batch)
     world = torchrun_rank_world()[1]
-    spread = "" if world == 1 else f", across {world} processes"
-    say(
-        f"sampling the {split} set: {n} windows x {scoring.n_samples} samples, {scoring.sampler} "
-        f"{scoring.num_steps} steps ({scoring.spacing} grid), {scoring.batch_size} windows per "
-        f"call{spread}"
-    )
+    scoring = runnable(scoring, where, say)
+    say(f"sampling the {split} set: {n} windows x {_sampling_text(scoring, world)}")
     if kept.store is not None:
         mib = kept.store.samples.numel() * kept.store.samples.element_size() / 2**20
         say(f"--save-samples: keeping all {mib:.0f} MiB of samples in memory to write them")
@@ -231,6 +171,7 @@ def score(
             processes=world,
             baselines=baselines,
         )
+        report = _with_sampling(report, scoring.sampling)
         written = _write(report, ev, baselines, files, data, split, kept, tslib, plot, say)
     return RunResult(model, data, ev, baselines, written, training)
 
@@ -242,6 +183,59 @@ def _picked(n_split: int, windows: int | None) -> tuple[int, list[int] | None]:
         return n_split, None
     n = min(windows, n_split)
     return n, spread_windows(n_split, n)
+
+
+def runnable(scoring: Scoring, device: torch.device, say: Say) -> Scoring:
+    """``scoring`` as it runs on ``device``: CUDA graphs need a CUDA device, so elsewhere
+    ``graph`` is turned off with a note to ``say`` (the fallback ``sample_many`` documents,
+    said once up front instead of warned at the first forecast call). Autocast runs anywhere
+    (on a CPU, CPU autocast)."""
+    if not scoring.sampling.graph or device.type == "cuda":
+        return scoring
+    say(f"note: --graph: CUDA graphs need a CUDA device; sampling eagerly on {device}")
+    eager = dataclasses.replace(scoring.sampling, graph=False)
+    return dataclasses.replace(scoring, sampling=eager)
+
+
+def _sampling_text(scoring: Scoring, world: int) -> str:
+    """``S samples, <sampler> K steps (<spacing> grid), B windows per call`` and the settings
+    that are not the defaults' (autocast, graph, eta, clipping, chunking)."""
+    s = scoring.sampling
+    extras = [f"{k} {v}" for k, v in _options(s).items()]
+    extras += [] if world == 1 else [f"across {world} processes"]
+    return ", ".join(
+        [
+            f"{s.n_samples} samples",
+            f"{s.sampler_name} {s.num_steps} steps ({s.spacing} grid)",
+            f"{scoring.batch_size} windows per call",
+            *extras,
+        ]
+    )
+
+
+def _options(s: SamplingConfig) -> dict[str, object]:
+    """The sampling options set away from their defaults (off, None), name -> value."""
+    values = {
+        "autocast": None if s.autocast == "off" else s.autocast,
+        "graph": "on" if s.graph else None,
+        "eta": s.eta,
+        "clip_x0": s.clip_x0,
+        "clip_eps": s.clip_eps,
+        "max_batch": s.max_batch,
+        "memory_budget": s.memory_budget,
+    }
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def _with_sampling(report: Mapping[str, Any], sampling: SamplingConfig) -> dict[str, Any]:
+    """The results file's content with the head's sampling settings, ``"sampling"``
+    (:meth:`SamplingConfig.as_dict`), beside the trainer's (after ``"train"``)."""
+    out: dict[str, Any] = {}
+    for key, value in report.items():
+        out[key] = value
+        if key == "train":
+            out["sampling"] = sampling.as_dict()
+    return out
 
 
 def _evaluate(
@@ -257,13 +251,9 @@ def _evaluate(
     ev = evaluate_split(
         model,
         getattr(data, split),
-        n_samples=scoring.n_samples,
-        num_steps=scoring.num_steps,
-        sampler=scoring.sampler,
-        spacing=scoring.spacing,
+        sampling=scoring.sampling,
         batch_size=scoring.batch_size,
         windows=picked,
-        seed=scoring.seed,
         progress=progress,
         on_batch=kept,
     )
@@ -273,10 +263,9 @@ def _evaluate(
         model,
         data,
         split,
-        n_samples=scoring.n_samples,
+        sampling=scoring.sampling,  # its n_samples and seed: the same samples per window
         batch_size=scoring.batch_size,
         windows=picked,
-        seed=scoring.seed,
     )
     return ev, baselines
 
