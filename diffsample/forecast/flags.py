@@ -183,7 +183,7 @@ SAMPLING_FLAGS: dict[str, tuple[str, tuple[str, ...], str]] = {
         "--autocast",
         (),
         "run the denoiser (only) under torch.autocast in bf16 or fp16; the samples and the "
-        "update stay float32. On a CPU it is CPU autocast (slower there, no gain)",
+        "update stay float32. On a CPU it runs under CPU autocast",
     ),
     "graph": (
         "--graph",

@@ -77,7 +77,7 @@ class SamplingConfig:
         clip_eps: with ``clip_x0``, the eps DDIM's update uses: "raw" or "rederive"
             (required for DDIM; the others use x0 only); None: not passed.
         autocast: run the denoiser (only) under ``torch.autocast`` in "bf16" or "fp16";
-            "off": full precision. On a CPU this is CPU autocast (slower there, no gain).
+            "off": full precision. On a CPU this is CPU autocast.
         graph: capture one chunk's step loop as a CUDA graph and replay it; on other devices
             :func:`diffsample.sample_many` warns and samples eagerly.
         max_batch: rows (samples x windows) per denoiser call at most; None: as the memory
