@@ -13,6 +13,9 @@ Dimensions: S samples, W windows, L lookback, H horizon, N variates.
                             scaler statistics and variate names (load_samples reads it; a
                             path with another suffix gets the same keys with torch.save)
 
+The content of the JSON is :mod:`~diffsample.forecast.results`'s, the chart's figure and the
+windows it keeps :mod:`~diffsample.forecast.plotting`'s; their names still import from here.
+
 Every file is written atomically (a temp file renamed into place): a failure raises
 :class:`OutputError` (an OSError) naming the file and the cause, and leaves the old file or
 none, never a half-written one. Nothing here prints; the command does.
@@ -21,12 +24,10 @@ none, never a half-written one. Nothing here prints; the command does.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import json
 import math
 import os
-import platform
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -35,14 +36,12 @@ from typing import IO, Any, NamedTuple
 import numpy as np
 import torch
 
-from .._utils import atomic_write, check_int, check_tensor, expected
-from ..metrics import sample_quantiles
+from .._utils import atomic_write, check_int, expected
 from .data import ForecastSplit, StandardScaler, WindowBatch
-from .evaluation import Evaluation
 from .forecast import Forecast, infer_freq, npz_arrays
-from .forecast import plain_text as _plain
-from .model import ForecastConfig
-from .training import TrainConfig
+from .plotting import WindowKeeper, fan_chart_figure, have_matplotlib, spread_windows
+from .plotting import plain_text as _plain  # noqa: F401 (tests/test_evaluation.py reads it)
+from .results import library_versions, machine_info, per_step_columns, results_dict
 
 __all__ = [
     "OutputError",
@@ -226,126 +225,6 @@ def write_per_step_csv(path: PathLike, per_step: Mapping[str, Sequence[float]]) 
     return _write_text(path, text)
 
 
-# ------------------------------------------------------------------------------------ results
-def machine_info(device: str | torch.device = "cpu") -> dict[str, Any]:
-    """Where a result was computed: platform, CPU name, cores, torch threads, CUDA device name."""
-    device = torch.device(device)
-    return {
-        "platform": platform.platform(),
-        "cpu": _cpu_name(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "device": str(device),
-        "cuda_device": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-    }
-
-
-def _cpu_name() -> str:
-    try:  # Linux: platform.processor() only says "x86_64"
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
-
-
-def library_versions() -> dict[str, str]:
-    """Versions of diffsample, torch, numpy and Python."""
-    from .. import __version__
-
-    return {
-        "diffsample": __version__,
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-    }
-
-
-def results_dict(
-    *,
-    command: str,
-    data: Mapping[str, Any],
-    split: str,
-    evaluation: Evaluation,
-    config: ForecastConfig,
-    device: str | torch.device,
-    checkpoint: PathLike | None = None,
-    train_config: TrainConfig | None = None,
-    history: Sequence[Mapping[str, float]] = (),
-    training_seconds: float | None = None,
-    files: Mapping[str, PathLike | None] | None = None,
-    processes: int = 1,
-    baselines: Mapping[str, Evaluation] | None = None,
-) -> dict[str, Any]:
-    """The results file's content: what was scored, how, where, with what, and the scores.
-
-    Args:
-        command: ``"train"``, ``"evaluate"``, ``"demo"`` or a script's name.
-        data: the data's spec (``ForecastDataset.spec()``: source, lookback, horizon, ...).
-        split: the split scored (``"test"``, ``"val"``, ``"train"``).
-        evaluation: what :func:`~diffsample.forecast.evaluate_split` returned.
-        config: the model's configuration.
-        device: where it ran.
-        checkpoint: the model file.
-        train_config: the trainer's settings, if trained in this run.
-        history: the training epochs' records.
-        training_seconds: wall time of training, if trained in this run.
-        files: the other outputs (per-step table, fan chart, samples), name -> path or None.
-        processes: how many processes (torchrun ranks) sampled the split.
-        baselines: name -> the scores of a baseline on the same windows
-            (:func:`~diffsample.forecast.evaluation.evaluate_baselines`), written under
-            ``"baselines"``; None: not scored.
-
-    Returns:
-        A JSON-ready dict (NaN scores included; :func:`write_json` writes them as null).
-    """
-    _checked("evaluation", evaluation)
-    return {
-        "command": command,
-        "data": dict(data),
-        "split": split,
-        "checkpoint": None if checkpoint is None else os.fspath(checkpoint),
-        "config": dataclasses.asdict(config),
-        "train": None if train_config is None else dataclasses.asdict(train_config),
-        "history": [dict(r) for r in history],
-        "scores": evaluation.as_dict(),
-        "baselines": None
-        if baselines is None
-        else {k: _checked(f"baselines[{k!r}]", v).as_dict() for k, v in baselines.items()},
-        "seconds": {
-            "training": None if training_seconds is None else round(training_seconds, 3),
-            "sampling": round(evaluation.seconds, 3),
-            "scoring": round(evaluation.scoring_seconds, 3),
-        },
-        "machine": machine_info(device),
-        "processes": check_int("processes", processes),
-        "versions": library_versions(),
-        "files": {k: None if v is None else os.fspath(v) for k, v in (files or {}).items()},
-    }
-
-
-def _checked(name: str, evaluation: object) -> Evaluation:
-    if not isinstance(evaluation, Evaluation):
-        raise TypeError(expected(name, "an Evaluation (evaluate_split)", evaluation))
-    return evaluation
-
-
-def per_step_columns(
-    evaluation: Evaluation, baselines: Mapping[str, Evaluation] | None = None
-) -> dict[str, tuple[float, ...]]:
-    """The per-step table of a result: ``evaluation.per_step``, then for each baseline its
-    ``crps``, ``mse_mean`` and ``coverage_*`` columns as ``<name>_<column>`` (its point
-    columns are the model's own)."""
-    out = dict(_checked("evaluation", evaluation).per_step)
-    for name, ev in (baselines or {}).items():
-        for col, values in _checked(f"baselines[{name!r}]", ev).per_step.items():
-            if col == "crps" or col == "mse_mean" or col.startswith("coverage_"):
-                out[f"{name}_{col}"] = values
-    return out
-
-
 # ------------------------------------------------------------------------------------ samples
 class SampleStore:
     """Every sample of an evaluation, for users who score them their own way.
@@ -457,56 +336,7 @@ class SampleStore:
         )
 
 
-class WindowKeeper:
-    """The samples, targets and histories of a few windows (for :func:`fan_chart`), as an
-    ``on_batch`` hook of :func:`~diffsample.forecast.evaluate_split`.
-
-    Args:
-        window_ids: the split indices of the windows to keep (e.g. :func:`spread_windows`).
-    """
-
-    def __init__(self, window_ids: Sequence[int]) -> None:
-        self.window_ids = [
-            check_int(f"window_ids[{i}]", w, minimum=0) for i, w in enumerate(window_ids)
-        ]
-        self._kept: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
-
-    def __call__(self, batch: WindowBatch, forecast: Forecast) -> None:
-        for j, w in enumerate(batch.index.tolist()):
-            if w in self.window_ids:
-                s = forecast.samples[:, j].float().cpu()  # [S, H, N]
-                self._kept[w] = (s, batch.y[j].cpu(), batch.x[j].cpu())
-
-    def stacked(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
-        """``(samples [S, W, H, N], truth [W, H, N], history [W, L, N], ids)`` of the windows seen."""
-        ids = [w for w in self.window_ids if w in self._kept]
-        if not ids:
-            raise ValueError("WindowKeeper: none of the windows to keep was evaluated")
-        kept = [self._kept[w] for w in ids]
-        samples = torch.stack([k[0] for k in kept], dim=1)  # [S, W, H, N]
-        truth = torch.stack([k[1] for k in kept])  # [W, H, N]
-        history = torch.stack([k[2] for k in kept])  # [W, L, N]
-        return samples, truth, history, ids
-
-
-def spread_windows(n_windows: int, k: int = 3) -> list[int]:
-    """``k`` window indices spread evenly over ``0 .. n_windows - 1`` (fewer if there are fewer)."""
-    n, k = check_int("n_windows", n_windows), check_int("k", k)
-    if k == 1 or n == 1:
-        return [0]
-    return sorted({round(i * (n - 1) / (k - 1)) for i in range(k)})
-
-
 # ------------------------------------------------------------------------------------ fan chart
-def have_matplotlib() -> bool:
-    """Whether :func:`fan_chart` can draw (matplotlib, the ``plot`` extra, imports)."""
-    try:
-        import matplotlib.figure  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def fan_chart(
     path: PathLike,
     samples: torch.Tensor,
@@ -522,8 +352,9 @@ def fan_chart(
     """A PNG of a few windows of one variate: the central 50% and 90% bands of the samples,
     their median, the truth, and the end of the history; written atomically.
 
-    Needs matplotlib (``pip install 'diffsample[plot]'``), imported here, not at import time,
-    and used without pyplot (no global backend or figure state is touched).
+    Needs matplotlib (``pip install 'diffsample[plot]'``), imported by the call, not at import
+    time, and used without pyplot (no global backend or figure state is touched; the figure is
+    :func:`~diffsample.forecast.plotting.fan_chart_figure`'s).
 
     Args:
         path: the ``.png`` file.
@@ -545,43 +376,14 @@ def fan_chart(
         ModuleNotFoundError: matplotlib is not installed (the message says how to get it).
         ValueError: shapes that do not fit.
     """
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError as exc:
-        raise ModuleNotFoundError(
-            "fan_chart: needs matplotlib (pip install 'diffsample[plot]')", name="matplotlib"
-        ) from exc
-    check_tensor("samples", samples, floating=True)
-    check_tensor("truth", truth, floating=True)
-    if samples.ndim != 4 or truth.shape != samples.shape[1:]:
-        raise ValueError(
-            f"samples, truth: expected [S, W, H, N] and [W, H, N], got {tuple(samples.shape)} "
-            f"and {tuple(truth.shape)}"
-        )
-    W, H, N = truth.shape
-    v = check_int("variate", variate, minimum=-N, maximum=N - 1) % N
-    ids = list(range(W)) if window_ids is None else [int(w) for w in window_ids]
-    inner, outer = levels
-    qs = [(1 - outer) / 2, (1 - inner) / 2, 0.5, (1 + inner) / 2, (1 + outer) / 2]
-    q = sample_quantiles(samples[..., v].float().cpu(), qs).numpy()  # [5, W, H]
-    steps = np.arange(1, H + 1)
-    fig = Figure(figsize=(8, 2.4 * W), layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(W, 1, squeeze=False)[:, 0]
-    name = _plain(variate_name or f"variate {v}")
-    for i, ax in enumerate(axes):
-        if history is not None:
-            tail = history[i, -min(history.shape[1], 2 * H) :, v].float().cpu().numpy()
-            ax.plot(np.arange(-len(tail) + 1, 1), tail, color="0.45", lw=1, label="history")
-        ax.fill_between(steps, q[0, i], q[4, i], color="C0", alpha=0.2, lw=0, label=f"{outer:.0%}")
-        ax.fill_between(steps, q[1, i], q[3, i], color="C0", alpha=0.4, lw=0, label=f"{inner:.0%}")
-        ax.plot(steps, q[2, i], color="C0", lw=1.2, label="median")
-        ax.plot(steps, truth[i, :, v].float().cpu().numpy(), color="k", lw=1.2, label="truth")
-        ax.set_title(f"window {ids[i]}, {name}", fontsize=9, usetex=False)
-        ax.set_xlabel("step (0 = last observed)", fontsize=8)
-        ax.tick_params(labelsize=8)
-    axes[0].legend(fontsize=7, ncol=5, loc="upper left")
-    if title:
-        fig.suptitle(_plain(title), fontsize=10, usetex=False)
+    fig = fan_chart_figure(
+        samples,
+        truth,
+        history=history,
+        window_ids=window_ids,
+        variate=variate,
+        variate_name=variate_name,
+        levels=levels,
+        title=title,
+    )
     return _write(path, lambda f: fig.savefig(f, format="png", dpi=100))
