@@ -186,6 +186,33 @@ def test_chunk_sizes_do_not_change_results(monkeypatch, estimator):
     torch.testing.assert_close(energy_score(x, y, estimator=estimator), want, rtol=1e-13, atol=0)
 
 
+def test_the_chunk_budget_is_read_where_the_tests_patch_it(monkeypatch):
+    """MV_CHUNK_ELEMENTS of the multivariate module sets the vectors per chunk of both scores
+    (the operands moved to _vectors.py; a budget read there would make the patches above
+    change nothing, and the test above pass without testing the chunking)."""
+    from diffsample.metrics import _vectors
+    from diffsample.metrics._vectors import Vectors
+
+    assert multivariate.MultivariateEstimator is _vectors.MultivariateEstimator  # still here
+    seen = []
+    real = Vectors.chunks
+
+    def spy(self, per_chunk, dtype, scratch):
+        seen.append(per_chunk)
+        return real(self, per_chunk, dtype, scratch)
+
+    monkeypatch.setattr(Vectors, "chunks", spy)
+    x, y = data(7, shape=(9, 5, 3, 6))
+    energy_score(x, y)
+    variogram_score(x, y)
+    S, D = 9, 6  # budget // elements per vector: S D + S^2 (energy), S D^2 (variogram)
+    assert seen == [(1 << 20) // (S * D + S * S), (1 << 20) // (S * D * D)]
+    monkeypatch.setattr(multivariate, "MV_CHUNK_ELEMENTS", 1)
+    energy_score(x, y)
+    variogram_score(x, y)
+    assert seen[2:] == [1, 1]
+
+
 def test_float32_is_computed_accurately_and_returned_as_float32():
     x, y = data(8, shape=(50, 4, 24, 7))
     x32, y32 = x.float(), y.float()

@@ -2,6 +2,7 @@
 
 import dataclasses
 import math
+import typing
 
 import numpy as np
 import pytest
@@ -283,6 +284,17 @@ def test_from_diffusers_reads_trained_betas_a_mapping_or_a_config_attribute():
         assert torch.equal(
             NoiseSchedule.from_diffusers(given).betas, torch.tensor(betas, dtype=torch.float64)
         )
+
+
+def test_the_diffusers_reading_is_its_own_module_and_its_literal_still_imports_here():
+    """Issue 17 moved the reading of a diffusers config to diffusers_config.py; the Literal of
+    the beta schedules still imports from schedules, and is the same object."""
+    from diffsample import diffusers_config, schedules
+
+    assert schedules.DiffusersBetaSchedule is diffusers_config.DiffusersBetaSchedule
+    assert set(typing.get_args(schedules.DiffusersBetaSchedule)) == {
+        "linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid", "laplace"
+    }  # fmt: skip
 
 
 def test_from_diffusers_takes_diffusers_defaults_for_missing_fields():
