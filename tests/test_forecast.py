@@ -687,7 +687,8 @@ def test_bad_inputs():
 )
 def test_forecast_rejects_inputs_of_the_wrong_dtype_or_shape(history, marks, error, pattern):
     """One rule: inputs have the parameters' dtype (no silent cast, documented in
-    _check_inputs) and at least one window; each message is one line in the one grammar."""
+    model_checks.check_inputs) and at least one window; each message is one line in the one
+    grammar."""
     m = tiny_model()
     x, mk = inputs()
     x, mk = (history or (lambda v: v))(x), (marks or (lambda v: v))(mk)

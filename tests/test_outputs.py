@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from diffsample.forecast import ForecastConfig, ITransformerDiffusion, outputs
-from diffsample.forecast.model import _write_checkpoint
+from diffsample.forecast.checkpoint import model_payload, write_checkpoint
 from diffsample.forecast.outputs import (
     LOCK_NAME,
     RunLock,
@@ -78,7 +78,8 @@ def test_every_output_name_must_be_writable_as_a_file(tmp_path):
 def _checkpoint(path, finished: bool):
     model = ITransformerDiffusion(SMALL)
     extra = {} if finished else {"stage": 1, "epoch": 1, "run": {}, "resume": {}}
-    _write_checkpoint(path, {**model._checkpoint_payload(), "finished": finished, **extra})
+    weights = model_payload(model.config, model.state_dict(), model.data_spec)
+    write_checkpoint(path, {**weights, "finished": finished, **extra})
     return path
 
 

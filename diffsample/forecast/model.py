@@ -27,7 +27,7 @@ before a model is built; the format is :mod:`diffsample.forecast.checkpoint`'s. 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,12 +40,11 @@ from .._utils import check_bool, check_device, check_finite, check_int, check_te
 from ..prediction import training_target
 from ..samplers import Sampler
 from ..schedules import Spacing
-from .checkpoint import model_payload, read_model
-from .checkpoint import write_checkpoint as _write_checkpoint  # tests/test_outputs.py imports it
-from .data import StandardScaler
+from .checkpoint import model_payload, read_model, write_checkpoint
+from .data.spec import spec_columns, spec_scaler
+from .dates import check_freq, check_start
 from .forecast import Forecast
-from .forecast import check_freq as _check_freq
-from .forecast import check_start as _check_start
+from .model_checks import check_history_ids, check_inputs, check_own_device
 from .model_config import CONFIG_LIMITS as CONFIG_LIMITS
 from .model_config import DenoiserName, ForecastConfig, HistoryStats, ScheduleName, networks
 from .sampling_config import EXTRA_FIELDS, SamplingConfig, resolve_sampling
@@ -58,31 +57,6 @@ __all__ = [
     "ITransformerDiffusion",
     "ScheduleName",
 ]
-
-
-def _spec_scaler(spec: Mapping[str, Any] | None, n: int) -> StandardScaler | None:
-    """The scaler of the data a model trained on, from its data spec (None without one)."""
-    if not spec or spec.get("scaler_mean") is None or spec.get("scaler_std") is None:
-        return None
-    try:
-        scaler = StandardScaler(mean=spec["scaler_mean"], std=spec["scaler_std"])
-    except (TypeError, ValueError) as err:
-        raise ValueError(
-            f"model.data_spec: scaler_mean / scaler_std are not a scaler: {err}"
-        ) from err
-    if scaler.n_variates != n:
-        raise ValueError(
-            f"model.data_spec: expected scaler statistics of {n} variates, got {scaler.n_variates}"
-        )
-    return scaler
-
-
-def _spec_columns(spec: Mapping[str, Any] | None, n: int) -> tuple[str, ...] | None:
-    """The variate names of the data spec, if it holds N of them."""
-    cols = None if not spec else spec.get("columns")
-    if isinstance(cols, (list, tuple)) and len(cols) == n and all(isinstance(c, str) for c in cols):
-        return tuple(cols)
-    return None
 
 
 class ITransformerDiffusion(nn.Module):
@@ -118,7 +92,7 @@ class ITransformerDiffusion(nn.Module):
         self, history: torch.Tensor, time_features: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The backbone: history ``[B, L, N]`` (+ ``[B, L, F]``) -> (y_det ``[B, H, N]``, z ``[B, N, D]``)."""
-        self._check_inputs(history, time_features)
+        check_inputs(self.config, next(self.backbone.parameters()), history, time_features)
         return self.backbone(history, time_features if self.config.n_time_features else None)
 
     def condition(self, history: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -262,11 +236,14 @@ class ITransformerDiffusion(nn.Module):
                 and "ddim" are deterministic given the noise) or a sampler function.
             num_steps: K sampling steps (default 10: DPM-Solver++(2M) with 10 steps scored
                 ETTh1 as well as DDIM-50 at a fifth of the cost, docs/results.md).
-            spacing: the grid of the K steps (:meth:`NoiseSchedule.timesteps`), default
-                "logsnr" (since 0.6.0), which ends at t = 0; "trailing" ends at t = T / K - 1
-                and jumps to the clean residual, the denoiser's posterior mean there: at 10
-                steps the samples' spread was 0.72 (ETTh2) and 0.79 (ETTh1) of the true
-                errors', 1.08 and 1.00 with "logsnr" (DDIM-50: 1.01, 0.97; docs/results.md).
+            spacing: the grid of the K steps (:meth:`NoiseSchedule.timesteps`). "logsnr"
+                (the default since 0.6.0) spaces them evenly in log-SNR, most of them at low
+                noise, and ends at t = 0; "trailing" (before 0.6.0) spaces them evenly in t
+                and ends with a jump from t = T/K - 1 to the clean residual. At 10 steps the
+                samples' spread was 0.72 (ETTh2) and 0.79 (ETTh1) of the true errors' with
+                "trailing", 0.78 / 0.85 with "linspace" (which also ends at t = 0), and
+                1.08 / 1.00 with "logsnr" (DDIM-50: 1.01 / 0.97) (seed-0 screens,
+                benchmarks/results/issue18_screens/).
             max_batch: see :func:`diffsample.sample_many`.
             memory_budget: see :func:`diffsample.sample_many`.
             seed: keys the noise with ``window_ids`` (default 0; an int or a tuple key): the
@@ -306,13 +283,13 @@ class ITransformerDiffusion(nn.Module):
         self.eval()
         try:
             y_det, z = self(history, time_features)  # [B, H, N], [B, N, D]; checks the shapes
-            _check_window_ids(window_ids, history.shape[0])
+            check_history_ids(window_ids, history.shape[0])
             # what the Forecast carries, checked before sampling
-            scaler = _spec_scaler(self.data_spec, self.config.n_variates)
-            variates = _spec_columns(self.data_spec, self.config.n_variates)
-            start, freq = _check_start(start, history.shape[0]), _check_freq(freq)
+            scaler = spec_scaler(self.data_spec, self.config.n_variates)
+            variates = spec_columns(self.data_spec, self.config.n_variates)
+            start, freq = check_start(start, history.shape[0]), check_freq(freq)
             if "device" in sampler_kwargs:
-                self._check_own_device(sampler_kwargs["device"])
+                check_own_device(sampler_kwargs["device"], next(self.backbone.parameters()))
             # once per call, before sampling (not in forward: a sync per training batch);
             # NaN here would only surface as NaN samples
             check_finite("history", history)
@@ -362,7 +339,7 @@ class ITransformerDiffusion(nn.Module):
         this backbone) as a :class:`Forecast` carrying this model's scaler and variate names,
         as :meth:`forecast`'s own do."""
         N = self.config.n_variates
-        scaler, variates = _spec_scaler(self.data_spec, N), _spec_columns(self.data_spec, N)
+        scaler, variates = spec_scaler(self.data_spec, N), spec_columns(self.data_spec, N)
         return Forecast(samples, point, scaler=scaler, variates=variates, window_ids=window_ids)
 
     # ------------------------------------------------------------------ persistence
@@ -372,7 +349,8 @@ class ITransformerDiffusion(nn.Module):
         It holds the config, the weights, ``data_spec`` and a checksum (the format:
         :mod:`diffsample.forecast.checkpoint`). Returns the path.
         """
-        return _write_checkpoint(path, {**self._checkpoint_payload(), "finished": True})
+        payload = model_payload(self.config, self.state_dict(), self.data_spec)
+        return write_checkpoint(path, {**payload, "finished": True})
 
     @classmethod
     def load(
@@ -423,12 +401,7 @@ class ITransformerDiffusion(nn.Module):
         model.data_spec = found.data_spec
         return model.eval()
 
-    def _checkpoint_payload(self, state_dict: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """format, config, weights (``state_dict`` or the model's own) and data spec."""
-        weights = self.state_dict() if state_dict is None else state_dict
-        return model_payload(self.config, weights, self.data_spec)
-
-    # ------------------------------------------------------------------ checks
+    # ------------------------------------------------------------------ helpers
     def _schedule_on(self, device: torch.device) -> NoiseSchedule:
         """``self.schedule`` on ``device``, copied once per device: the training loss indexes
         it with t drawn there, and moving t to the host instead would sync at every step."""
@@ -439,74 +412,3 @@ class ITransformerDiffusion(nn.Module):
             moved = self.schedule.to(device)
             self._device_schedules[device] = (self.schedule, moved)
         return moved
-
-    def _check_own_device(self, value: object) -> None:
-        """``value`` a device (see ``diffsample._utils.check_device``) that is the parameters' own."""
-        device = check_device("device", value)
-        own = next(self.backbone.parameters()).device
-        if device.type != own.type or device.index not in (None, own.index):
-            raise ValueError(
-                f"device: expected the model's device {own} (move the model with "
-                f".to({str(device)!r}) to sample there), got {str(value)!r}"
-            )
-
-    def _check_inputs(self, history: torch.Tensor, time_features: torch.Tensor | None) -> None:
-        """history ``[B, L, N]`` (B >= 1) and time features ``[B, L, F]`` of the parameters'
-        dtype and device. No implicit cast: a float64 history would only be rounded to float32
-        here, and an integer one is almost always a mistake upstream."""
-        c = self.config
-        param = next(self.backbone.parameters())
-        _check_input(
-            "history", history, (None, c.lookback, c.n_variates), param, "B windows >= 1, L, N"
-        )
-        if not c.n_time_features:
-            return  # a model built without time features ignores any it is given
-        if time_features is None:
-            raise ValueError(
-                f"time_features: this model uses {c.n_time_features} time features; pass [B, "
-                f"{c.lookback}, {c.n_time_features}] (or build it with n_time_features=0)"
-            )
-        want = (history.shape[0], c.lookback, c.n_time_features)
-        _check_input("time_features", time_features, want, param, "B, L, F")
-
-
-def _check_window_ids(window_ids: object, B: int) -> None:
-    """``window_ids`` None or ``[B]`` integer ids (a tensor or a sequence)."""
-    if window_ids is None:
-        return
-    want = f"[{B}] integer ids, one per history window"
-    if isinstance(window_ids, (str, bytes)) or not isinstance(window_ids, (torch.Tensor, Sequence)):
-        raise TypeError(expected("window_ids", f"a tensor or sequence of {want}", window_ids))
-    try:
-        ids = torch.as_tensor(window_ids)
-    except (TypeError, ValueError, RuntimeError):
-        raise TypeError(expected("window_ids", want, window_ids)) from None
-    if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
-        raise TypeError(expected("window_ids", want, ids))
-    if tuple(ids.shape) != (B,):
-        raise ValueError(expected("window_ids", f"{want} (history holds B = {B})", ids))
-
-
-def _check_input(
-    name: str, x: object, shape: tuple[int | None, ...], param: torch.Tensor, legend: str
-) -> None:
-    """``x`` a tensor of ``shape`` (None: any size >= 1) with ``param``'s dtype and device."""
-    x = check_tensor(name, x)
-    dims = ", ".join("B" if n is None else str(n) for n in shape)
-    if x.ndim != len(shape) or any(
-        x.shape[i] != n if n is not None else x.shape[i] < 1 for i, n in enumerate(shape)
-    ):
-        raise ValueError(expected(name, f"a tensor [{dims}] ({legend})", x))
-    if x.dtype != param.dtype:
-        raise TypeError(
-            expected(
-                name,
-                f"a {param.dtype} tensor like the model's parameters (cast with .to({param.dtype}))",
-                x,
-            )
-        )
-    if x.device != param.device:
-        raise ValueError(
-            f"{name}: expected a tensor on {param.device} (the model's device), got one on "
-            f"{x.device}"
-        )

@@ -28,6 +28,7 @@ from .batches import ForecastDataset, check_window_lengths
 from .download import locate_ett
 from .reader import PathLike
 from .registry import ETT_NAMES, synthetic_call
+from .scaler import StandardScaler
 from .splits import Protocol, load_csv
 from .synthetic import synthetic_dataset
 from .timefeatures import Freq
@@ -185,6 +186,32 @@ def reload_data(
         data = synthetic_dataset(**call, lookback=lookback, horizon=horizon)
     check_data_spec(spec, data)
     return data
+
+
+def spec_scaler(spec: Mapping[str, Any] | None, n: int) -> StandardScaler | None:
+    """The scaler of the data a model trained on, from its data spec (None without one);
+    ValueError if the spec's statistics are not a scaler of ``n`` variates."""
+    if not spec or spec.get("scaler_mean") is None or spec.get("scaler_std") is None:
+        return None
+    try:
+        scaler = StandardScaler(mean=spec["scaler_mean"], std=spec["scaler_std"])
+    except (TypeError, ValueError) as err:
+        raise ValueError(
+            f"model.data_spec: scaler_mean / scaler_std are not a scaler: {err}"
+        ) from err
+    if scaler.n_variates != n:
+        raise ValueError(
+            f"model.data_spec: expected scaler statistics of {n} variates, got {scaler.n_variates}"
+        )
+    return scaler
+
+
+def spec_columns(spec: Mapping[str, Any] | None, n: int) -> tuple[str, ...] | None:
+    """The variate names of a data spec, if it holds ``n`` of them (None otherwise)."""
+    cols = None if not spec else spec.get("columns")
+    if isinstance(cols, (list, tuple)) and len(cols) == n and all(isinstance(c, str) for c in cols):
+        return tuple(cols)
+    return None
 
 
 # the protocols a spec records ("auto" is resolved before a dataset exists)
