@@ -6,8 +6,11 @@ MODE evaluate CHECKPOINT: score the tiny data's test split through evaluate_spli
 group is started by diffsample from torchrun's environment); each rank writes its scores and the
 windows it sampled to OUT/rank<r>.json.
 MODE train CHECKPOINT [STOP_AFTER]: train a tiny model with a checkpoint; each rank writes its
-result, a digest of its weights and the checkpoint writes it made; with STOP_AFTER, every rank
-raises KeyboardInterrupt before its epoch number STOP_AFTER + 1 (an interrupted run).
+result, a digest of its weights and the checkpoint writes it made (seen where a write ends, in
+torch.save, so nothing depends on how training.py binds write_checkpoint); with STOP_AFTER,
+every rank raises KeyboardInterrupt in its epoch number STOP_AFTER + 1, after the epoch's passes
+and before its checkpoint (an interrupted run: that epoch's work is lost), from
+training_run.Fitting.end_epoch.
 """
 
 from __future__ import annotations
@@ -27,7 +30,9 @@ from diffsample.forecast import (
     evaluate_split,
     load_dataset,
     training,
+    training_run,
 )
+from diffsample.forecast.checkpoint import FORMAT
 from diffsample.forecast.training import fit_spread_scale
 
 MODEL = dataclasses.replace(TINY, n_variates=7)  # the synthetic data's variates
@@ -66,23 +71,24 @@ def evaluate(out: Path, checkpoint: Path) -> dict:
 
 def train(out: Path, checkpoint: Path, stop_after: int | None) -> dict:
     writes: list[str] = []
-    write = training._write_checkpoint
+    save = torch.save
 
-    def counted(path, payload):
-        writes.append("finished" if payload["finished"] else f"epoch {payload['epoch']}")
-        write(path, payload)
+    def counted(obj, f, *args, **kwargs):
+        if isinstance(obj, dict) and obj.get("format") == FORMAT:
+            writes.append("finished" if obj["finished"] else f"epoch {obj['epoch']}")
+        return save(obj, f, *args, **kwargs)
 
-    training._write_checkpoint = counted
+    torch.save = counted
     if stop_after is not None:
-        epoch, calls = training._epoch, [0]
+        end_epoch, calls = training_run.Fitting.end_epoch, [0]
 
         def interrupted(*args, **kwargs):
             if calls[0] == stop_after:
                 raise KeyboardInterrupt
             calls[0] += 1
-            return epoch(*args, **kwargs)
+            return end_epoch(*args, **kwargs)
 
-        training._epoch = interrupted
+        training_run.Fitting.end_epoch = interrupted
     torch.manual_seed(0)
     model = ITransformerDiffusion(MODEL)
     resume = checkpoint.exists()
