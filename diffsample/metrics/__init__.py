@@ -18,8 +18,11 @@ One module per job:
                      autograd), run a kernel; a small thread pool
     _kernels.py      per-chunk kernels (CRPS estimators and their registry, quantiles, means)
                      and the additive float64 sums, pinball losses included
+    _sums.py         ForecastMetrics' named float64 sums (overall and per index of a breakdown
+                     axis) and the scorer that fills them from one sort of each chunk
     scores.py        crps, crps_sum, sample_quantiles, coverage, interval_width, quantile_crps
     multivariate.py  energy_score, variogram_score: vectors of several elements, chunked
+    _vectors.py      their operands as vectors: checks, chunks into reused buffers, NaN weights
     parametric.py    crps_normal, the closed-form CRPS of a Gaussian
     streaming.py     ForecastMetrics
 

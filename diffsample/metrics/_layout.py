@@ -85,9 +85,6 @@ def range_blocks(shape: tuple[int, ...], start: int, stop: int) -> Iterator[Bloc
             yield (i1, *b)
 
 
-_blocks = range_blocks  # the old name, which tests/test_metrics.py still imports
-
-
 def check_operands(
     samples: torch.Tensor, obs: torch.Tensor | None, sample_dim: int
 ) -> tuple[int, tuple[int, ...]]:
