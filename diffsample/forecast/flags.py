@@ -163,8 +163,8 @@ SAMPLING_FLAGS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "spacing": (
         "--spacing",
         (),
-        "the grid of the sampling steps (logsnr ends at t = 0; trailing, before 0.6.0, "
-        "jumps from t = T / K - 1 to the clean residual and narrows the samples)",
+        "the grid of the sampling steps (logsnr: evenly in log-SNR, down to t = 0; trailing, "
+        "before 0.6.0: evenly in t, which narrowed the samples at 10 steps)",
     ),
     "eta": (
         "--eta",

@@ -45,10 +45,7 @@ from torch import nn
 from .._utils import check_bool, check_path, expected, progress_bar
 from .baselines import residual_stats
 from .calibration import calibrate, check_calibration, fit_spread_scale
-from .checkpoint import check_resume_device, model_payload, read_resume
-
-# bound to a name of this module: tests/distributed_worker.py counts the writes through it
-from .checkpoint import write_checkpoint as _write_checkpoint
+from .checkpoint import check_resume_device, model_payload, read_resume, write_checkpoint
 from .data import ForecastDataset, ForecastSplit, WindowBatch
 from .model import ITransformerDiffusion
 from .model_config import ForecastConfig
@@ -196,7 +193,7 @@ def train(
         weights = model_payload(model.config, model.state_dict(), model.data_spec)
         payload = {**weights, "finished": True, "run": run.run_record(best_val_diffusion=best_diff)}
         # the file is there when train returns, on every rank
-        ranks.on_main(lambda: _write_checkpoint(path, payload), f"writing the checkpoint {path}")
+        ranks.on_main(lambda: write_checkpoint(path, payload), f"writing the checkpoint {path}")
     seconds = ranks.max(run.seconds())  # the slowest rank's: one result on every rank
     return TrainResult(
         tuple(run.history), run.best_point, best_diff, dtype_name(amp_dtype), seconds
@@ -315,7 +312,7 @@ def _save_epoch(path: Path, run: Run, fit: Fitting, epoch: int) -> None:
 
     def write() -> None:
         weights = model_payload(model.config, fit.best_weights(model), model.data_spec)
-        _write_checkpoint(
+        write_checkpoint(
             path,
             {
                 **weights,
