@@ -13,9 +13,7 @@ normalised by its own sum |y|) and the sample mean's shift from the point foreca
 
 ``--data``: an ETT name (from $DIFFSAMPLE_ETT_DIR, else ../shared/data/ETT-small beside the
 repository), a CSV path (custom 70/10/20 split) or ``synthetic(...)``. ``--model k=v`` and
-``--train k=v`` change one field of the configs (an ablation row), e.g. ``--model
-history_stats=scale_level``.
-
+``--train k=v`` change one config field (an ablation row), e.g. ``--model history_stats=none``.
 Dimensions: S samples, W windows, H horizon, N variates.
 """
 
@@ -113,7 +111,9 @@ class Shift:
 
 
 @torch.no_grad()
-def probts(model: ITransformerDiffusion, data: ForecastDataset, S: int, seed: int) -> dict:
+def probts(
+    model: ITransformerDiffusion, data: ForecastDataset, S: int, seed: int, spacing: str = "logsnr"
+) -> dict:
     """ProbTS's CRPS on raw values of one test window every H steps (29 on ETT at 96 -> 96),
     for the head, the baselines and the point forecast (NMAE); the same keyed samples as the
     full run."""
@@ -122,7 +122,7 @@ def probts(model: ITransformerDiffusion, data: ForecastDataset, S: int, seed: in
     b = test.windows(torch.arange(0, len(test) - 1, model.config.horizon))
     y = data.scaler.inverse_transform(b.y)  # [W, H, N] raw
     kw = {"time_features": b.x_mark, "window_ids": b.index, "seed": seed}
-    fcs = {"diffusion head": model.forecast(b.x, S, progress=False, **kw)}
+    fcs = {"diffusion head": model.forecast(b.x, S, progress=False, spacing=spacing, **kw)}
     fcs |= {k: f.forecast(b.x, S, **kw) for k, f in residual_baselines(model, data).items()}
     out = {
         k: float(quantile_crps(fc.in_data_units().samples, y, window_dim=0))
@@ -143,6 +143,7 @@ def run_seed(args: argparse.Namespace, data: ForecastDataset, seed: int) -> dict
         n_samples=args.samples,
         num_steps=args.steps,
         sampler=args.sampler,
+        spacing=args.spacing,
         seed=seed,
         windows=args.windows,
     )
@@ -162,7 +163,7 @@ def run_seed(args: argparse.Namespace, data: ForecastDataset, seed: int) -> dict
             "diffusion head": r.evaluation.as_dict(),
             **{k: v.as_dict() for k, v in (r.baselines or {}).items()},
         },
-        "probts": probts(r.model, data, args.samples, seed),
+        "probts": probts(r.model, data, args.samples, seed, args.spacing),
         "diagnosis": shift.summary(),
         "res_scale": float(r.model.res_scale.mean()),
     }
@@ -178,7 +179,7 @@ def markdown(record: dict[str, Any]) -> str:
     methods = list(seeds[0]["scores"])
     best = [min(s["scores"][m]["crps"] for m in methods[1:]) for s in seeds]
     lines = [
-        f"# {meta['data']}: {len(seeds)} seeds, {meta['windows']} test windows, {meta['samples']} samples, {meta['sampler']}-{meta['steps']}",
+        f"# {meta['data']}: {len(seeds)} seeds, {meta['windows']} test windows, {meta['samples']} samples, {meta['sampler']}-{meta['steps']} ({meta['spacing']} grid)",
         "",
         f"Machine: {meta['machine']['cpu']} ({meta['machine']['torch_threads']} threads). Training s per seed: {[s['train_seconds'] for s in seeds]}; sampling s: {[s['sampling_seconds'] for s in seeds]}.",
         "",
@@ -208,6 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--samples", type=int, default=100)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--sampler", default="dpmpp_2m")
+    p.add_argument("--spacing", default="logsnr", help="the grid of the steps")
     p.add_argument("--windows", type=int, default=None, help="W test windows, spread evenly")
     p.add_argument("--model", nargs="*", default=[], help="ForecastConfig field=value")
     p.add_argument("--train", nargs="*", default=[], help="TrainConfig field=value")
@@ -226,7 +228,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = "python benchmarks/etth1_results.py " + " ".join(
         sys.argv[1:] if argv is None else argv
     )
-    settings = {k: vars(args)[k] for k in ("data", "samples", "steps", "sampler", "model", "train")}
+    settings = {
+        k: vars(args)[k]
+        for k in ("data", "samples", "steps", "sampler", "spacing", "model", "train")
+    }
     meta = {**settings, "source": data.source, "windows": n_test, "command": command,
             "machine": machine_info("cpu"), "probts_published_etth1": PROBTS_ETTH1}  # fmt: skip
     record: dict[str, Any] = {"meta": meta, "seeds": []}
