@@ -34,7 +34,7 @@ from .samplers import (
 )
 from .schedules import NoiseSchedule
 
-__version__ = "0.5.0"
+__version__ = "0.6.0"
 
 __all__ = [
     "SAMPLERS",
