@@ -296,6 +296,13 @@ def test_bootstrap_baseline_adds_whole_pool_windows_drawn_uniformly():
             ValueError,
             "window_ids",
         ),
+        (
+            lambda m: GaussianBaseline(m, torch.ones(3)).forecast(
+                torch.zeros(2, 24, 3), 2, time_features=torch.zeros(2, 24, 4), window_ids=[0.5, 1]
+            ),
+            TypeError,
+            "window_ids",
+        ),
     ],
 )
 def test_baselines_reject_bad_input(make, error, pattern):

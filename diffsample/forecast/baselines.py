@@ -35,6 +35,7 @@ from ..noise import keyed_normal, mix, row_keys
 from .data import ForecastDataset, ForecastSplit
 from .forecast import Forecast
 from .model import ITransformerDiffusion
+from .model_checks import check_history_ids
 
 __all__ = [
     "BootstrapBaseline",
@@ -251,9 +252,8 @@ class _Baseline:
         with _eval_mode(self.model):
             point = self.model(history, time_features)[0].contiguous()  # [B, H, N]
         B = point.shape[0]
+        check_history_ids(window_ids, B)  # the model's own check of the ids, its words
         ids = torch.arange(B) if window_ids is None else torch.as_tensor(window_ids)
-        if ids.shape != (B,):
-            raise ValueError(expected("window_ids", f"[{B}] ids, one per window", ids))
         ids = ids.to(point.device)
         sample = torch.arange(S, device=point.device).repeat_interleave(B)  # [S * B]
         keys = row_keys((check_int("seed", seed, minimum=0), self._stream), ids.repeat(S), sample)
