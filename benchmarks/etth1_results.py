@@ -40,7 +40,7 @@ from diffsample.forecast import (
 from diffsample.forecast.baselines import residual_baselines
 from diffsample.forecast.report import machine_info, write_json
 from diffsample.forecast.run import Scoring, score_checkpoint, train_and_score
-from diffsample.metrics import quantile_crps
+from diffsample.metrics import ForecastMetrics, quantile_crps
 
 REPO = Path(__file__).resolve().parents[1]
 # fmt: off
@@ -76,11 +76,14 @@ def overrides(pairs: Sequence[str]) -> dict[str, Any]:
 
 class Shift:
     """The sample mean's distance from the point forecast, and the samples' spread against the
-    true errors', per horizon step and variate (an ``on_batch`` hook): float64 sums [H, N]."""
+    true errors', per horizon step and variate (an ``on_batch`` hook): float64 sums [H, N];
+    and the coverage per variate, which the headline averages (a variate over-covered and
+    one under-covered can average to the nominal level)."""
 
     def __init__(self) -> None:
         self.sums: dict[str, torch.Tensor] = {}
         self.count = 0
+        self.by_variate = ForecastMetrics(breakdown_dim=2)  # axis 2 of [B, H, N]
 
     def __call__(self, b: Any, fc: Any) -> None:
         r = (fc.samples - fc.point).double()  # [S, B, H, N]
@@ -93,6 +96,7 @@ class Shift:
         for k, v in parts.items():
             self.sums[k] = self.sums.get(k, 0) + v.cpu()
         self.count += b.y.shape[0]
+        self.by_variate.update(fc.samples, b.y)
 
     def summary(self) -> dict[str, list[float]]:
         s = {k: v / self.count for k, v in self.sums.items()}  # [H, N]
@@ -106,6 +110,11 @@ class Shift:
             "spread_ratio_by_quarter": [
                 float((s["spread2"][q].mean() / s["error2"][q].mean()).sqrt()) for q in quarters
             ],
+            **{
+                f"{k}_by_variate": list(v)
+                for k, v in self.by_variate.breakdown().items()
+                if k in ("coverage_50", "coverage_90")
+            },
         }
 
 

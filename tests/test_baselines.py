@@ -162,7 +162,7 @@ def _load_script():
 def test_results_script_runs_tiny(tmp_path):
     """The results script end to end on synthetic data: the head and the three baselines
     scored by the library's pipeline on the same windows, the ProbTS-convention scores, the
-    shift diagnosis, both files; a second seed is summarised as mean ± sd."""
+    shift diagnosis and the head's coverage per variate, both files; a second seed is summarised as mean ± sd."""
     bench = _load_script()
     out = tmp_path / "res"
     argv = ["--data", "synthetic(n_steps=600, n_variates=3, seed=0)", "--tiny", "--seeds", "0", "1"]
@@ -176,6 +176,11 @@ def test_results_script_runs_tiny(tmp_path):
         assert all(math.isfinite(v["crps"]) and v["windows"] == 16 for v in s["scores"].values())
         assert set(s["probts"]) == {*names, "point (NMAE)", "windows"}
         assert len(s["diagnosis"]["shift_by_variate"]) == 3
+        for level in ("coverage_50", "coverage_90"):  # per variate, averaging to the headline
+            per_variate = s["diagnosis"][f"{level}_by_variate"]
+            assert len(per_variate) == 3
+            head = s["scores"]["diffusion head"][level]
+            assert sum(per_variate) / 3 == pytest.approx(head, abs=1e-9)
     text = (out / "results.md").read_text()
     assert text.startswith("# synthetic") and "| bootstrap | " in text and " ± " in text
 
