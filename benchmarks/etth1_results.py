@@ -207,6 +207,13 @@ def markdown(record: dict[str, Any]) -> str:
     for key in d[0]:  # shift and spread ratio, by horizon quarter and by variate
         cells = [statistics.fmean(x[key][i] for x in d) for i in range(len(d[0][key]))]
         lines.append(f"- {key.replace('_', ' ')}: " + ", ".join(f"{c:+.3f}" for c in cells))
+    for level in (0.5, 0.9):  # calibration variate by variate, which the headline can hide
+        by_variate = [
+            statistics.fmean(x)
+            for x in zip(*(s[f"coverage_{level * 100:.0f}_by_variate"] for s in d), strict=True)
+        ]
+        gap = statistics.fmean(abs(c - level) for c in by_variate)
+        lines.append(f"- coverage {level:.0%}: a variate's mean distance from {level}: {gap:.3f}")
     return "\n".join(lines) + "\n"
 
 

@@ -183,6 +183,7 @@ def test_results_script_runs_tiny(tmp_path):
             assert sum(per_variate) / 3 == pytest.approx(head, abs=1e-9)
     text = (out / "results.md").read_text()
     assert text.startswith("# synthetic") and "| bootstrap | " in text and " ± " in text
+    assert "- coverage 50%: a variate's mean distance from 0.5: " in text
 
 
 def test_results_script_probts_scores_every_horizon_th_window_in_raw_units():
