@@ -208,10 +208,8 @@ def markdown(record: dict[str, Any]) -> str:
         cells = [statistics.fmean(x[key][i] for x in d) for i in range(len(d[0][key]))]
         lines.append(f"- {key.replace('_', ' ')}: " + ", ".join(f"{c:+.3f}" for c in cells))
     for level in (0.5, 0.9):  # calibration variate by variate, which the headline can hide
-        by_variate = [
-            statistics.fmean(x)
-            for x in zip(*(s[f"coverage_{level * 100:.0f}_by_variate"] for s in d), strict=True)
-        ]
+        key = f"coverage_{level * 100:.0f}_by_variate"
+        by_variate = [statistics.fmean(c) for c in zip(*(x[key] for x in d), strict=True)]
         gap = statistics.fmean(abs(c - level) for c in by_variate)
         lines.append(f"- coverage {level:.0%}: a variate's mean distance from {level}: {gap:.3f}")
     return "\n".join(lines) + "\n"

@@ -162,7 +162,8 @@ def _load_script():
 def test_results_script_runs_tiny(tmp_path):
     """The results script end to end on synthetic data: the head and the three baselines
     scored by the library's pipeline on the same windows, the ProbTS-convention scores, the
-    shift diagnosis and the head's coverage per variate, both files; a second seed is summarised as mean ± sd."""
+    shift diagnosis and the head's coverage per variate, both files; a second seed is
+    summarised as mean ± sd."""
     bench = _load_script()
     out = tmp_path / "res"
     argv = ["--data", "synthetic(n_steps=600, n_variates=3, seed=0)", "--tiny", "--seeds", "0", "1"]
